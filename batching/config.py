@@ -1,0 +1,105 @@
+"""Run configuration: what the CLI parses, and what `pipeline.run` takes.
+
+Frozen dataclasses, so a config is built once (by the CLI or by a program) and can
+be passed around and logged without anyone changing it half-way through a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from batching.records import Sampling
+
+__all__ = [
+    "EngineConfig",
+    "InputConfig",
+    "OutputConfig",
+    "RunConfig",
+    "InputFormat",
+    "OutputFormat",
+    "Order",
+]
+
+InputFormat = Literal["jsonl", "parquet"]
+OutputFormat = Literal["jsonl", "parquet"]
+Order = Literal["input", "ascending", "descending"]
+
+STDIO = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class InputConfig:
+    """Where rows come from and which fields hold what.
+
+    >>> InputConfig(path="prompts.jsonl", keep_fields=("topic",))
+    """
+
+    path: str
+    format: InputFormat | None = None  # None: from the extension; stdin is JSONL
+    prompt_field: str = "prompt"
+    messages_field: str = "messages"
+    id_field: str = "id"
+    keep_fields: tuple[str, ...] = ()
+    chunk_size: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """Where results go. `path` None or "-" writes JSONL to stdout."""
+
+    path: str | None = None
+    format: OutputFormat | None = None  # None: from the extension
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Arguments for `vllm.LLM`. `None` leaves vLLM's own default in place."""
+
+    model: str
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool | None = None
+    seed: int | None = None
+    trust_remote_code: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `vllm.LLM(...)`, unset values left out."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "dtype": self.dtype,
+            "trust_remote_code": self.trust_remote_code,
+        }
+        optional = {
+            "max_model_len": self.max_model_len,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "seed": self.seed,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        kwargs.update(self.extra)
+        return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything one run needs besides the engine itself."""
+
+    input: InputConfig
+    output: OutputConfig = field(default_factory=OutputConfig)
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
+    order: Order = "ascending"
+    max_retries: int = 3
+    report_path: str | None = None
+    # How many requests the engine holds at once. Enough to keep vLLM's scheduler
+    # full (it runs at most max_num_seqs at a time) without queueing a whole file.
+    max_in_flight: int = 512

@@ -1,0 +1,112 @@
+"""The engine interface every backend implements, and the errors it may raise.
+
+The pipeline owns batching, ordering and retry; an engine only takes prepared
+requests, steps, and hands back what finished. That split lets the tests drive the
+whole pipeline with a fake engine (`batching.fake_engine`) that records what it saw
+and fails on cue, while `batching.vllm_engine` wraps the real one.
+
+The interface is a streaming one (`add` / `step`) rather than `generate(list)`:
+vLLM's `LLM.generate` drains the engine at the end of every call, so feeding it
+chunk by chunk leaves the accelerator idle at each chunk's tail. With `add`/`step`
+the pipeline tops the engine up while earlier requests are still decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from batching.records import Sampling
+
+__all__ = [
+    "Engine",
+    "EngineDeadError",
+    "EngineFactory",
+    "EngineOutOfMemoryError",
+    "EngineOutput",
+    "EngineRequest",
+    "PermanentRequestError",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    """A request as the engine sees it: tokens and sampling, keyed by row index."""
+
+    key: int
+    prompt_token_ids: Sequence[int]
+    sampling: Sampling
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOutput:
+    """A finished request."""
+
+    key: int
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class PermanentRequestError(Exception):
+    """The request can never succeed (too long, invalid sampling): do not retry it."""
+
+    def __init__(self, message: str, error_type: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class EngineDeadError(Exception):
+    """The engine is gone (crashed, process died); a new one must be started."""
+
+
+class EngineOutOfMemoryError(Exception):
+    """The engine ran out of memory; fewer requests in flight may succeed."""
+
+
+class Engine(Protocol):
+    """A streaming inference engine.
+
+    >>> engine.add(EngineRequest(key=0, prompt_token_ids=[1, 2], sampling=Sampling()))
+    >>> while engine.has_unfinished():
+    ...     for out in engine.step():
+    ...         print(out.key, out.text)
+    """
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest prompt plus completion the engine accepts, in tokens."""
+        ...
+
+    def encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        """Token ids of each prompt, in one batched call.
+
+        A string is a plain prompt (special tokens added as `LLM.generate` would); a
+        sequence of messages is a chat rendered with the model's chat template (as
+        `LLM.chat` would). A prompt that cannot be encoded gets its error in place,
+        so one bad row never fails its neighbours.
+        """
+        ...
+
+    def add(self, request: EngineRequest) -> None:
+        """Queue a request. Raises PermanentRequestError for a request it rejects."""
+        ...
+
+    def step(self) -> list[EngineOutput]:
+        """Run one engine step; return the requests that finished in it."""
+        ...
+
+    def abort(self, keys: Iterable[int]) -> None:
+        """Drop queued or running requests (before a retry resubmits them)."""
+        ...
+
+    def has_unfinished(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+EngineFactory = Callable[[], Engine]

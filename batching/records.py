@@ -1,0 +1,138 @@
+"""The values that flow through a run: requests in, results out.
+
+Every input row becomes exactly one `Request` or one `InvalidRow`, and every one of
+those becomes exactly one `Result`; `index` (the 0-based row position) is the key
+that carries a row through grouping, the engine and the reorder buffer back to its
+place in the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+__all__ = [
+    "ERROR_ENGINE",
+    "ERROR_INVALID_INPUT",
+    "ERROR_PROMPT_TOO_LONG",
+    "InvalidRow",
+    "Request",
+    "Result",
+    "Row",
+    "RowError",
+    "Sampling",
+]
+
+# Error types written into `error.type`; users filter on them, so they are stable.
+ERROR_INVALID_INPUT = "invalid_input"
+ERROR_PROMPT_TOO_LONG = "prompt_too_long"
+ERROR_ENGINE = "engine_error"
+
+# A chat message as it arrives: {"role": ..., "content": ...} and whatever else the
+# template understands. Kept as plain mappings because templates differ per model.
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling settings; `None` means "not set here, use the next layer's value".
+
+    >>> Sampling(temperature=0.0).over(Sampling(max_tokens=16, temperature=1.0))
+    Sampling(max_tokens=16, temperature=0.0, top_p=None, top_k=None, seed=None, stop=None)
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None
+
+    def over(self, defaults: Sampling) -> Sampling:
+        """Return these settings with every unset field taken from `defaults`."""
+        changes = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(defaults, **{k: v for k, v in changes.items() if v is not None})
+
+
+SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Sampling))
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """What went wrong with one row, as written to the output's `error` field."""
+
+    type: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One valid input row, ready to be prepared for the engine.
+
+    `prompt` or `messages` is set, never both. `line` is the 1-based line (JSONL) or
+    row (Parquet) number, for messages that point the user at their input.
+    """
+
+    index: int
+    id: Any
+    line: int
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    kept: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    """An input row that could not become a request; it still gets an output row."""
+
+    index: int
+    id: Any
+    line: int
+    error: RowError
+    kept: Mapping[str, Any] = field(default_factory=dict)
+
+
+Row = Request | InvalidRow
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One output row. `latency_s` is submission-to-completion inside the engine."""
+
+    index: int
+    id: Any
+    output: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: RowError | None = None
+    kept: Mapping[str, Any] = field(default_factory=dict)
+    latency_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failed(cls, row: Request | InvalidRow, error: RowError) -> Result:
+        """The output row for a row that ends in `error`."""
+        return cls(index=row.index, id=row.id, error=error, kept=row.kept)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The output schema: fixed fields first, then the kept input fields."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "output": self.output,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "error": None if self.error is None else self.error.to_dict(),
+        }
+        for key, value in self.kept.items():
+            out.setdefault(key, value)
+        return out
