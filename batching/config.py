@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batching.grouping import Order
 from batching.records import Sampling
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
 
 InputFormat = Literal["jsonl", "parquet"]
 OutputFormat = Literal["jsonl", "parquet"]
-Order = Literal["input", "ascending", "descending"]
 
 STDIO = "-"
 
@@ -99,6 +99,7 @@ class RunConfig:
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
     order: Order = "ascending"
     max_retries: int = 3
+    max_engine_restarts: int = 3
     report_path: str | None = None
     # How many requests the engine holds at once. Enough to keep vLLM's scheduler
     # full (it runs at most max_num_seqs at a time) without queueing a whole file.
