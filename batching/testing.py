@@ -1,0 +1,173 @@
+"""A fake engine for tests and dry runs: deterministic, instant, and it fails on cue.
+
+Shipped with the package (as httpx ships `MockTransport`) so users can test their
+own pipelines around bizra-batch without a model.
+
+Its "model" reverses the prompt: the output for prompt text T is T reversed, cut to
+`max_tokens` characters; one character is one token. That makes every output a
+checkable function of its input, so a test can tell a row that got its neighbour's
+result from a correct one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from batching.engine import (
+    EngineDeadError,
+    EngineOutOfMemoryError,
+    EngineOutput,
+    EngineRequest,
+    PermanentRequestError,
+)
+
+__all__ = ["FakeEngine", "FakeEngineFactory", "expected_output"]
+
+
+def expected_output(text: str, max_tokens: int | None) -> str:
+    """The fake model's output for a prompt text.
+
+    >>> expected_output("abc", 2)
+    'cb'
+    """
+    reversed_text = text[::-1]
+    return reversed_text if max_tokens is None else reversed_text[:max_tokens]
+
+
+def _render_chat(conversation: Sequence[Mapping[str, Any]]) -> str:
+    return "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+
+
+@dataclass(eq=False)  # identity, not value: the factory tells engines apart
+class FakeEngine:
+    """An `Engine` that runs `max_num_seqs` requests per step and records every step.
+
+    Faults, all optional:
+    - `poison`: a step fails (RuntimeError) while a request whose text contains one
+      of these substrings is running, as a bad request can crash a real batch;
+    - `flaky_steps`: step numbers (1-based, counted across the engine's life) that
+      fail once with a RuntimeError, as transient faults do;
+    - `die_at_step`: from this step on the engine is dead (EngineDeadError);
+    - `oom_above`: a step fails with EngineOutOfMemoryError while more than this
+      many requests are queued;
+    - `reject`: substrings that make `add` raise PermanentRequestError.
+    """
+
+    max_num_seqs: int = 8
+    max_model_len: int = 4096
+    poison: frozenset[str] = frozenset()
+    flaky_steps: frozenset[int] = frozenset()
+    die_at_step: int | None = None
+    oom_above: int | None = None
+    reject: frozenset[str] = frozenset()
+    steps: list[list[int]] = field(default_factory=list)  # keys run in each step
+    added: list[int] = field(default_factory=list)  # keys in the order added
+    closed: bool = False
+    _queue: deque[EngineRequest] = field(default_factory=deque)
+    _step_count: int = 0
+
+    def encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        encoded: list[list[int] | PermanentRequestError] = []
+        for prompt in prompts:
+            try:
+                text = prompt if isinstance(prompt, str) else _render_chat(prompt)
+            except (KeyError, TypeError) as exc:
+                encoded.append(PermanentRequestError(f"cannot render chat: {exc}"))
+                continue
+            encoded.append([ord(ch) for ch in text])
+        return encoded
+
+    def add(self, request: EngineRequest) -> None:
+        self._check_alive()
+        text = _decode(request.prompt_token_ids)
+        if any(bad in text for bad in self.reject):
+            raise PermanentRequestError("rejected by the fake engine")
+        if len(request.prompt_token_ids) >= self.max_model_len:
+            raise PermanentRequestError(
+                f"prompt is {len(request.prompt_token_ids)} tokens, "
+                f"the model takes at most {self.max_model_len}",
+                error_type="prompt_too_long",
+            )
+        self.added.append(request.key)
+        self._queue.append(request)
+
+    def step(self) -> list[EngineOutput]:
+        self._step_count += 1
+        self._check_alive()
+        if self.oom_above is not None and len(self._queue) > self.oom_above:
+            raise EngineOutOfMemoryError(f"{len(self._queue)} requests do not fit")
+        running = [self._queue[i] for i in range(min(self.max_num_seqs, len(self._queue)))]
+        self.steps.append([r.key for r in running])
+        if self._step_count in self.flaky_steps:
+            raise RuntimeError(f"transient fault at step {self._step_count}")
+        if any(bad in _decode(r.prompt_token_ids) for r in running for bad in self.poison):
+            raise RuntimeError("a poison request crashed the batch")
+        for _ in running:
+            self._queue.popleft()
+        return [self._finish(r) for r in running]
+
+    def abort(self, keys: Iterable[int]) -> None:
+        drop = set(keys)
+        self._queue = deque(r for r in self._queue if r.key not in drop)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._queue)
+
+    def close(self) -> None:
+        self.closed = True
+        self._queue.clear()
+
+    def _check_alive(self) -> None:
+        if self.closed:
+            raise EngineDeadError("the fake engine was closed")
+        if self.die_at_step is not None and self._step_count >= self.die_at_step:
+            raise EngineDeadError(f"the fake engine died at step {self._step_count}")
+
+    @staticmethod
+    def _finish(request: EngineRequest) -> EngineOutput:
+        text = _decode(request.prompt_token_ids)
+        output = expected_output(text, request.sampling.max_tokens)
+        return EngineOutput(
+            key=request.key,
+            text=output,
+            finish_reason="length" if len(output) < len(text) else "stop",
+            prompt_tokens=len(request.prompt_token_ids),
+            completion_tokens=len(output),
+        )
+
+
+def _decode(token_ids: Sequence[int]) -> str:
+    return "".join(map(chr, token_ids))
+
+
+@dataclass
+class FakeEngineFactory:
+    """Makes FakeEngines; each restart gets the next template in `engines`, then copies
+    of the last one, so a test can script "dies once, then works"."""
+
+    engines: list[FakeEngine]
+    made: list[FakeEngine] = field(default_factory=list)
+
+    def __call__(self) -> FakeEngine:
+        position = min(len(self.made), len(self.engines) - 1)
+        template = self.engines[position]
+        engine = template if template not in self.made else _fresh_copy(template)
+        self.made.append(engine)
+        return engine
+
+
+def _fresh_copy(template: FakeEngine) -> FakeEngine:
+    return FakeEngine(
+        max_num_seqs=template.max_num_seqs,
+        max_model_len=template.max_model_len,
+        poison=template.poison,
+        flaky_steps=template.flaky_steps,
+        die_at_step=template.die_at_step,
+        oom_above=template.oom_above,
+        reject=template.reject,
+    )
