@@ -1,0 +1,435 @@
+"""The run report: counters the pipeline feeds during a run, and what they add up to.
+
+`ReportCollector` is fed row by row and step by step; everything it holds is a
+counter or a fixed-size histogram, so a 10M-row run costs the same memory as a
+10-row one. `finish()` freezes the counts into a `Report`, which renders as a rich
+table for the user (`render_report`) and as JSON for machines (`write_report`).
+
+Throughput figures are over *processing* time, `wall_seconds -
+engine_startup_seconds`: loading weights and capturing graphs can take minutes and
+does not scale with the input, so folding it in would make a 1k-row run look many
+times slower than the same engine on 1M rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from batching.records import Result
+
+__all__ = [
+    "LatencyHistogram",
+    "Report",
+    "ReportCollector",
+    "format_duration",
+    "render_report",
+    "write_report",
+]
+
+
+class LatencyHistogram:
+    """Quantiles of a stream of durations in constant memory.
+
+    Buckets are log-spaced, each 1% wider than the last, from 1 µs to 1 day
+    (~2,500 buckets). A quantile is reported as its bucket's geometric midpoint,
+    clamped to the smallest and largest value seen, so for values in that range the
+    relative error is at most sqrt(1.01) - 1 ≈ 0.5% (half a bucket). Values outside
+    it land in the end buckets: under 1 µs is reported within about 1 µs, over a day
+    as the largest value seen. The smallest and largest rank are exact.
+
+    >>> h = LatencyHistogram()
+    >>> for s in (0.1, 0.2, 0.3):
+    ...     h.add(s)
+    >>> round(h.quantile(0.5), 3)
+    0.2
+    """
+
+    LOW_S = 1e-6
+    HIGH_S = 86_400.0
+    RATIO = 1.01
+
+    def __init__(self) -> None:
+        self._log_ratio = math.log(self.RATIO)
+        size = math.ceil(math.log(self.HIGH_S / self.LOW_S) / self._log_ratio)
+        self._counts = [0] * size
+        self.count = 0
+        self._min = math.inf
+        self._max = -math.inf
+
+    def add(self, seconds: float) -> None:
+        """Count one duration; NaN, infinite and negative values are dropped."""
+        # A bad timing from an engine must not take the report (and the run) down.
+        if not (seconds >= 0.0 and math.isfinite(seconds)):
+            return
+        if seconds <= self.LOW_S:
+            i = 0
+        else:
+            i = min(int(math.log(seconds / self.LOW_S) / self._log_ratio), len(self._counts) - 1)
+        self._counts[i] += 1
+        self.count += 1
+        self._min = min(self._min, seconds)
+        self._max = max(self._max, seconds)
+
+    def quantile(self, q: float) -> float | None:
+        """The nearest-rank `q` quantile (0 < q <= 1) in seconds; None when empty."""
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"quantile must be in (0, 1], got {q}")
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        # The extremes are tracked exactly, so the first and last rank need no estimate.
+        if rank == 1:
+            return self._min
+        if rank == self.count:
+            return self._max
+        last = len(self._counts) - 1
+        seen = 0
+        for i, n in enumerate(self._counts):
+            seen += n
+            if seen >= rank:
+                if i == last:  # the overflow bucket has no upper edge to take a midpoint of
+                    return self._max
+                midpoint: float = self.LOW_S * math.pow(self.RATIO, i + 0.5)
+                return min(max(midpoint, self._min), self._max)
+        raise AssertionError("unreachable: rank <= count")  # pragma: no cover
+
+
+def _ratio(numerator: float, denominator: float | None) -> float | None:
+    # No elapsed time means the rate is unknown, not zero.
+    if denominator is None or denominator <= 0.0:
+        return None
+    return numerator / denominator
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a run did, in figures. Absent figures are None (null in JSON), never 0.
+
+    Keys of `to_dict()` (attributes of the same name; the derived ones are properties):
+
+    - rows, rows_ok, rows_failed: output rows, and how many carry an error.
+    - wall_seconds: from `ReportCollector.start()` to `finish()`.
+    - engine_startup_seconds: time spent starting the engine, summed over restarts;
+      None when never reported.
+    - processing_seconds: wall_seconds - engine_startup_seconds; every `*_per_second`
+      figure divides by this, so engine start-up does not dilute throughput.
+    - requests_per_second, input_tokens_per_second, output_tokens_per_second.
+    - input_tokens, output_tokens: sums of prompt_tokens and completion_tokens.
+    - batches: engine steps; avg_batch_size: requests running per step;
+      avg_batch_duration_ms: time per step.
+    - padding_tokens_avoided: tokens a padded static batch would have spent.
+    - latency_p50_ms, latency_p95_ms: per-request latency, within 0.5% (see
+      `LatencyHistogram`); None when no result carried a timing.
+    - retries, engine_restarts, oom_backoffs; oom_window: the engine's window after
+      the last OOM back-off (None when there was none).
+    - errors_by_type: failed rows per `error.type`, most frequent first.
+    - engine_wait_seconds: time the engine sat idle waiting on reading/tokenizing;
+      engine_wait_share: that over wall_seconds.
+
+    >>> report = Report(rows=10, rows_ok=10, wall_seconds=2.0, engine_startup_seconds=1.0)
+    >>> report.requests_per_second
+    10.0
+    """
+
+    rows: int = 0
+    rows_ok: int = 0
+    rows_failed: int = 0
+    wall_seconds: float = 0.0
+    engine_startup_seconds: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    batches: int = 0
+    batch_requests: int = 0
+    batch_seconds: float = 0.0
+    padding_tokens_avoided: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    retries: int = 0
+    engine_restarts: int = 0
+    oom_backoffs: int = 0
+    oom_window: int | None = None
+    errors_by_type: Mapping[str, int] = field(default_factory=dict)
+    engine_wait_seconds: float = 0.0
+
+    @property
+    def processing_seconds(self) -> float:
+        return max(0.0, self.wall_seconds - (self.engine_startup_seconds or 0.0))
+
+    @property
+    def requests_per_second(self) -> float | None:
+        return _ratio(self.rows, self.processing_seconds)
+
+    @property
+    def input_tokens_per_second(self) -> float | None:
+        return _ratio(self.input_tokens, self.processing_seconds)
+
+    @property
+    def output_tokens_per_second(self) -> float | None:
+        return _ratio(self.output_tokens, self.processing_seconds)
+
+    @property
+    def avg_batch_size(self) -> float | None:
+        return _ratio(self.batch_requests, self.batches)
+
+    @property
+    def avg_batch_duration_ms(self) -> float | None:
+        avg = _ratio(self.batch_seconds, self.batches)
+        return None if avg is None else avg * 1000.0
+
+    @property
+    def engine_wait_share(self) -> float | None:
+        return _ratio(self.engine_wait_seconds, self.wall_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; floats rounded to what is meaningful (µs, 0.001/s)."""
+        return {
+            "rows": self.rows,
+            "rows_ok": self.rows_ok,
+            "rows_failed": self.rows_failed,
+            "wall_seconds": round(self.wall_seconds, 6),
+            "engine_startup_seconds": _rounded(self.engine_startup_seconds, 6),
+            "processing_seconds": round(self.processing_seconds, 6),
+            "requests_per_second": _rounded(self.requests_per_second, 3),
+            "input_tokens_per_second": _rounded(self.input_tokens_per_second, 3),
+            "output_tokens_per_second": _rounded(self.output_tokens_per_second, 3),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "batches": self.batches,
+            "avg_batch_size": _rounded(self.avg_batch_size, 3),
+            "avg_batch_duration_ms": _rounded(self.avg_batch_duration_ms, 3),
+            "padding_tokens_avoided": self.padding_tokens_avoided,
+            "latency_p50_ms": _rounded(self.latency_p50_ms, 3),
+            "latency_p95_ms": _rounded(self.latency_p95_ms, 3),
+            "retries": self.retries,
+            "engine_restarts": self.engine_restarts,
+            "oom_backoffs": self.oom_backoffs,
+            "oom_window": self.oom_window,
+            "errors_by_type": dict(self.errors_by_type),
+            "engine_wait_seconds": round(self.engine_wait_seconds, 6),
+            "engine_wait_share": _rounded(self.engine_wait_share, 4),
+        }
+
+
+class ReportCollector:
+    """Counts what happens during a run; `finish()` turns the counts into a `Report`.
+
+    >>> clock = iter([0.0, 3.0]).__next__
+    >>> c = ReportCollector(clock=clock)
+    >>> c.start()
+    >>> c.engine_started(1.0)
+    >>> c.record_result(Result(index=0, id="a", output="hi", completion_tokens=4))
+    >>> c.finish().output_tokens_per_second
+    2.0
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started_at: float | None = None
+        self._startup_s: float | None = None
+        self._rows = 0
+        self._rows_failed = 0
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._batches = 0
+        self._batch_requests = 0
+        self._batch_seconds = 0.0
+        self._padding_avoided = 0
+        self._latency = LatencyHistogram()
+        self._retries = 0
+        self._restarts = 0
+        self._oom_backoffs = 0
+        self._oom_window: int | None = None
+        # Keyed by the stable error types in `records`: a handful of keys, not one per row.
+        self._errors: dict[str, int] = {}
+        self._engine_wait_s = 0.0
+
+    def start(self) -> None:
+        """Start the wall clock; call before the engine is started."""
+        self._started_at = self._clock()
+
+    def engine_started(self, seconds: float) -> None:
+        """The engine took `seconds` to start; restarts add to the same figure."""
+        self._startup_s = (self._startup_s or 0.0) + seconds
+
+    def record_step(self, batch_size: int, duration_s: float) -> None:
+        """One engine step ran `batch_size` requests and took `duration_s`."""
+        self._batches += 1
+        self._batch_requests += batch_size
+        self._batch_seconds += duration_s
+
+    def record_result(self, result: Result) -> None:
+        """Count one output row (ok or failed)."""
+        self._rows += 1
+        if result.error is not None:
+            self._rows_failed += 1
+            self._errors[result.error.type] = self._errors.get(result.error.type, 0) + 1
+        if result.prompt_tokens is not None:
+            self._input_tokens += result.prompt_tokens
+        if result.completion_tokens is not None:
+            self._output_tokens += result.completion_tokens
+        if result.latency_s is not None:
+            self._latency.add(result.latency_s)
+
+    def add_padding_avoided(self, tokens: int) -> None:
+        self._padding_avoided += tokens
+
+    def record_retry(self) -> None:
+        self._retries += 1
+
+    def record_engine_restart(self) -> None:
+        self._restarts += 1
+
+    def record_oom_backoff(self, new_window: int) -> None:
+        """The engine ran out of memory and its window shrank to `new_window`."""
+        self._oom_backoffs += 1
+        self._oom_window = new_window
+
+    def record_engine_wait(self, seconds: float) -> None:
+        """The engine sat idle `seconds` waiting for our reading/tokenizing."""
+        self._engine_wait_s += seconds
+
+    def finish(self) -> Report:
+        """The report as of now; may be called more than once."""
+        if self._started_at is None:
+            raise RuntimeError("ReportCollector.finish() called before start()")
+        p50 = self._latency.quantile(0.50)
+        p95 = self._latency.quantile(0.95)
+        return Report(
+            rows=self._rows,
+            rows_ok=self._rows - self._rows_failed,
+            rows_failed=self._rows_failed,
+            wall_seconds=max(0.0, self._clock() - self._started_at),
+            engine_startup_seconds=self._startup_s,
+            input_tokens=self._input_tokens,
+            output_tokens=self._output_tokens,
+            batches=self._batches,
+            batch_requests=self._batch_requests,
+            batch_seconds=self._batch_seconds,
+            padding_tokens_avoided=self._padding_avoided,
+            latency_p50_ms=None if p50 is None else p50 * 1000.0,
+            latency_p95_ms=None if p95 is None else p95 * 1000.0,
+            retries=self._retries,
+            engine_restarts=self._restarts,
+            oom_backoffs=self._oom_backoffs,
+            oom_window=self._oom_window,
+            errors_by_type=dict(sorted(self._errors.items(), key=lambda kv: (-kv[1], kv[0]))),
+            engine_wait_seconds=self._engine_wait_s,
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: tenths under 10 s, then s, m s, h m.
+
+    >>> [format_duration(s) for s in (3.21, 45.4, 725, 7380)]
+    ['3.2s', '45s', '12m 05s', '2h 03m']
+    """
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def _rate(value: float | None, unit: str) -> str:
+    if value is None:
+        return f"n/a {unit}"
+    return f"{value:,.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+
+
+def render_report(report: Report, console: Console) -> None:
+    """Print the end-of-run summary as a compact two-column table.
+
+    >>> render_report(Report(rows=3, rows_ok=3, wall_seconds=1.5), Console(stderr=True))
+    """
+    table = Table(title="bizra-batch run", show_header=False, box=None, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+
+    failed = f"[red]{report.rows_failed:,} failed[/red]" if report.rows_failed else "0 failed"
+    table.add_row("rows", f"{report.rows_ok:,} ok, {failed}")
+    wall = format_duration(report.wall_seconds)
+    if report.engine_startup_seconds is not None:
+        wall += f" (engine start-up {format_duration(report.engine_startup_seconds)})"
+    table.add_row("wall time", wall)
+    table.add_row(
+        "throughput",
+        " · ".join(
+            (
+                _rate(report.requests_per_second, "req/s"),
+                _rate(report.input_tokens_per_second, "in tok/s"),
+                _rate(report.output_tokens_per_second, "out tok/s"),
+            )
+        ),
+    )
+    if report.batches:
+        table.add_row(
+            "batches",
+            f"{report.batches:,}, avg {report.avg_batch_size or 0:.1f} requests, "
+            f"{_ms(report.avg_batch_duration_ms)} each",
+        )
+    table.add_row("latency", f"p50 {_ms(report.latency_p50_ms)} · p95 {_ms(report.latency_p95_ms)}")
+    table.add_row("padding avoided", f"{report.padding_tokens_avoided:,} tokens")
+    if report.engine_wait_seconds > 0 and report.engine_wait_share is not None:
+        table.add_row(
+            "engine idle",
+            f"{format_duration(report.engine_wait_seconds)} ({report.engine_wait_share:.0%})",
+        )
+    for label, count in (
+        ("retries", report.retries),
+        ("engine restarts", report.engine_restarts),
+        ("OOM back-offs", report.oom_backoffs),
+    ):
+        if count:
+            table.add_row(label, f"[yellow]{count:,}[/yellow]")
+    if report.errors_by_type:
+        errors = ", ".join(f"{kind} {n:,}" for kind, n in report.errors_by_type.items())
+        table.add_row("errors", f"[red]{errors}[/red]")
+    console.print(table)
+
+
+def write_report(report: Report, path: str | os.PathLike[str]) -> None:
+    """Write the report as JSON; readers see the old file or the new one, never half.
+
+    >>> write_report(Report(rows=1, rows_ok=1), "report.json")  # doctest: +SKIP
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(target) or "."
+    # Same directory so os.replace is a rename on one filesystem, hence atomic.
+    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")
+    data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
+    # os.open with 0o666 (not tempfile's 0o600) so the report gets the usual umask mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,315 @@
+"""Tests for batching.report: the collector's arithmetic, the histogram's error
+bound, the JSON form, the atomic write and the rendered table."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, Result, RowError
+from batching.report import (
+    LatencyHistogram,
+    Report,
+    ReportCollector,
+    format_duration,
+    render_report,
+    write_report,
+)
+
+# The histogram's buckets are 1% wide; its estimate is within half of that in theory,
+# and a value on a bucket edge may round into the neighbour, so test the full width.
+BUCKET_WIDTH = LatencyHistogram.RATIO - 1.0
+
+REQUIRED_KEYS = {
+    "rows",
+    "rows_ok",
+    "rows_failed",
+    "wall_seconds",
+    "engine_startup_seconds",
+    "processing_seconds",
+    "requests_per_second",
+    "input_tokens_per_second",
+    "output_tokens_per_second",
+    "input_tokens",
+    "output_tokens",
+    "batches",
+    "avg_batch_size",
+    "avg_batch_duration_ms",
+    "padding_tokens_avoided",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "retries",
+    "engine_restarts",
+    "oom_backoffs",
+    "errors_by_type",
+    "engine_wait_seconds",
+    "engine_wait_share",
+}
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def exact_quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile, the definition LatencyHistogram approximates."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def ok(index: int, prompt: int, completion: int, latency: float | None = None) -> Result:
+    return Result(
+        index=index,
+        id=index,
+        output="x",
+        finish_reason="stop",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        latency_s=latency,
+    )
+
+
+def failed(index: int, kind: str) -> Result:
+    return Result(index=index, id=index, error=RowError(type=kind, message="boom"))
+
+
+def sample_report() -> Report:
+    clock = FakeClock(100.0)
+    c = ReportCollector(clock=clock)
+    c.start()
+    c.engine_started(10.0)
+    for size, duration in ((4, 0.5), (8, 1.0), (6, 1.5)):
+        c.record_step(size, duration)
+    c.record_result(ok(0, prompt=100, completion=50, latency=1.0))
+    c.record_result(ok(1, prompt=200, completion=150, latency=2.0))
+    c.record_result(ok(2, prompt=300, completion=300, latency=3.0))
+    c.record_result(failed(3, ERROR_INVALID_INPUT))
+    c.record_result(failed(4, ERROR_ENGINE))
+    c.record_result(failed(5, ERROR_ENGINE))
+    c.add_padding_avoided(120)
+    c.add_padding_avoided(30)
+    c.record_retry()
+    c.record_retry()
+    c.record_engine_restart()
+    c.record_oom_backoff(128)
+    c.record_oom_backoff(64)
+    c.record_engine_wait(1.5)
+    c.record_engine_wait(1.5)
+    clock.now = 160.0
+    return c.finish()
+
+
+def test_collector_figures_from_a_known_run() -> None:
+    r = sample_report()
+    assert (r.rows, r.rows_ok, r.rows_failed) == (6, 3, 3)
+    assert r.wall_seconds == 60.0
+    assert r.engine_startup_seconds == 10.0
+    assert r.processing_seconds == 50.0
+    assert r.requests_per_second == pytest.approx(6 / 50)
+    assert (r.input_tokens, r.output_tokens) == (600, 500)
+    assert r.input_tokens_per_second == pytest.approx(12.0)
+    assert r.output_tokens_per_second == pytest.approx(10.0)
+    assert r.batches == 3
+    assert r.avg_batch_size == pytest.approx(6.0)
+    assert r.avg_batch_duration_ms == pytest.approx(1000.0)
+    assert r.padding_tokens_avoided == 150
+    assert r.latency_p50_ms == pytest.approx(2000.0, rel=BUCKET_WIDTH)
+    assert r.latency_p95_ms == pytest.approx(3000.0, rel=BUCKET_WIDTH)
+    assert (r.retries, r.engine_restarts, r.oom_backoffs, r.oom_window) == (2, 1, 2, 64)
+    assert dict(r.errors_by_type) == {ERROR_ENGINE: 2, ERROR_INVALID_INPUT: 1}
+    assert list(r.errors_by_type) == [ERROR_ENGINE, ERROR_INVALID_INPUT]  # most first
+    assert r.engine_wait_seconds == 3.0
+    assert r.engine_wait_share == pytest.approx(0.05)
+
+
+def test_engine_restarts_add_to_startup_time() -> None:
+    clock = FakeClock()
+    c = ReportCollector(clock=clock)
+    c.start()
+    c.engine_started(4.0)
+    c.engine_started(6.0)
+    clock.now = 20.0
+    c.record_result(ok(0, 1, 10))
+    assert c.finish().processing_seconds == 10.0
+    assert c.finish().output_tokens_per_second == 1.0
+
+
+def test_absent_figures_are_none_not_zero() -> None:
+    clock = FakeClock(5.0)
+    c = ReportCollector(clock=clock)
+    c.start()
+    c.record_result(ok(0, 10, 10, latency=None))
+    r = c.finish()  # no time passed, no steps, no timings, no engine start reported
+    assert r.engine_startup_seconds is None
+    assert r.requests_per_second is None
+    assert r.output_tokens_per_second is None
+    assert r.avg_batch_size is None
+    assert r.avg_batch_duration_ms is None
+    assert r.latency_p50_ms is None and r.latency_p95_ms is None
+    assert r.engine_wait_share is None
+    assert r.oom_window is None
+    d = r.to_dict()
+    for key in (
+        "engine_startup_seconds",
+        "requests_per_second",
+        "avg_batch_size",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "engine_wait_share",
+    ):
+        assert d[key] is None, key
+    assert '"latency_p50_ms": null' in json.dumps(d)
+
+
+def test_finish_before_start_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="start"):
+        ReportCollector(clock=FakeClock()).finish()
+
+
+def test_to_dict_has_every_key_and_is_json() -> None:
+    d = sample_report().to_dict()
+    assert d.keys() >= REQUIRED_KEYS
+    assert json.loads(json.dumps(d)) == d
+    assert d["errors_by_type"] == {ERROR_ENGINE: 2, ERROR_INVALID_INPUT: 1}
+    assert d["requests_per_second"] == 0.12
+
+
+def test_histogram_single_value_is_exact() -> None:
+    h = LatencyHistogram()
+    h.add(0.123456)
+    assert h.quantile(0.5) == 0.123456
+    assert h.quantile(1.0) == 0.123456
+
+
+def test_histogram_ignores_bad_values_and_clamps_out_of_range() -> None:
+    h = LatencyHistogram()
+    assert h.quantile(0.5) is None
+    for bad in (math.nan, math.inf, -1.0):
+        h.add(bad)
+    assert h.count == 0
+    for v in (0.0, 0.0, 1e7, 2e7):
+        h.add(v)
+    below = h.quantile(0.5)  # under 1 µs: the first bucket, so within about 1 µs
+    assert below is not None and 0.0 <= below < 2e-6
+    assert h.quantile(0.75) == 2e7  # beyond a day: the overflow bucket, its maximum
+    assert (h.quantile(0.01), h.quantile(1.0)) == (0.0, 2e7)  # the extremes are exact
+    with pytest.raises(ValueError):
+        h.quantile(0.0)
+
+
+def test_histogram_memory_does_not_grow_with_samples() -> None:
+    h = LatencyHistogram()
+    buckets = len(h._counts)
+    rng = random.Random(1)
+    for _ in range(100_000):
+        h.add(rng.expovariate(2.0))
+    assert len(h._counts) == buckets < 3000
+    assert h.count == 100_000
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_histogram_quantiles_within_a_bucket_of_exact(seed: int) -> None:
+    rng = random.Random(seed)
+    # Log-uniform from 1 ms to 100 s, plus a heavy tail: what request latencies do.
+    values = [10 ** rng.uniform(-3, 2) for _ in range(20_000)]
+    values += [rng.paretovariate(1.5) for _ in range(2_000)]
+    h = LatencyHistogram()
+    for v in values:
+        h.add(v)
+    for q in (0.01, 0.5, 0.9, 0.95, 0.99, 1.0):
+        estimate = h.quantile(q)
+        assert estimate is not None
+        assert estimate == pytest.approx(exact_quantile(values, q), rel=BUCKET_WIDTH)
+
+
+@given(
+    values=st.lists(st.floats(min_value=1e-6, max_value=86_400.0), min_size=1, max_size=300),
+    q=st.sampled_from([0.01, 0.25, 0.5, 0.95, 1.0]),
+)
+def test_histogram_error_bound_holds_for_any_data(values: list[float], q: float) -> None:
+    h = LatencyHistogram()
+    for v in values:
+        h.add(v)
+    assert h.quantile(q) == pytest.approx(exact_quantile(values, q), rel=BUCKET_WIDTH)
+
+
+def test_write_report_writes_json_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    write_report(sample_report(), str(target))
+    assert json.loads(target.read_text()) == sample_report().to_dict()
+    assert target.read_text().startswith('{\n  "rows": 6,')
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_write_report_failure_keeps_the_old_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "report.json"
+    target.write_text('{"rows": 1}')
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        write_report(sample_report(), target)
+    assert target.read_text() == '{"rows": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_write_report_uses_the_umask_mode(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_report(Report(), tmp_path / "r.json")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def render(report: Report) -> str:
+    out = io.StringIO()
+    render_report(report, Console(file=out, width=120, color_system=None))
+    return out.getvalue()
+
+
+def test_render_mentions_rows_throughput_and_problems() -> None:
+    text = render(sample_report())
+    assert "3 ok, 3 failed" in text
+    assert "throughput" in text
+    assert "0.1 req/s" in text and "12 in tok/s" in text and "10 out tok/s" in text
+    assert "p50 2.00 s" in text or "p50 1.99 s" in text or "p50 2.01 s" in text
+    assert "150 tokens" in text
+    assert "retries" in text and "engine restarts" in text and "OOM back-offs" in text
+    assert "engine_error 2, invalid_input 1" in text
+
+
+def test_render_leaves_out_zero_problems_and_shows_missing_figures() -> None:
+    text = render(Report(rows=2, rows_ok=2, wall_seconds=0.0))
+    assert "2 ok, 0 failed" in text
+    assert "retries" not in text and "errors" not in text and "restarts" not in text
+    assert "n/a req/s" in text
+    assert "p50 n/a" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.04, "0.0s"), (9.94, "9.9s"), (59.4, "59s"), (61, "1m 01s"), (3600, "1h 00m")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
