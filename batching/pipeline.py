@@ -1,0 +1,457 @@
+"""One run: reader -> grouping -> engine -> reorder buffer -> writer, with a report.
+
+The engine is fed through its streaming interface and topped up after every step,
+so it never drains between chunks. Memory is bounded by three numbers, none of which
+grows with the input: the chunk size (rows read ahead), the in-flight window (rows
+inside the engine) and the reorder limit (finished rows waiting for an earlier one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from batching.config import RunConfig
+from batching.engine import (
+    Engine,
+    EngineFactory,
+    EngineOutput,
+    EngineRequest,
+    PermanentRequestError,
+)
+from batching.errors import BatchError
+from batching.grouping import padding_tokens, submission_order
+from batching.ordering import ReorderBuffer
+from batching.readers import RowSource, open_source
+from batching.records import (
+    ERROR_ENGINE,
+    ERROR_INVALID_INPUT,
+    InvalidRow,
+    Request,
+    Result,
+    Row,
+    RowError,
+)
+from batching.report import Report, ReportCollector
+from batching.retry import Failure, RetryPolicy, classify
+from batching.writers import open_writer
+
+__all__ = ["EngineFailedError", "ProgressSink", "ResultSink", "RowSupply", "run", "run_rows"]
+
+# What a padding engine would run as one static batch, for the report's
+# padding-avoided figure; vLLM's default max_num_seqs on GPUs.
+PADDING_REFERENCE_BATCH = 256
+
+
+class EngineFailedError(BatchError):
+    """The engine kept dying after every allowed restart; the run stops (exit 1)."""
+
+
+class ProgressSink(Protocol):
+    def update(self, rows_done: int, output_tokens: int, total_rows: int | None) -> None: ...
+
+
+class ResultSink(Protocol):
+    def write(self, results: Sequence[Result]) -> None: ...
+
+    def flush(self, durable: bool = False) -> None: ...
+
+
+class RowSupply(Protocol):
+    """What the pipeline needs of a reader: chunks of rows, and how far it has got."""
+
+    def chunks(self) -> Iterator[list[Row]]: ...
+
+    def estimated_total_rows(self) -> int | None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: Request
+    token_ids: list[int]
+    attempts: int = 0
+    submitted_at: float = 0.0
+
+
+class _NullProgress:
+    def update(self, rows_done: int, output_tokens: int, total_rows: int | None) -> None:
+        pass
+
+
+def run_rows(
+    supply: RowSupply,
+    sink: ResultSink,
+    engine_factory: EngineFactory,
+    config: RunConfig,
+    *,
+    progress: ProgressSink | None = None,
+    retry: RetryPolicy | None = None,
+    report: ReportCollector | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Report:
+    """Run every row of `supply` through an engine and write one result per row, in order.
+
+    Pass your own `report` collector to read a partial report after an interrupt.
+
+    >>> from batching.testing import FakeEngine
+    >>> report = run_rows(rows, writer, FakeEngine, config)   # doctest: +SKIP
+    >>> report.rows_failed
+    0
+    """
+    collector = report or ReportCollector(clock=clock)
+    collector.start()
+    runner = _Runner(
+        supply=supply,
+        sink=sink,
+        engine_factory=engine_factory,
+        config=config,
+        progress=progress or _NullProgress(),
+        retry=retry or RetryPolicy(max_retries=config.max_retries),
+        report=collector,
+        clock=clock,
+    )
+    try:
+        runner.run()
+    finally:
+        runner.close()
+    return collector.finish()
+
+
+def run(
+    config: RunConfig,
+    engine_factory: EngineFactory,
+    *,
+    progress: ProgressSink | None = None,
+    retry: RetryPolicy | None = None,
+    report: ReportCollector | None = None,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+) -> Report:
+    """Read `config.input`, run it, write `config.output`; return the report.
+
+    >>> from batching.testing import FakeEngine
+    >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
+    ...     FakeEngine)   # doctest: +SKIP
+    """
+    # Both are opened before the engine starts: a missing input or an output that
+    # exists should fail in milliseconds, not after a minute of model loading.
+    with (
+        open_source(config.input, stdin=stdin) as source,
+        open_writer(config.output, stdout=stdout) as writer,
+    ):
+        return run_rows(
+            _SourceSupply(source),
+            writer,
+            engine_factory,
+            config,
+            progress=progress,
+            retry=retry,
+            report=report,
+        )
+
+
+class _SourceSupply:
+    def __init__(self, source: RowSource) -> None:
+        self.source = source
+
+    def chunks(self) -> Iterator[list[Row]]:
+        return self.source.chunks()
+
+    def estimated_total_rows(self) -> int | None:
+        """Exact for Parquet; for a file, extrapolated from the share of bytes read."""
+        source = self.source
+        if source.total_rows is not None:
+            return int(source.total_rows)
+        if source.total_bytes and source.bytes_read:
+            return max(
+                source.rows_read, round(source.rows_read * source.total_bytes / source.bytes_read)
+            )
+        return None
+
+
+class _Runner:
+    def __init__(
+        self,
+        *,
+        supply: RowSupply,
+        sink: ResultSink,
+        engine_factory: EngineFactory,
+        config: RunConfig,
+        progress: ProgressSink,
+        retry: RetryPolicy,
+        report: ReportCollector,
+        clock: Callable[[], float],
+    ) -> None:
+        self.supply = supply
+        self.sink = sink
+        self.engine_factory = engine_factory
+        self.config = config
+        self.progress = progress
+        self.retry = retry
+        self.report = report
+        self.clock = clock
+        self.window = max(1, config.max_in_flight)
+        chunk_size = config.input.chunk_size
+        # Results may wait for one slow early row; past this many we stop reading
+        # ahead and let the engine catch up, so the buffer stays bounded.
+        self.reorder_limit = 2 * chunk_size + self.window
+        self.reorder = ReorderBuffer(start=0)
+        self.pending: deque[_Pending] = deque()
+        self.in_flight: dict[int, _Pending] = {}
+        self.chunk_ends: deque[int] = deque()
+        self.restarts = 0
+        self.rows_done = 0
+        self.output_tokens = 0
+        self.engine = self._start_engine()
+
+    # -- the main loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        chunks = self.supply.chunks()
+        exhausted = False
+        while True:
+            exhausted = self._top_up(chunks, exhausted)
+            self._emit()
+            if not self.in_flight:
+                if exhausted and not self.pending:
+                    break
+                continue
+            self._step()
+            self._emit()
+
+    def _top_up(self, chunks: Iterator[list[Row]], exhausted: bool) -> bool:
+        while len(self.in_flight) < self.window:
+            if not self.pending:
+                if exhausted or len(self.reorder) > self.reorder_limit:
+                    break
+                waited_from = self.clock()
+                rows = next(chunks, None)
+                if rows is None:
+                    return True
+                self._load(rows)
+                if self.in_flight:
+                    self.report.record_engine_wait(self.clock() - waited_from)
+                continue
+            self._submit(self.pending.popleft())
+        return exhausted
+
+    def _load(self, rows: list[Row]) -> None:
+        """Encode a chunk, record rows that fail up front, queue the rest in order."""
+        if not rows:
+            return
+        requests: list[Request] = []
+        for row in rows:
+            if isinstance(row, InvalidRow):
+                self._finish(Result.failed(row, row.error))
+            else:
+                requests.append(row)
+        prompts = [r.prompt if r.prompt is not None else (r.messages or ()) for r in requests]
+        prepared: list[_Pending] = []
+        for request, encoded in zip(requests, self.engine.encode(prompts), strict=True):
+            if isinstance(encoded, PermanentRequestError):
+                self._finish(Result.failed(request, RowError(encoded.error_type, str(encoded))))
+            elif not encoded:
+                error = RowError(ERROR_INVALID_INPUT, f"line {request.line}: the prompt is empty")
+                self._finish(Result.failed(request, error))
+            else:
+                prepared.append(_Pending(request, encoded))
+        lengths = [len(p.token_ids) for p in prepared]
+        order = submission_order(lengths, self.config.order)
+        self.report.add_padding_avoided(
+            padding_tokens(lengths, PADDING_REFERENCE_BATCH)
+            - padding_tokens([lengths[i] for i in order], PADDING_REFERENCE_BATCH)
+        )
+        self.pending.extend(prepared[i] for i in order)
+        self.chunk_ends.append(rows[-1].index + 1)
+
+    def _submit(self, item: _Pending) -> None:
+        request = item.request
+        engine_request = EngineRequest(
+            key=request.index,
+            prompt_token_ids=item.token_ids,
+            sampling=request.sampling.over(self.config.sampling),
+        )
+        while True:
+            try:
+                self.engine.add(engine_request)
+            except PermanentRequestError as exc:
+                self._finish(Result.failed(request, RowError(exc.error_type, str(exc))))
+                return
+            except Exception as exc:
+                if classify(exc) is Failure.ENGINE_DEAD:
+                    self._restart_engine()
+                    continue
+                self._fail_or_retry_alone(item, exc)
+                return
+            item.submitted_at = self.clock()
+            self.in_flight[request.index] = item
+            return
+
+    def _step(self) -> None:
+        started = self.clock()
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:
+            self._on_step_failure(exc)
+            return
+        self.report.record_step(len(self.in_flight), self.clock() - started)
+        for output in outputs:
+            self._complete(output)
+
+    def _complete(self, output: EngineOutput) -> None:
+        item = self.in_flight.pop(output.key, None)
+        if item is None:  # finished after we aborted it for a retry: already resubmitted
+            return
+        request = item.request
+        self._finish(
+            Result(
+                index=request.index,
+                id=request.id,
+                output=output.text,
+                finish_reason=output.finish_reason,
+                prompt_tokens=output.prompt_tokens,
+                completion_tokens=output.completion_tokens,
+                kept=request.kept,
+                latency_s=self.clock() - item.submitted_at,
+            )
+        )
+
+    def _finish(self, result: Result) -> None:
+        self.reorder.push(result)
+        self.report.record_result(result)
+        self.rows_done += 1
+        self.output_tokens += result.completion_tokens or 0
+
+    def _emit(self) -> None:
+        ready = self.reorder.pop_ready()
+        if not ready:
+            return
+        self.sink.write(ready)
+        durable = False
+        while self.chunk_ends and self.reorder.next_index >= self.chunk_ends[0]:
+            self.chunk_ends.popleft()
+            durable = True
+        # At each chunk boundary: flushed and fsynced, so a crash loses only the
+        # rows still in flight (and resume picks up after the last whole row).
+        self.sink.flush(durable=durable)
+        self.progress.update(
+            self.reorder.next_index, self.output_tokens, self.supply.estimated_total_rows()
+        )
+
+    # -- failures ------------------------------------------------------------------
+
+    def _on_step_failure(self, exc: Exception) -> None:
+        failure = classify(exc)
+        if failure is Failure.ENGINE_DEAD:
+            self._restart_engine()
+            return
+        suspects = self._recall_in_flight()
+        if failure is Failure.OUT_OF_MEMORY and self.window > 1:
+            self.window = max(1, self.window // 2)
+            self.report.record_oom_backoff(self.window)
+            self.pending.extendleft(reversed(suspects))
+            return
+        self._isolate(suspects, exc)
+
+    def _recall_in_flight(self) -> list[_Pending]:
+        """Take every in-flight request back out of the engine, in submission order."""
+        suspects = list(self.in_flight.values())
+        self.in_flight.clear()
+        try:
+            self.engine.abort(item.request.index for item in suspects)
+        except Exception as exc:
+            if classify(exc) is not Failure.ENGINE_DEAD:
+                raise
+            self._restart_engine()
+        return suspects
+
+    def _isolate(self, group: list[_Pending], exc: Exception) -> None:
+        """Bisect a failing batch until the rows that fail it are alone.
+
+        Good rows in the batch succeed in the halves that do not hold a bad one; a
+        row that fails alone is retried with backoff, then gets an error record.
+        Splitting costs no wait: a poison row fails the same way every time, and
+        waiting only helps the transient faults the single-row retries cover.
+        """
+        stack: list[tuple[list[_Pending], Exception]] = [(group, exc)]
+        while stack:
+            members, error = stack.pop()
+            if len(members) == 1:
+                self._fail_or_retry_alone(members[0], error, isolated=True)
+                continue
+            middle = len(members) // 2
+            for half in (members[middle:], members[:middle]):
+                failed = self._run_group(half)
+                if failed is not None:
+                    stack.append(failed)
+
+    def _fail_or_retry_alone(
+        self, item: _Pending, error: Exception, isolated: bool = False
+    ) -> None:
+        while True:
+            item.attempts += 1
+            if not self.retry.should_retry(item.attempts):
+                message = f"failed after {item.attempts} attempts: {type(error).__name__}: {error}"
+                self._finish(Result.failed(item.request, RowError(ERROR_ENGINE, message)))
+                return
+            self.report.record_retry()
+            self.retry.wait(item.attempts)
+            failed = self._run_group([item])
+            if failed is None:
+                return
+            error = failed[1]
+
+    def _run_group(self, members: list[_Pending]) -> tuple[list[_Pending], Exception] | None:
+        """Run only `members` to completion; on failure return those left unfinished."""
+        for item in members:
+            self._submit(item)
+        while True:
+            remaining = [m for m in members if m.request.index in self.in_flight]
+            if not remaining:
+                return None
+            started = self.clock()
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:
+                if classify(exc) is Failure.ENGINE_DEAD:
+                    self._restart_engine()
+                    continue
+                return self._recall_in_flight(), exc
+            self.report.record_step(len(self.in_flight), self.clock() - started)
+            for output in outputs:
+                self._complete(output)
+            self._emit()
+
+    def _start_engine(self) -> Engine:
+        started = self.clock()
+        engine = self.engine_factory()
+        self.report.engine_started(self.clock() - started)
+        return engine
+
+    def _restart_engine(self) -> None:
+        self.restarts += 1
+        self.report.record_engine_restart()
+        limit = self.config.max_engine_restarts
+        if self.restarts > limit:
+            raise EngineFailedError(
+                f"the engine died {self.restarts} times (limit {limit}); completed rows are "
+                "saved, rerun with --resume to continue"
+            )
+        # It is dead already; a failing close must not stop the restart.
+        with contextlib.suppress(Exception):
+            self.engine.close()
+        lost = list(self.in_flight.values())
+        self.in_flight.clear()
+        self.engine = self._start_engine()
+        for item in lost:
+            self._submit(item)
+
+    def close(self) -> None:
+        try:
+            self._emit()
+        finally:
+            self.engine.close()

@@ -1,0 +1,288 @@
+"""The pipeline on the fake engine: order, completeness, bounded memory, faults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batching.config import InputConfig, RunConfig
+from batching.engine import EngineFactory
+from batching.pipeline import EngineFailedError, run_rows
+from batching.records import (
+    ERROR_ENGINE,
+    ERROR_INVALID_INPUT,
+    InvalidRow,
+    Request,
+    Result,
+    Row,
+    RowError,
+    Sampling,
+)
+from batching.report import Report
+from batching.retry import RetryPolicy
+from batching.testing import FakeEngine, FakeEngineFactory, expected_output
+
+
+@dataclass
+class ListSupply:
+    rows: list[Row]
+    chunk_size: int
+    chunks_read: int = 0
+
+    def chunks(self) -> Iterator[list[Row]]:
+        for start in range(0, len(self.rows), self.chunk_size):
+            self.chunks_read += 1
+            yield self.rows[start : start + self.chunk_size]
+
+    def estimated_total_rows(self) -> int | None:
+        return len(self.rows)
+
+
+@dataclass
+class ListSink:
+    results: list[Result] = field(default_factory=list)
+    durable_flushes: int = 0
+
+    def write(self, results: Sequence[Result]) -> None:
+        self.results.extend(results)
+
+    def flush(self, durable: bool = False) -> None:
+        self.durable_flushes += durable
+
+
+def prompts(texts: Sequence[str]) -> list[Row]:
+    return [Request(index=i, id=f"r{i}", line=i + 1, prompt=t) for i, t in enumerate(texts)]
+
+
+def no_sleep_policy(max_retries: int = 3) -> RetryPolicy:
+    return RetryPolicy(max_retries=max_retries, sleep=lambda _: None)
+
+
+def run(
+    rows: list[Row],
+    factory: EngineFactory,
+    *,
+    chunk_size: int = 4,
+    max_in_flight: int = 8,
+    order: str = "ascending",
+    max_tokens: int = 1000,
+    max_retries: int = 3,
+    max_engine_restarts: int = 3,
+) -> tuple[list[Result], Report]:
+    config = RunConfig(
+        input=InputConfig(path="-", chunk_size=chunk_size),
+        sampling=Sampling(max_tokens=max_tokens),
+        order=order,  # type: ignore[arg-type]
+        max_in_flight=max_in_flight,
+        max_retries=max_retries,
+        max_engine_restarts=max_engine_restarts,
+    )
+    sink = ListSink()
+    report = run_rows(
+        ListSupply(rows, chunk_size), sink, factory, config, retry=no_sleep_policy(max_retries)
+    )
+    return sink.results, report
+
+
+def assert_complete_and_ordered(results: list[Result], rows: list[Row]) -> None:
+    assert [r.index for r in results] == [row.index for row in rows]
+    assert [r.id for r in results] == [row.id for row in rows]
+
+
+TEXTS = ["a", "bbbbbbbb", "cc", "dddddd", "e", "ffff", "ggggggggggg", "hh", "iii", "j"]
+
+
+@pytest.mark.parametrize("order", ["input", "ascending", "descending"])
+@pytest.mark.parametrize("chunk_size", [1, 3, 100])
+def test_every_row_comes_back_once_in_input_order_with_its_own_output(
+    order: str, chunk_size: int
+) -> None:
+    rows = prompts(TEXTS)
+    results, report = run(rows, FakeEngine, chunk_size=chunk_size, order=order)
+    assert_complete_and_ordered(results, rows)
+    assert [r.output for r in results] == [t[::-1] for t in TEXTS]
+    assert report.rows == len(TEXTS) and report.rows_failed == 0
+
+
+def test_ascending_order_submits_short_prompts_first_within_a_chunk() -> None:
+    engine = FakeEngine()
+    run(prompts(["ccc", "a", "bb", "dddd"]), lambda: engine, chunk_size=4)
+    assert engine.added == [1, 2, 0, 3]
+
+
+def test_engine_is_topped_up_across_chunk_boundaries_without_draining() -> None:
+    engine = FakeEngine(max_num_seqs=4)
+    run(prompts(["x" * (i % 5 + 1) for i in range(40)]), lambda: engine, chunk_size=2)
+    # Every step but the last ones runs a full batch: the next chunk's rows were
+    # added while the previous chunk's were still running.
+    full_steps = [keys for keys in engine.steps if len(keys) == 4]
+    assert len(full_steps) == 10
+
+
+def test_in_flight_window_bounds_what_the_engine_holds() -> None:
+    engine = FakeEngine(max_num_seqs=2, oom_above=6)  # would OOM if we queued more
+    results, report = run(prompts(["x"] * 30), lambda: engine, max_in_flight=6, chunk_size=10)
+    assert all(r.ok for r in results)
+    assert report.oom_backoffs == 0
+
+
+def test_invalid_rows_keep_their_place_and_error() -> None:
+    error = RowError(ERROR_INVALID_INPUT, "line 2: field 'prompt': expected a string")
+    rows: list[Row] = [
+        Request(index=0, id=0, line=1, prompt="ok"),
+        InvalidRow(index=1, id=1, line=2, error=error),
+        Request(index=2, id=2, line=3, prompt="fine"),
+    ]
+    results, report = run(rows, FakeEngine)
+    assert_complete_and_ordered(results, rows)
+    assert results[1].error == error
+    assert results[0].output == "ko" and results[2].output == "enif"
+    assert report.rows_failed == 1
+
+
+def test_row_sampling_overrides_the_default() -> None:
+    rows: list[Row] = [
+        Request(index=0, id=0, line=1, prompt="abcdef"),
+        Request(index=1, id=1, line=2, prompt="abcdef", sampling=Sampling(max_tokens=2)),
+    ]
+    results, _ = run(rows, FakeEngine, max_tokens=4)
+    assert [r.output for r in results] == ["fedc", "fe"]
+    assert [r.finish_reason for r in results] == ["length", "length"]
+
+
+def test_a_poison_row_is_isolated_and_its_batch_mates_succeed() -> None:
+    texts = [f"row {i}" for i in range(20)]
+    texts[13] = "row POISON"
+    rows = prompts(texts)
+    results, report = run(rows, lambda: FakeEngine(poison=frozenset({"POISON"})), max_retries=2)
+    assert_complete_and_ordered(results, rows)
+    failed = [r.index for r in results if not r.ok]
+    assert failed == [13]
+    assert results[13].error is not None and results[13].error.type == ERROR_ENGINE
+    assert "3 attempts" in results[13].error.message
+    assert all(r.output == expected_output(texts[r.index], 1000) for r in results if r.ok)
+    assert report.retries == 2
+
+
+def test_a_transient_fault_is_retried_and_every_row_succeeds() -> None:
+    rows = prompts([f"row {i}" for i in range(12)])
+    results, _ = run(rows, lambda: FakeEngine(flaky_steps=frozenset({2, 3})))
+    assert_complete_and_ordered(results, rows)
+    assert all(r.ok for r in results)
+
+
+def test_rows_the_engine_rejects_fail_at_once_without_retries() -> None:
+    rows = prompts(["good", "too long " * 10, "also good"])
+    results, report = run(rows, lambda: FakeEngine(max_model_len=20))
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error is not None and results[1].error.type == "prompt_too_long"
+    assert report.retries == 0
+
+
+def test_empty_prompt_is_an_invalid_input_record() -> None:
+    results, _ = run(prompts(["", "x"]), FakeEngine)
+    assert results[0].error is not None and results[0].error.type == ERROR_INVALID_INPUT
+    assert results[1].ok
+
+
+def test_a_dead_engine_is_replaced_and_in_flight_rows_resubmitted() -> None:
+    factory = FakeEngineFactory([FakeEngine(die_at_step=3), FakeEngine()])
+    rows = prompts([f"row {i}" for i in range(30)])
+    results, report = run(rows, factory)
+    assert_complete_and_ordered(results, rows)
+    assert all(r.ok for r in results)
+    assert report.engine_restarts == 1
+    assert len(factory.made) == 2 and factory.made[0].closed
+
+
+def test_an_engine_that_keeps_dying_stops_the_run_after_the_restart_limit() -> None:
+    factory = FakeEngineFactory([FakeEngine(die_at_step=1)])
+    with pytest.raises(EngineFailedError, match="--resume"):
+        run(prompts(["a", "b"]), factory, max_engine_restarts=2)
+    assert len(factory.made) == 3
+
+
+def test_out_of_memory_halves_the_window_and_goes_on() -> None:
+    engine = FakeEngine(max_num_seqs=2, oom_above=3)
+    rows = prompts([f"row {i}" for i in range(20)])
+    results, report = run(rows, lambda: engine, max_in_flight=16, chunk_size=20)
+    assert_complete_and_ordered(results, rows)
+    assert all(r.ok for r in results)
+    assert report.oom_backoffs == 3  # 16 -> 8 -> 4 -> 2
+
+
+def test_results_are_flushed_durably_at_every_chunk_boundary() -> None:
+    sink = ListSink()
+    config = RunConfig(input=InputConfig(path="-", chunk_size=5), max_in_flight=5)
+    rows = prompts([f"r{i}" for i in range(20)])
+    run_rows(ListSupply(rows, 5), sink, FakeEngine, config)
+    assert sink.durable_flushes == 4
+
+
+def test_reorder_buffer_stays_bounded_when_an_early_row_is_slow() -> None:
+    # Row 0 is far longer than the rest; with max_num_seqs=1 in input order it would
+    # block everything, so the pipeline must stop reading ahead meanwhile.
+    @dataclass
+    class CountingSupply(ListSupply):
+        def chunks(self) -> Iterator[list[Row]]:
+            yield from super().chunks()
+
+    rows = prompts(["x" * 50] + ["y"] * 400)
+    supply = CountingSupply(rows, chunk_size=10)
+    config = RunConfig(input=InputConfig(path="-", chunk_size=10), max_in_flight=4)
+    sink = ListSink()
+    run_rows(supply, sink, lambda: FakeEngine(max_num_seqs=1), config)
+    assert [r.index for r in sink.results] == list(range(401))
+
+
+@st.composite
+def row_lists(draw: st.DrawFn) -> list[Row]:
+    texts = draw(st.lists(st.text(alphabet="abcXYZ ", max_size=12), max_size=40))
+    rows: list[Row] = []
+    for i, text in enumerate(texts):
+        if draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()):
+            rows.append(InvalidRow(i, i, i + 1, RowError(ERROR_INVALID_INPUT, "bad")))
+        else:
+            rows.append(Request(index=i, id=i, line=i + 1, prompt=text))
+    return rows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=row_lists(),
+    chunk_size=st.integers(1, 9),
+    window=st.integers(1, 12),
+    seqs=st.integers(1, 5),
+    # At most max_retries transient faults: a row may meet all of them alone.
+    flaky=st.frozensets(st.integers(1, 30), max_size=3),
+    die_at=st.one_of(st.none(), st.integers(1, 20)),
+    order=st.sampled_from(["input", "ascending", "descending"]),
+)
+def test_any_input_and_fault_schedule_gives_one_ordered_row_per_input_row(
+    rows: list[Row],
+    chunk_size: int,
+    window: int,
+    seqs: int,
+    flaky: frozenset[int],
+    die_at: int | None,
+    order: str,
+) -> None:
+    first = FakeEngine(
+        max_num_seqs=seqs, poison=frozenset({"XYZ"}), flaky_steps=flaky, die_at_step=die_at
+    )
+    factory = FakeEngineFactory([first, FakeEngine(max_num_seqs=seqs, poison=frozenset({"XYZ"}))])
+    results, _ = run(rows, factory, chunk_size=chunk_size, max_in_flight=window, order=order)
+    assert_complete_and_ordered(results, rows)
+    for row, result in zip(rows, results, strict=True):
+        if isinstance(row, InvalidRow):
+            assert not result.ok
+        elif row.prompt and "XYZ" not in row.prompt:
+            # Every row that did not fault itself succeeded, with its own output.
+            assert result.ok, result.error
+            assert result.output == row.prompt[::-1]
+        elif row.prompt:
+            assert not result.ok
