@@ -16,11 +16,11 @@ from batching.records import Sampling
 __all__ = [
     "EngineConfig",
     "InputConfig",
-    "OutputConfig",
-    "RunConfig",
     "InputFormat",
-    "OutputFormat",
     "Order",
+    "OutputConfig",
+    "OutputFormat",
+    "RunConfig",
 ]
 
 InputFormat = Literal["jsonl", "parquet"]
@@ -51,6 +51,7 @@ class OutputConfig:
 
     path: str | None = None
     format: OutputFormat | None = None  # None: from the extension
+    overwrite: bool = False  # an existing file is never replaced unless asked
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from batching.report import format_duration
 
 __all__ = [
+    "print_error",
     "BarProgress",
     "LineProgress",
     "Progress",
@@ -262,3 +263,9 @@ def make_progress(
     if interactive:
         return BarProgress(out, clock=clock)
     return LineProgress(out, interval_s=interval_s, clock=clock)
+
+
+def print_error(message: str) -> None:
+    """One plain line on stderr: never wrapped or styled, so it greps and logs cleanly."""
+    sys.stderr.write(f"bizra-batch: error: {message}\n")
+    sys.stderr.flush()

@@ -1,0 +1,5 @@
+"""`python -m cli` runs the bizra-batch command."""
+
+from cli.app import main
+
+main()

@@ -1,0 +1,70 @@
+"""The `bizra-batch` command: a Typer app with one module per subcommand."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+import typer
+
+from cli import run as run_command
+
+__all__ = ["app", "main"]
+
+HELP = """Offline batch inference for LLMs on vLLM.
+
+Streams a JSONL or Parquet file (or stdin) of prompts through vLLM's offline engine
+and writes exactly one result row per input row, in input order.
+
+Exit codes: 0 every row ok; 1 some rows failed (their error records are in the
+output); 2 usage error or unreadable input; 130/143 interrupted (SIGINT/SIGTERM).
+"""
+
+app = typer.Typer(
+    name="bizra-batch",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _package_version() -> str:
+    try:
+        return version("bizra-batch")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"bizra-batch {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version_: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Offline batch inference for LLMs on vLLM."""
+
+
+app.command(
+    "run",
+    short_help="Run prompts through a model: one result row per input row, in order.",
+    no_args_is_help=True,
+)(run_command.run)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

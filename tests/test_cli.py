@@ -1,0 +1,168 @@
+"""The CLI on the fake engine: files and pipes, exit codes, messages, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+
+runner = CliRunner()
+
+ROWS = [
+    {"id": "a", "prompt": "hello there", "topic": "greeting"},
+    {"id": "b", "messages": [{"role": "user", "content": "hi"}]},
+    {"id": "c", "prompt": "x", "max_tokens": 1},
+]
+
+
+def jsonl(rows: list[dict[str, object]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+
+
+def read_jsonl(data: bytes | str) -> list[dict[str, object]]:
+    raw = data.encode() if isinstance(data, str) else data
+    return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def invoke(*args: str, input: bytes | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["run", *args, "--engine", "fake"], input=input, env=env)
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(jsonl(ROWS))
+    return path
+
+
+def test_help_lists_every_command_with_a_description() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "run  Run prompts through a model: one result row per input row, in order." in (
+        result.output
+    )
+
+
+def test_run_help_documents_exit_codes_and_the_model_env_var() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "BIZRA_BATCH_MODEL" in result.output
+    assert "Exit codes" in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("bizra-batch ")
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_results_go_to_stdout_in_input_order(source: str, prompts_file: Path) -> None:
+    if source == "file":
+        result = invoke(str(prompts_file), "-m", "fake", "-q")
+    else:
+        result = invoke("-", "-m", "fake", "-q", input=jsonl(ROWS))
+    assert result.exit_code == 0, result.stderr
+    rows = read_jsonl(result.stdout)
+    assert [r["id"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["output"] == "ereht olleh"
+    assert rows[2]["output"] == "x" and rows[2]["finish_reason"] == "stop"
+    assert all(r["error"] is None for r in rows)
+    assert result.stderr == ""  # --quiet: nothing at all on stderr
+
+
+def test_output_file_keep_fields_and_report(prompts_file: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    result = invoke(
+        str(prompts_file), "-m", "fake", "-o", str(out), "--keep-fields", "topic",
+        "--report", str(report),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # results went to the file; stdout stays clean
+    rows = read_jsonl(out.read_bytes())
+    assert [r["topic"] for r in rows] == ["greeting", None, None]
+    figures = orjson.loads(report.read_bytes())
+    for key in (
+        "rows", "rows_ok", "rows_failed", "wall_seconds", "engine_startup_seconds",
+        "requests_per_second", "input_tokens_per_second", "output_tokens_per_second",
+        "batches", "avg_batch_size", "avg_batch_duration_ms", "padding_tokens_avoided",
+        "latency_p50_ms", "latency_p95_ms",
+    ):  # fmt: skip
+        assert key in figures
+    assert figures["rows"] == 3 and figures["rows_ok"] == 3
+    assert "rows" in result.stderr  # the summary table
+
+
+def test_parquet_in_and_out(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({"prompt": ["ab", "cde"], "id": [10, 11]}), source)
+    result = invoke(str(source), "-m", "fake", "-o", str(out), "-q")
+    assert result.exit_code == 0, result.stderr
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == [10, 11]
+    assert table.column("output").to_pylist() == ["ba", "edc"]
+
+
+def test_model_from_the_environment(prompts_file: Path) -> None:
+    result = invoke(str(prompts_file), "-q", env={"BIZRA_BATCH_MODEL": "fake"})
+    assert result.exit_code == 0, result.stderr
+
+
+def test_missing_model_is_a_usage_error(prompts_file: Path) -> None:
+    result = invoke(str(prompts_file), env={"BIZRA_BATCH_MODEL": ""})
+    assert result.exit_code == 2
+    assert "--model" in result.stderr
+
+
+def test_missing_input_file_exits_2_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    result = invoke(str(missing), "-m", "fake")
+    assert result.exit_code == 2
+    assert str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_existing_output_is_not_overwritten_without_asking(
+    prompts_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    result = invoke(str(prompts_file), "-m", "fake", "-o", str(out))
+    assert result.exit_code == 2
+    assert "--overwrite" in result.stderr
+    assert out.read_text() == "precious\n"
+    result = invoke(str(prompts_file), "-m", "fake", "-o", str(out), "--overwrite", "-q")
+    assert result.exit_code == 0
+    assert len(read_jsonl(out.read_bytes())) == 3
+
+
+def test_bad_rows_get_error_records_in_place_and_exit_1(tmp_path: Path) -> None:
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(b'{"prompt": "ok"}\n{not json\n{"prompt": 5}\n{"prompt": "fine"}\n')
+    result = invoke(str(source), "-m", "fake", "-q")
+    assert result.exit_code == 1
+    rows = read_jsonl(result.stdout)
+    assert [r["id"] for r in rows] == [0, 1, 2, 3]
+    assert [r["error"] is None for r in rows] == [True, False, False, True]
+    assert "mixed.jsonl:2" in rows[1]["error"]["message"]  # type: ignore[index]
+    assert "prompt" in rows[2]["error"]["message"]  # type: ignore[index]
+
+
+def test_empty_input_gives_empty_output_and_exit_0(tmp_path: Path) -> None:
+    source = tmp_path / "empty.jsonl"
+    source.write_bytes(b"")
+    result = invoke(str(source), "-m", "fake", "-q")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+
+
+def test_bad_engine_arg_is_a_usage_error(prompts_file: Path) -> None:
+    result = invoke(str(prompts_file), "-m", "fake", "--engine-arg", "novalue")
+    assert result.exit_code == 2
+    assert "KEY=VALUE" in result.stderr
