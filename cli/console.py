@@ -27,12 +27,12 @@ from tqdm import tqdm
 from batching.report import format_duration
 
 __all__ = [
-    "print_error",
     "BarProgress",
     "LineProgress",
     "Progress",
     "SilentProgress",
     "make_progress",
+    "print_error",
     "stderr_console",
 ]
 
