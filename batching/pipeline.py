@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
 
 from batching.config import RunConfig
 from batching.engine import (
@@ -26,7 +25,7 @@ from batching.engine import (
 from batching.errors import BatchError
 from batching.grouping import padding_tokens, submission_order
 from batching.ordering import ReorderBuffer
-from batching.readers import RowSource, open_source
+from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.records import (
     ERROR_ENGINE,
     ERROR_INVALID_INPUT,
@@ -38,9 +37,8 @@ from batching.records import (
 )
 from batching.report import Report, ReportCollector
 from batching.retry import Failure, RetryPolicy, classify
-from batching.writers import open_writer
 
-__all__ = ["EngineFailedError", "ProgressSink", "ResultSink", "RowSupply", "run", "run_rows"]
+__all__ = ["EngineFailedError", "run_rows"]
 
 # What a padding engine would run as one static batch, for the report's
 # padding-avoided figure; vLLM's default max_num_seqs on GPUs.
@@ -49,24 +47,6 @@ PADDING_REFERENCE_BATCH = 256
 
 class EngineFailedError(BatchError):
     """The engine kept dying after every allowed restart; the run stops (exit 1)."""
-
-
-class ProgressSink(Protocol):
-    def update(self, rows_done: int, output_tokens: int, total_rows: int | None) -> None: ...
-
-
-class ResultSink(Protocol):
-    def write(self, results: Sequence[Result]) -> None: ...
-
-    def flush(self, durable: bool = False) -> None: ...
-
-
-class RowSupply(Protocol):
-    """What the pipeline needs of a reader: chunks of rows, and how far it has got."""
-
-    def chunks(self) -> Iterator[list[Row]]: ...
-
-    def estimated_total_rows(self) -> int | None: ...
 
 
 @dataclass(slots=True)
@@ -91,11 +71,13 @@ def run_rows(
     progress: ProgressSink | None = None,
     retry: RetryPolicy | None = None,
     report: ReportCollector | None = None,
+    start_index: int = 0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Report:
     """Run every row of `supply` through an engine and write one result per row, in order.
 
     Pass your own `report` collector to read a partial report after an interrupt.
+    `start_index` is the first row `supply` yields (a resumed run skips the rest).
 
     >>> from batching.testing import FakeEngine
     >>> report = run_rows(rows, writer, FakeEngine, config)   # doctest: +SKIP
@@ -112,6 +94,7 @@ def run_rows(
         progress=progress or _NullProgress(),
         retry=retry or RetryPolicy(max_retries=config.max_retries),
         report=collector,
+        start_index=start_index,
         clock=clock,
     )
     try:
@@ -119,58 +102,6 @@ def run_rows(
     finally:
         runner.close()
     return collector.finish()
-
-
-def run(
-    config: RunConfig,
-    engine_factory: EngineFactory,
-    *,
-    progress: ProgressSink | None = None,
-    retry: RetryPolicy | None = None,
-    report: ReportCollector | None = None,
-    stdin: BinaryIO | None = None,
-    stdout: BinaryIO | None = None,
-) -> Report:
-    """Read `config.input`, run it, write `config.output`; return the report.
-
-    >>> from batching.testing import FakeEngine
-    >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
-    ...     FakeEngine)   # doctest: +SKIP
-    """
-    # Both are opened before the engine starts: a missing input or an output that
-    # exists should fail in milliseconds, not after a minute of model loading.
-    with (
-        open_source(config.input, stdin=stdin) as source,
-        open_writer(config.output, stdout=stdout) as writer,
-    ):
-        return run_rows(
-            _SourceSupply(source),
-            writer,
-            engine_factory,
-            config,
-            progress=progress,
-            retry=retry,
-            report=report,
-        )
-
-
-class _SourceSupply:
-    def __init__(self, source: RowSource) -> None:
-        self.source = source
-
-    def chunks(self) -> Iterator[list[Row]]:
-        return self.source.chunks()
-
-    def estimated_total_rows(self) -> int | None:
-        """Exact for Parquet; for a file, extrapolated from the share of bytes read."""
-        source = self.source
-        if source.total_rows is not None:
-            return int(source.total_rows)
-        if source.total_bytes and source.bytes_read:
-            return max(
-                source.rows_read, round(source.rows_read * source.total_bytes / source.bytes_read)
-            )
-        return None
 
 
 class _Runner:
@@ -184,6 +115,7 @@ class _Runner:
         progress: ProgressSink,
         retry: RetryPolicy,
         report: ReportCollector,
+        start_index: int,
         clock: Callable[[], float],
     ) -> None:
         self.supply = supply
@@ -199,14 +131,22 @@ class _Runner:
         # Results may wait for one slow early row; past this many we stop reading
         # ahead and let the engine catch up, so the buffer stays bounded.
         self.reorder_limit = 2 * chunk_size + self.window
-        self.reorder = ReorderBuffer(start=0)
+        self.reorder = ReorderBuffer(start=start_index)
         self.pending: deque[_Pending] = deque()
         self.in_flight: dict[int, _Pending] = {}
         self.chunk_ends: deque[int] = deque()
         self.restarts = 0
         self.rows_done = 0
         self.output_tokens = 0
-        self.engine = self._start_engine()
+        # Started when first needed: a run whose rows are all invalid, or a resume
+        # with nothing left to do, never waits for a model to load.
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._start_engine()
+        return self._engine
 
     # -- the main loop -------------------------------------------------------------
 
@@ -442,11 +382,12 @@ class _Runner:
                 "saved, rerun with --resume to continue"
             )
         # It is dead already; a failing close must not stop the restart.
-        with contextlib.suppress(Exception):
-            self.engine.close()
+        if self._engine is not None:
+            with contextlib.suppress(Exception):
+                self._engine.close()
         lost = list(self.in_flight.values())
         self.in_flight.clear()
-        self.engine = self._start_engine()
+        self._engine = self._start_engine()
         for item in lost:
             self._submit(item)
 
@@ -454,4 +395,5 @@ class _Runner:
         try:
             self._emit()
         finally:
-            self.engine.close()
+            if self._engine is not None:
+                self._engine.close()
