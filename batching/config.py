@@ -52,6 +52,7 @@ class OutputConfig:
     path: str | None = None
     format: OutputFormat | None = None  # None: from the extension
     overwrite: bool = False  # an existing file is never replaced unless asked
+    resume: bool = False  # continue an existing output after its last complete row
 
 
 @dataclass(frozen=True, slots=True)
