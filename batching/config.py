@@ -26,6 +26,8 @@ __all__ = [
 InputFormat = Literal["jsonl", "parquet"]
 OutputFormat = Literal["jsonl", "parquet"]
 
+OnInvalid = Literal["record", "abort"]
+
 STDIO = "-"
 
 
@@ -103,6 +105,12 @@ class RunConfig:
     max_retries: int = 3
     max_engine_restarts: int = 3
     report_path: str | None = None
+    # Failed rows also go here (as OpenAI's batch API does); they stay in the output.
+    errors_path: str | None = None
+    # "record": a bad input row becomes an error record and the run goes on;
+    # "abort": any bad row stops the run before the engine starts.
+    on_invalid: OnInvalid = "record"
+    max_line_bytes: int = 16 * 1024 * 1024
     # How many requests the engine holds at once. Enough to keep vLLM's scheduler
     # full (it runs at most max_num_seqs at a time) without queueing a whole file.
     max_in_flight: int = 512

@@ -37,6 +37,11 @@ class EngineChoice(str, Enum):
     fake = "fake"
 
 
+class OnInvalidChoice(str, Enum):
+    record = "record"
+    abort = "abort"
+
+
 class OrderChoice(str, Enum):
     input = "input"
     ascending = "ascending"
@@ -197,9 +202,38 @@ def run(
     ] = 512,
     max_retries: Annotated[int, typer.Option(min=0, rich_help_panel=RUNNING)] = 3,
     max_engine_restarts: Annotated[int, typer.Option(min=0, rich_help_panel=RUNNING)] = 3,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run: keep the rows the output already holds "
+            "(checked against the input) and run the rest.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing output file.", rich_help_panel=OUTPUT)
     ] = False,
+    errors: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write failed rows to this file (they stay in the output too).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    on_invalid: Annotated[
+        OnInvalidChoice,
+        typer.Option(
+            help="record: a bad input row gets an error record and the run goes on; "
+            "abort: any bad row stops the run before the model loads (exit 2).",
+            rich_help_panel=FIELDS,
+        ),
+    ] = OnInvalidChoice.record,
+    max_line_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Longer input lines become error records.", rich_help_panel=FIELDS
+        ),
+    ] = 16 * 1024 * 1024,
     report: Annotated[
         str | None,
         typer.Option(help="Also write the run report as JSON here.", rich_help_panel=OUTPUT),
@@ -220,6 +254,10 @@ def run(
     2 usage error or unreadable input; 130/143 interrupted by SIGINT/SIGTERM.
     """
     try:
+        if resume and overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; pick one")
+        if resume and (output is None or output == "-"):
+            raise UsageError("--resume needs an output file (-o); stdout cannot be continued")
         _check_sampling("temperature", temperature, 0.0, math.inf)
         _check_sampling("top-p", top_p, 1e-9, 1.0)
         config = RunConfig(
@@ -232,7 +270,7 @@ def run(
                 keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
                 chunk_size=chunk_size,
             ),
-            output=OutputConfig(path=output, overwrite=overwrite),
+            output=OutputConfig(path=output, overwrite=overwrite, resume=resume),
             sampling=Sampling(
                 max_tokens=max_tokens,
                 temperature=temperature,
@@ -246,6 +284,9 @@ def run(
             max_engine_restarts=max_engine_restarts,
             max_in_flight=max_in_flight,
             report_path=report,
+            errors_path=errors,
+            on_invalid=on_invalid.value,
+            max_line_bytes=max_line_bytes,
         )
         engine_config = EngineConfig(
             model=model,
@@ -283,7 +324,7 @@ def _engine_factory(choice: EngineChoice, config: EngineConfig, debug: bool) -> 
 
 
 def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debug: bool) -> int:
-    from batching.pipeline import run as run_pipeline
+    from batching.job import run as run_pipeline
     from batching.report import ReportCollector, render_report, write_report
 
     console = stderr_console()

@@ -1,0 +1,176 @@
+"""One job: the files around the pipeline (input, output, lock, resume, errors file).
+
+`run` is what the CLI calls and what a program calls to run a file end to end;
+`pipeline.run_rows` is the engine loop inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+from batching.config import STDIO, OutputConfig, RunConfig
+from batching.engine import EngineFactory
+from batching.errors import UsageError
+from batching.pipeline import run_rows
+from batching.protocols import ProgressSink, ResultSink, RowSupply
+from batching.readers import RowSource, open_source
+from batching.records import InvalidRow, Result, Row
+from batching.report import Report, ReportCollector
+from batching.resume import OutputLock, ResumedSupply
+from batching.retry import RetryPolicy
+from batching.writers import ResultWriter, open_writer, scan_output
+
+__all__ = ["run"]
+
+# How many bad rows `--on-invalid abort` lists before it stops.
+INVALID_ROWS_LISTED = 5
+
+
+def run(
+    config: RunConfig,
+    engine_factory: EngineFactory,
+    *,
+    progress: ProgressSink | None = None,
+    retry: RetryPolicy | None = None,
+    report: ReportCollector | None = None,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+) -> Report:
+    """Read `config.input`, run it, write `config.output`; return the report.
+
+    >>> from batching.testing import FakeEngine
+    >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
+    ...     FakeEngine)   # doctest: +SKIP
+    """
+    output = config.output
+    with contextlib.ExitStack() as stack:
+        # Everything that can fail on the user's files fails here, before the engine
+        # starts: a wrong path should cost milliseconds, not a minute of model loading.
+        if _is_file(output.path):
+            stack.enter_context(OutputLock(str(output.path)))
+        existing = scan_output(output) if output.resume else None
+        if config.on_invalid == "abort":
+            stdin = _check_every_row(config, stdin, stack)
+        source = stack.enter_context(
+            open_source(config.input, max_line_bytes=config.max_line_bytes, stdin=stdin)
+        )
+        writer = stack.enter_context(open_writer(output, stdout=stdout))
+        supply: RowSupply = _SourceSupply(source)
+        done = 0
+        if existing is not None and existing.rows:
+            done = existing.rows
+            supply = ResumedSupply(supply, done=done, ids=existing.ids(), output=writer.name)
+        sink: ResultSink = writer
+        if config.errors_path:
+            errors = stack.enter_context(_open_errors_file(config, writer))
+            sink = _ErrorsTee(writer, errors)
+        return run_rows(
+            supply,
+            sink,
+            engine_factory,
+            config,
+            progress=progress,
+            retry=retry,
+            report=report,
+            start_index=done,
+        )
+
+
+def _is_file(path: str | None) -> bool:
+    return path is not None and path != STDIO
+
+
+class _SourceSupply:
+    def __init__(self, source: RowSource) -> None:
+        self.source = source
+
+    def chunks(self) -> Iterator[list[Row]]:
+        return self.source.chunks()
+
+    def estimated_total_rows(self) -> int | None:
+        """Exact for Parquet; for a file, extrapolated from the share of bytes read."""
+        source = self.source
+        if source.total_rows is not None:
+            return int(source.total_rows)
+        if source.total_bytes and source.bytes_read:
+            estimate = round(source.rows_read * source.total_bytes / source.bytes_read)
+            return max(source.rows_read, estimate)
+        return None
+
+
+class _ErrorsTee:
+    """The output, plus every failed row again in the errors file."""
+
+    def __init__(self, main: ResultWriter, errors: ResultWriter) -> None:
+        self.main = main
+        self.errors = errors
+
+    def write(self, results: Sequence[Result]) -> None:
+        self.main.write(results)
+        failed = [result for result in results if not result.ok]
+        if failed:
+            self.errors.write(failed)
+
+    def flush(self, durable: bool = False) -> None:
+        self.main.flush(durable=durable)
+        self.errors.flush(durable=durable)
+
+
+@contextlib.contextmanager
+def _open_errors_file(config: RunConfig, main: ResultWriter) -> Iterator[ResultWriter]:
+    """The errors file, replaced whenever the output is replaced or continued.
+
+    On resume it is rewritten from the failed rows the output already holds, so
+    the two can never disagree whatever moment the earlier run died at.
+    """
+    output = config.output
+    errors_config = OutputConfig(
+        path=config.errors_path, overwrite=output.overwrite or output.resume
+    )
+    with open_writer(errors_config) as errors:
+        existing = scan_output(output) if output.resume else None
+        if existing is not None and existing.rows:
+            for batch in existing.failed_rows():
+                errors.write(batch)
+            errors.flush(durable=True)
+        yield errors
+
+
+def _check_every_row(
+    config: RunConfig, stdin: BinaryIO | None, stack: contextlib.ExitStack
+) -> BinaryIO | None:
+    """`--on-invalid abort`: read the whole input once and stop if any row is bad.
+
+    Standard input can be read only once, so it is first copied to a temporary
+    file (on disk, not in memory), which the run then reads.
+    """
+    if config.input.path == STDIO:
+        spool = stack.enter_context(tempfile.TemporaryFile(prefix="bizra-batch-stdin-"))  # noqa: SIM115
+        shutil.copyfileobj(stdin or sys.stdin.buffer, spool, length=1 << 20)
+        spool.seek(0)
+        stdin = spool
+    bad: list[str] = []
+    count = 0
+    with open_source(config.input, max_line_bytes=config.max_line_bytes, stdin=stdin) as source:
+        for chunk in source.chunks():
+            for row in chunk:
+                if isinstance(row, InvalidRow):
+                    count += 1
+                    if len(bad) < INVALID_ROWS_LISTED:
+                        bad.append(row.error.message)
+    if count:
+        listing = "\n  ".join(bad)
+        more = f"\n  ... and {count - len(bad)} more" if count > len(bad) else ""
+        raise UsageError(
+            f"{count} invalid input rows; nothing was run (--on-invalid abort):\n  "
+            f"{listing}{more}\nFix them, or run without --on-invalid abort to get error "
+            "records for them and results for the rest"
+        )
+    if stdin is not None:
+        stdin.seek(0)
+    return stdin

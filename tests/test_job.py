@@ -1,0 +1,154 @@
+"""A whole job on the fake engine: resume, lock, errors file, --on-invalid abort."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batching.config import InputConfig, OutputConfig, RunConfig
+from batching.errors import OutputError, UsageError
+from batching.job import run
+from batching.records import Sampling
+from batching.resume import OutputLock
+from batching.testing import FakeEngine
+
+
+def write_prompts(path: Path, count: int, bad: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    lines = []
+    for i in range(count):
+        lines.append(b"{broken" if i in bad else orjson.dumps({"id": f"r{i}", "prompt": f"p{i}"}))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def config(source: Path, out: Path, **kwargs: object) -> RunConfig:
+    output = OutputConfig(
+        path=str(out),
+        resume=bool(kwargs.pop("resume", False)),
+        overwrite=bool(kwargs.pop("overwrite", False)),
+    )
+    return RunConfig(
+        input=InputConfig(path=str(source), chunk_size=7),
+        output=output,
+        sampling=Sampling(max_tokens=50),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_resume_after_a_crash_gives_the_uninterrupted_output(tmp_path: Path, suffix: str) -> None:
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 100)
+    reference = tmp_path / f"reference{suffix}"
+    run(config(source, reference), FakeEngine)
+
+    out = tmp_path / f"out{suffix}"
+    crashing = FakeEngine(die_at_step=6)
+    with pytest.raises(Exception, match="died"):
+        run(config(source, out, max_engine_restarts=0), lambda: crashing)
+    report = run(config(source, out, resume=True), FakeEngine)
+    assert 0 < report.rows < 100  # only the rest ran
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_resume_drops_a_torn_last_line(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 30)
+    run(config(source, out), FakeEngine)
+    reference = out.read_bytes()
+    lines = reference.splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:12]) + lines[12][:9])  # killed mid-write
+    report = run(config(source, out, resume=True), FakeEngine)
+    assert report.rows == 18
+    assert out.read_bytes() == reference
+
+
+def test_resume_of_a_finished_output_runs_nothing(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 10)
+    run(config(source, out), FakeEngine)
+    started: list[FakeEngine] = []
+
+    def factory() -> FakeEngine:
+        started.append(FakeEngine())
+        return started[-1]
+
+    report = run(config(source, out, resume=True), factory)
+    assert report.rows == 0 and started == []  # the model never loaded
+
+
+def test_resume_refuses_the_output_of_another_input(tmp_path: Path) -> None:
+    source, other, out = tmp_path / "in.jsonl", tmp_path / "other.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 10)
+    other.write_bytes(b'{"id": "x", "prompt": "p"}\n' * 1)
+    run(config(other, out), FakeEngine)
+    before = out.read_bytes()
+    with pytest.raises(UsageError, match=r"row 1 has id 'x' but input row 1 has id 'r0'"):
+        run(config(source, out, resume=True), FakeEngine)
+    assert out.read_bytes() == before
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 5)
+    with OutputLock(str(out)), pytest.raises(OutputError, match="another bizra-batch run"):
+        run(config(source, out), FakeEngine)
+    assert not out.exists()
+    run(config(source, out), FakeEngine)  # the lock went with its holder
+    assert len(out.read_bytes().splitlines()) == 5
+
+
+def test_errors_file_holds_the_failed_rows_which_stay_in_the_output(tmp_path: Path) -> None:
+    source, out, errors = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    write_prompts(source, 20, bad={3, 11})
+    run(config(source, out, errors_path=str(errors)), FakeEngine)
+    rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    failed = [orjson.loads(line) for line in errors.read_bytes().splitlines()]
+    assert len(rows) == 20
+    assert [r["id"] for r in failed] == [3, 11]
+    assert failed == [rows[3], rows[11]]
+
+
+def test_errors_file_is_consistent_after_a_resume(tmp_path: Path) -> None:
+    source, errors = tmp_path / "in.jsonl", tmp_path / "err.jsonl"
+    write_prompts(source, 60, bad={2, 40})
+    reference_errors = tmp_path / "ref-err.jsonl"
+    run(config(source, tmp_path / "ref.jsonl", errors_path=str(reference_errors)), FakeEngine)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(Exception, match="died"):
+        run(
+            config(source, out, errors_path=str(errors), max_engine_restarts=0),
+            lambda: FakeEngine(die_at_step=5),
+        )
+    run(config(source, out, errors_path=str(errors), resume=True), FakeEngine)
+    assert errors.read_bytes() == reference_errors.read_bytes()
+
+
+def test_on_invalid_abort_lists_bad_rows_before_the_engine_starts(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 20, bad={4, 9})
+    started: list[int] = []
+
+    def factory() -> FakeEngine:
+        started.append(1)
+        return FakeEngine()
+
+    with pytest.raises(UsageError) as caught:
+        run(config(source, out, on_invalid="abort"), factory)
+    message = str(caught.value)
+    assert message.startswith("2 invalid input rows")
+    assert "in.jsonl:5" in message and "in.jsonl:10" in message
+    assert started == []
+
+
+def test_on_invalid_abort_on_stdin_still_runs_a_clean_input(tmp_path: Path) -> None:
+    data = b"".join(orjson.dumps({"prompt": f"p{i}"}) + b"\n" for i in range(5))
+    out = io.BytesIO()
+    cfg = RunConfig(input=InputConfig(path="-"), on_invalid="abort")
+    report = run(cfg, FakeEngine, stdin=io.BytesIO(data), stdout=out)
+    assert report.rows == 5
+    assert [orjson.loads(line)["output"] for line in out.getvalue().splitlines()] == [
+        f"p{i}"[::-1] for i in range(5)
+    ]
