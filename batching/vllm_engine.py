@@ -123,9 +123,10 @@ def _memory_bytes() -> int:
 def _default_kv_cache_gib() -> int:
     # Without VLLM_CPU_KVCACHE_SPACE, vLLM 0.32 sizes the CPU KV cache from
     # gpu_memory_utilization (0.92) of all RAM, which takes the whole machine. A
-    # quarter of memory, capped at 4 GiB, still holds 2048-token contexts for 64
-    # sequences of a 1B-class model (32 KiB/token) and keeps start-up fast (the cache
-    # is allocated and touched up front). Set the variable for bigger models.
+    # quarter of memory, capped at vLLM's former default of 4 GiB, holds 2048-token
+    # contexts for 64 sequences of a 1B-class model (32 KiB/token). Bigger costs
+    # start-up: the cache is allocated and touched up front (measured on 2 cores: 1 GiB
+    # starts in ~6 s, 4 GiB in ~9 s). Set the variable for bigger models.
     return max(1, min(4, _memory_bytes() // 4 // _GIB))
 
 
@@ -166,12 +167,16 @@ def _logging_config_path(level: str) -> str:
 
 
 def apply_vllm_env_defaults(
-    environ: MutableMapping[str, str] | None = None, *, verbose: bool = False
+    environ: MutableMapping[str, str] | None = None,
+    *,
+    verbose: bool = False,
+    kv_cache: bool = True,
 ) -> None:
     """Set the environment vLLM reads at import, where the user has not set it.
 
     Unless `verbose` (or BIZRA_BATCH_DEBUG is set), vLLM logs only warnings, minus
-    the start-up noise `QuietVllmFilter` drops.
+    the start-up noise `QuietVllmFilter` drops. `kv_cache=False` leaves the CPU KV
+    cache size to vLLM (for a run that sizes it through engine arguments).
 
     >>> env = {"VLLM_LOGGING_LEVEL": "INFO"}
     >>> apply_vllm_env_defaults(env)
@@ -185,7 +190,8 @@ def apply_vllm_env_defaults(
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("VLLM_DO_NOT_TRACK", "1")
     if _is_cpu_build():
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(_default_kv_cache_gib()))
+        if kv_cache:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(_default_kv_cache_gib()))
         # In-process engine core: start-up measured at ~3 s instead of ~20 s with the
         # engine in a subprocess, and on CPU there is no device work to overlap with
         # the scheduling the subprocess would run in parallel.
@@ -294,8 +300,8 @@ class VllmEngine:
         special tokens, since the template writes them. A prompt longer than
         `max_model_len` gets a "prompt_too_long" error in place.
 
-        >>> engine.encode(["Hello", [{"role": "user", "content": "Hi"}]])
-        [[0, 44, 73], [0, 3, 451, 198, 44, 74, 4, 198, 3, 1267, 198]]
+        >>> engine.encode(["Hello", [{"role": "user", "content": 5}]])
+        [[0, 44, 73, 80, 985], PermanentRequestError("cannot apply the chat template: ...")]
         """
         renderer = self._engine.renderer
         results: list[list[int] | PermanentRequestError | None] = [None] * len(prompts)
@@ -548,7 +554,12 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
     2048
     """
     verbose = verbose or bool(os.environ.get(DEBUG_ENV))
-    apply_vllm_env_defaults(verbose=verbose)
+    # On CPU, VLLM_CPU_KVCACHE_SPACE overrides these engine arguments; a user who
+    # gives them must get what they asked for.
+    sized_by_args = config.gpu_memory_utilization is not None or any(
+        key in config.extra for key in ("kv_cache_memory_bytes", "gpu_memory_utilization")
+    )
+    apply_vllm_env_defaults(verbose=verbose, kv_cache=not sized_by_args)
     kwargs = config.llm_kwargs()
     # The checkpoint-loading bar helps on a terminal (big models load for minutes)
     # and is clutter in a log file.
