@@ -1,0 +1,217 @@
+"""Reading back what an earlier run left at an output path, so `--resume` can continue it.
+
+`scan_output` counts and checks the complete rows; `ExistingOutput` streams their
+ids (to match them against the input) and the rows that failed (to rewrite an
+errors file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batching.config import STDIO, OutputConfig, OutputFormat
+from batching.output_format import FIXED_COLUMNS, not_ours, output_format, read_error
+from batching.parquet_format import (
+    JSON_COLUMNS_KEY,
+    PARQUET_ROW_GROUP_ROWS,
+    JsonIdRuns,
+    parquet_rows,
+    parquet_sources,
+)
+from batching.records import Result, RowError
+
+__all__ = ["ExistingOutput", "scan_output"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingOutput:
+    """What an earlier run left at an output path: `rows` complete rows.
+
+    `torn_bytes` is the size of a torn last JSONL line (after the last newline),
+    which resume cuts off; always 0 for Parquet, whose parts are sealed whole.
+    `ids()` streams the rows' ids as the JSONL or Parquet reader gives them back
+    (the non-string ids of a Parquet string id column decoded from their JSON
+    text), at most `rows` of them, also after `open_writer` has started to
+    continue the output.
+
+    >>> existing = scan_output(OutputConfig(path="out.jsonl"))  # doctest: +SKIP
+    >>> existing.rows, list(itertools.islice(existing.ids(), 2))  # doctest: +SKIP
+    (1000, ['q-0', 'q-1'])
+    """
+
+    path: str
+    format: OutputFormat
+    rows: int
+    torn_bytes: int = 0
+
+    def ids(self) -> Iterator[Any]:
+        """A fresh iterator over the ids of the complete rows, in order."""
+        if self.format == "parquet":
+            return _parquet_ids(self.path, self.rows)
+        return _jsonl_ids(self.path, self.rows)
+
+    def failed_rows(self, batch_rows: int = 1024) -> Iterator[list[Result]]:
+        """The complete rows that hold an error, as results, in lists of `batch_rows`.
+
+        For rewriting an errors file from the output. From Parquet, a row has every
+        kept column (None where it had no value) and a kept value reads back as its
+        column stores it (an int in a float64 column as a float).
+        """
+        if self.format == "parquet":
+            return _parquet_failed(self.path, self.rows, batch_rows)
+        return _jsonl_failed(self.path, self.rows, batch_rows)
+
+
+def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
+    """What an earlier run left at `cfg.path`; None when nothing is there, or for stdout.
+
+    Reads the whole output once (streamed) to count and check its rows; raises
+    `OutputError` for a file that is not an output of bizra-batch.
+
+    >>> scan_output(OutputConfig(path="out.jsonl")).rows  # doctest: +SKIP
+    1000
+    """
+    if cfg.path is None or cfg.path == STDIO:
+        return None
+    if output_format(cfg.path, cfg.format) == "parquet":
+        sources = parquet_sources(cfg.path)
+        if sources is None:
+            return None
+        return ExistingOutput(cfg.path, "parquet", sum(map(parquet_rows, sources)))
+    return _scan_jsonl(cfg.path)
+
+
+def _scan_jsonl(path: str) -> ExistingOutput | None:
+    try:
+        file = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise read_error(path, exc) from None
+    rows = torn = 0
+    with file:
+        for line in file:
+            if not line.endswith(b"\n"):
+                torn = len(line)
+                break
+            rows += 1
+            _line_row(line, path, rows)
+    return ExistingOutput(path, "jsonl", rows, torn)
+
+
+def _jsonl_lines(path: str, rows: int) -> Iterator[dict[str, Any]]:
+    """The first `rows` lines of a JSONL output, decoded."""
+    if rows <= 0:
+        return
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, 1):
+            yield _line_row(line, path, number)
+            if number == rows:
+                return
+
+
+def _jsonl_ids(path: str, rows: int) -> Iterator[Any]:
+    for row in _jsonl_lines(path, rows):
+        yield row["id"]
+
+
+def _jsonl_failed(path: str, rows: int, batch_rows: int) -> Iterator[list[Result]]:
+    batch: list[Result] = []
+    for index, row in enumerate(_jsonl_lines(path, rows)):
+        if row.get("error") is not None:
+            batch.append(_result_from_row(index, row, f"{path}:{index + 1}"))
+            if len(batch) >= batch_rows:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def _line_row(line: bytes, path: str, number: int) -> dict[str, Any]:
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise not_ours(f"{path}:{number}", "not valid JSON") from None
+    if type(row) is not dict or "id" not in row:
+        raise not_ours(f"{path}:{number}", 'not an object with an "id"')
+    return row
+
+
+def _result_from_row(index: int, row: dict[str, Any], where: str) -> Result:
+    """The result an output row was written from (kept fields are the extra keys)."""
+    error = row.get("error")
+    row_error = None
+    if error is not None:
+        if type(error) is not dict or not all(
+            type(error.get(key)) is str for key in ("type", "message")
+        ):
+            raise not_ours(where, 'an "error" that is not {"type": ..., "message": ...}')
+        row_error = RowError(error["type"], error["message"])
+    return Result(
+        index=index,
+        id=row["id"],
+        output=row.get("output"),
+        finish_reason=row.get("finish_reason"),
+        prompt_tokens=row.get("prompt_tokens"),
+        completion_tokens=row.get("completion_tokens"),
+        error=row_error,
+        kept={key: value for key, value in row.items() if key not in FIXED_COLUMNS},
+    )
+
+
+def _parquet_batches(
+    path: str, rows: int, columns: list[str] | None
+) -> Iterator[tuple[Any, list[Any], frozenset[str]]]:
+    """The first `rows` rows of a Parquet output, in record batches.
+
+    Each with the batch's ids as they were written, and the names of its columns
+    that hold JSON text.
+    """
+    import pyarrow.parquet as pq
+
+    left = rows
+    for source in parquet_sources(path) or []:
+        if left <= 0:
+            return
+        with pq.ParquetFile(source) as file:
+            runs = JsonIdRuns.read(file)
+            json_columns = (file.schema_arrow.metadata or {}).get(JSON_COLUMNS_KEY, b"[]")
+            json_names = frozenset(orjson.loads(json_columns))
+            offset = 0
+            for batch in file.iter_batches(batch_size=PARQUET_ROW_GROUP_ROWS, columns=columns):
+                batch = batch.slice(0, left)
+                yield batch, runs.decode(batch.column("id").to_pylist(), offset), json_names
+                offset += batch.num_rows
+                left -= batch.num_rows
+                if left <= 0:
+                    return
+
+
+def _parquet_ids(path: str, rows: int) -> Iterator[Any]:
+    for _, ids, _ in _parquet_batches(path, rows, ["id"]):
+        yield from ids
+
+
+def _parquet_failed(path: str, rows: int, batch_rows: int) -> Iterator[list[Result]]:
+    import pyarrow.compute as pc
+
+    failed: list[Result] = []
+    index = 0
+    for batch, ids, json_names in _parquet_batches(path, rows, None):
+        positions = pc.indices_nonzero(pc.is_valid(batch.column("error"))).to_pylist()
+        for position, row in zip(positions, batch.take(positions).to_pylist(), strict=True):
+            row["id"] = ids[position]
+            for name in json_names:
+                if row.get(name) is not None:
+                    row[name] = orjson.loads(row[name])
+            failed.append(_result_from_row(index + position, row, path))
+            if len(failed) >= batch_rows:
+                yield failed
+                failed = []
+        index += batch.num_rows
+    if failed:
+        yield failed

@@ -1,0 +1,87 @@
+"""What every output has in common, whichever writer wrote it and whoever reads it back.
+
+Which format a path gets, the columns every row starts with, the JSON text kept
+values are written as, and the errors for an existing output that cannot be read.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from batching.config import STDIO, OutputFormat
+from batching.errors import OutputError
+
+__all__ = ["FIXED_COLUMNS", "dumps", "not_ours", "output_format", "read_error"]
+
+# Every row's first columns, in this order; any further ones are kept input fields.
+FIXED_COLUMNS = ("id", "output", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def output_format(path: str | None, override: OutputFormat | None = None) -> OutputFormat:
+    """The format to write `path` as: `override`, else from the extension.
+
+    stdout (None or "-") is JSONL unless `override` says otherwise.
+
+    >>> output_format("results.pq")
+    'parquet'
+    """
+    if override is not None:
+        return override
+    if path is None or path == STDIO:
+        return "jsonl"
+    name = path.lower()
+    if name.endswith(_JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    suffix = os.path.splitext(name)[1] or "(none)"
+    raise OutputError(
+        f"{path}: unknown output format for extension {suffix}; name the file .jsonl or "
+        ".parquet, or pass --output-format jsonl or --output-format parquet"
+    )
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the kept values orjson does not know, which only Parquet input holds."""
+    if isinstance(value, Decimal):
+        return str(value)  # every digit kept; a float would round
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    """`value` as JSON text, kept values orjson does not know included.
+
+    >>> dumps({"price": Decimal("1.10")})
+    b'{"price":"1.10"}'
+    """
+    return orjson.dumps(value, default=_json_default)
+
+
+def not_ours(where: str, why: str) -> OutputError:
+    """The error for an existing file at the output path that bizra-batch did not write.
+
+    >>> print(not_ours("out.jsonl:3", "not valid JSON"))
+    out.jsonl:3: not valid JSON, so not an output of bizra-batch; use --overwrite
+    """
+    return OutputError(f"{where}: {why}, so not an output of bizra-batch; use --overwrite")
+
+
+def read_error(path: str, exc: OSError) -> OutputError:
+    """The error for an existing output that cannot be read back.
+
+    >>> print(read_error("out.jsonl", PermissionError(13, "Permission denied")))
+    out.jsonl: cannot read the existing output (Permission denied)
+    """
+    if isinstance(exc, IsADirectoryError):
+        return OutputError(f"{path}: is a directory; name a file")
+    return OutputError(f"{path}: cannot read the existing output ({exc.strerror or exc})")

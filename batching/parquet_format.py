@@ -1,0 +1,296 @@
+"""What a Parquet output holds and where its files lie, for writing it and reading it back.
+
+Its columns and their types (`ParquetLayout`), the footer metadata that says which
+values are JSON text, and the `<out>.parts/` directory of sealed parts that an
+unfinished output lives in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from batching.errors import OutputError
+from batching.output_format import FIXED_COLUMNS, dumps, not_ours, read_error
+from batching.records import Result
+
+__all__ = [
+    "JSON_COLUMNS_KEY",
+    "PARQUET_ROW_GROUP_ROWS",
+    "PARTS_SUFFIX",
+    "JsonIdRuns",
+    "ParquetLayout",
+    "parquet_rows",
+    "parquet_sources",
+    "part_path",
+    "read_schema",
+    "whole_parts",
+]
+
+# Row groups of this many rows are written even between flushes, so a run that
+# never flushes still holds at most this many results in memory.
+PARQUET_ROW_GROUP_ROWS = 65_536
+
+# A Parquet file output is built in `<out>` + this, one sealed part per durable flush.
+PARTS_SUFFIX = ".parts"
+
+_PART_NAME = re.compile(r"part-(\d{6,})\.parquet")
+
+# Footer metadata. The kept columns stored as JSON text look like any string
+# column, and a resumed run must keep storing them so. Ids are JSON text only for
+# the non-string ids of a string id column, and which rows those are is kept too:
+# a string id "7" must read back as "7" and an integer id 7 as 7, or a resume
+# would take the output for another input's.
+JSON_COLUMNS_KEY = b"bizra_batch.json_columns"
+_JSON_ID_ROWS_KEY = b"bizra_batch.json_id_rows"
+_UNLISTED = b"unlisted"
+# Past this many runs of such rows (~300 KB of footer), a file only says that some
+# ids are JSON text, and reading decodes every id that parses as a number or boolean.
+_MAX_JSON_ID_RUNS = 16_384
+
+
+class ParquetLayout:
+    """The columns of a Parquet output, fixed by its first row group.
+
+    Column types: `id` int64 when every id in the first row group is an integer,
+    else string (strings as they are, other ids as JSON text); `error` a struct of
+    `type` and `message`. A kept field takes the Arrow type of its values in the
+    first row group when they are all one kind (int and float make float64);
+    mixed kinds, objects, lists, or a field that is null throughout the first row
+    group are stored as JSON text, which any later value fits. A later value that
+    does not fit its column's type (a string in an int64 column) raises
+    `OutputError`: write JSONL for inputs whose fields change type. The kept columns
+    are those of the first row group; the reader gives every row the same ones.
+    A resumed output keeps the layout of the rows it continues.
+    """
+
+    def __init__(self, pa: Any, schema: Any = None) -> None:
+        self._pa = pa
+        self.schema = schema
+        self._kept_names: list[str] = []
+        self._json_columns: set[str] = set()
+        if schema is not None:
+            self._kept_names = [name for name in schema.names if name not in FIXED_COLUMNS]
+            json_columns = (schema.metadata or {}).get(JSON_COLUMNS_KEY, b"[]")
+            self._json_columns = set(orjson.loads(json_columns))
+
+    def start(self, first: Sequence[Result]) -> None:
+        pa = self._pa
+        ints = bool(first) and all(type(result.id) is int for result in first)
+        fields = [
+            pa.field("id", pa.int64() if ints else pa.string()),
+            pa.field("output", pa.string()),
+            pa.field("finish_reason", pa.string()),
+            pa.field("prompt_tokens", pa.int64()),
+            pa.field("completion_tokens", pa.int64()),
+            pa.field("error", pa.struct([("type", pa.string()), ("message", pa.string())])),
+        ]
+        names: dict[str, None] = {}
+        for result in first:
+            names.update(dict.fromkeys(result.kept))
+        # Result.to_dict lets a fixed field win over a kept one of the same name.
+        self._kept_names = [name for name in names if name not in FIXED_COLUMNS]
+        for name in self._kept_names:
+            arrow_type = self._infer_type([result.kept.get(name) for result in first])
+            if arrow_type is None:
+                self._json_columns.add(name)
+                arrow_type = pa.string()
+            fields.append(pa.field(name, arrow_type))
+        json_columns = [name for name in self._kept_names if name in self._json_columns]
+        self.schema = pa.schema(fields, metadata={JSON_COLUMNS_KEY: orjson.dumps(json_columns)})
+
+    def _infer_type(self, values: list[Any]) -> Any:
+        """The Arrow type of one-kind values, or None for "store as JSON text"."""
+        present = [value for value in values if value is not None]
+        kinds = {type(value) for value in present}
+        if not kinds or kinds & {dict, list} or (len(kinds) > 1 and kinds != {int, float}):
+            return None
+        try:
+            return self._pa.array(present).type
+        except (self._pa.ArrowException, TypeError, ValueError, OverflowError):
+            return None
+
+    def table(self, results: Sequence[Result], name: str) -> tuple[Any, list[int]]:
+        """`results` as a table, and the positions in it of the ids stored as JSON text."""
+        pa = self._pa
+        schema = self.schema
+        ids = [result.id for result in results]
+        json_ids: list[int] = []
+        if schema.field("id").type != pa.string():
+            bad = next((r for r in results if type(r.id) is not int), None)
+            if bad is not None:
+                raise OutputError(
+                    f"{name}: id {bad.id!r} of row {bad.index + 1} is not an integer, but "
+                    "the Parquet id column was made int64 from the first rows; write JSONL "
+                    "instead, or give every row an id of one type"
+                )
+        elif not all(type(i) is str for i in ids):
+            json_ids = [n for n, i in enumerate(ids) if not isinstance(i, str)]
+            ids = [i if isinstance(i, str) else dumps(i).decode() for i in ids]
+        columns: list[Any] = [
+            ids,
+            [result.output for result in results],
+            [result.finish_reason for result in results],
+            [result.prompt_tokens for result in results],
+            [result.completion_tokens for result in results],
+            [None if result.error is None else result.error.to_dict() for result in results],
+        ]
+        for kept in self._kept_names:
+            values = [result.kept.get(kept) for result in results]
+            if kept in self._json_columns:
+                values = [None if value is None else dumps(value).decode() for value in values]
+            columns.append(values)
+        arrays = []
+        for field, values in zip(schema, columns, strict=True):
+            try:
+                arrays.append(pa.array(values, type=field.type))
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                raise OutputError(
+                    f"{name}: column {field.name!r} was made {field.type} from the first "
+                    f"rows, but a later value does not fit ({exc}); write JSONL instead"
+                ) from None
+        return pa.Table.from_arrays(arrays, schema=schema), json_ids
+
+
+def part_path(parts_dir: str, number: int) -> str:
+    """Where part `number` (from 0) of a parts directory lies once sealed.
+
+    >>> part_path("out.parquet.parts", 3)
+    'out.parquet.parts/part-000003.parquet'
+    """
+    return os.path.join(parts_dir, f"part-{number:06d}.parquet")
+
+
+def whole_parts(parts_dir: str) -> list[str]:
+    """The sealed parts in `parts_dir`, in order; temporary files are not among them."""
+    try:
+        names = os.listdir(parts_dir)
+    except OSError as exc:
+        raise read_error(parts_dir, exc) from None
+    numbered = sorted(
+        (int(match[1]), name) for name in names if (match := _PART_NAME.fullmatch(name))
+    )
+    for expected, (number, _) in enumerate(numbered):
+        if number != expected:
+            raise not_ours(parts_dir, f"part {expected} of {len(numbered)} is missing")
+    return [os.path.join(parts_dir, name) for _, name in numbered]
+
+
+def parquet_sources(path: str) -> list[str] | None:
+    """The files that hold a Parquet output's rows, in order; None if there is none."""
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: is a directory; name a file")
+    if os.path.exists(path):
+        return [path]  # finished, and then the whole output (see parquet_output)
+    if os.path.isdir(path + PARTS_SUFFIX):
+        return whole_parts(path + PARTS_SUFFIX)
+    return None
+
+
+def parquet_rows(source: str) -> int:
+    """The rows in one Parquet output file, from its footer, after checking it is ours."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(source) as file:
+            _check_columns(source, file.schema_arrow)
+            rows: int = file.metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise not_ours(source, f"not a readable Parquet file ({exc})") from None
+    return rows
+
+
+def read_schema(source: str) -> Any:
+    """The Arrow schema of one Parquet output file, after checking it is ours."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(source)
+    except (pa.ArrowException, OSError) as exc:
+        raise not_ours(source, f"not a readable Parquet file ({exc})") from None
+    _check_columns(source, schema)
+    return schema
+
+
+def _check_columns(source: str, schema: Any) -> None:
+    if schema.names[: len(FIXED_COLUMNS)] != list(FIXED_COLUMNS):
+        raise not_ours(source, "not the columns it writes")
+
+
+class JsonIdRuns:
+    """Which rows of one Parquet file hold their id as JSON text, as [start, stop) runs.
+
+    Past `_MAX_JSON_ID_RUNS` runs the list is dropped (`unlisted`), so memory and
+    footer stay bounded whatever the ids.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[list[int]] = []
+        self.unlisted = False
+
+    @classmethod
+    def read(cls, file: Any) -> JsonIdRuns:
+        value = (file.metadata.metadata or {}).get(_JSON_ID_ROWS_KEY)
+        runs = cls()
+        if value == _UNLISTED:
+            runs.unlisted = True
+        elif value is not None:
+            runs.runs = orjson.loads(value)
+        return runs
+
+    def add(self, row: int, stop: int | None = None) -> None:
+        """Add rows `row` to `stop` (default: just `row`), after any added before."""
+        stop = row + 1 if stop is None else stop
+        if self.unlisted:
+            return
+        if self.runs and self.runs[-1][1] == row:
+            self.runs[-1][1] = stop  # adjacent runs merge, so the list does not depend
+        elif len(self.runs) < _MAX_JSON_ID_RUNS:  # on where parts or batches split
+            self.runs.append([row, stop])
+        else:
+            self.runs, self.unlisted = [], True
+
+    def extend(self, other: JsonIdRuns, offset: int) -> None:
+        """Add the runs of a file whose rows follow on from row `offset` of this one."""
+        if other.unlisted:
+            self.runs, self.unlisted = [], True
+        for start, stop in other.runs:
+            self.add(start + offset, stop + offset)
+
+    def metadata(self) -> dict[bytes, bytes]:
+        if self.unlisted:
+            return {_JSON_ID_ROWS_KEY: _UNLISTED}
+        return {_JSON_ID_ROWS_KEY: orjson.dumps(self.runs)} if self.runs else {}
+
+    def decode(self, ids: list[Any], offset: int) -> list[Any]:
+        """`ids` of the file's rows from `offset` on, as they were before encoding."""
+        if self.unlisted:
+            return [_decode_id(value) for value in ids]
+        end = offset + len(ids)
+        first = bisect.bisect_right(self.runs, offset, key=lambda run: run[1])
+        for start, stop in itertools.islice(self.runs, first, None):
+            if start >= end:
+                break
+            for row in range(max(start, offset), min(stop, end)):
+                ids[row - offset] = _decode_id(ids[row - offset])
+        return ids
+
+
+def _decode_id(value: Any) -> Any:
+    """An id as it was before a string id column stored it as JSON text."""
+    if type(value) is not str:
+        return value
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value
+    # Only ints, floats and booleans were ever encoded; '"a"' was the string '"a"'.
+    return decoded if type(decoded) in (int, float, bool) else value
