@@ -80,6 +80,11 @@ class Engine(Protocol):
         """Longest prompt plus completion the engine accepts, in tokens."""
         ...
 
+    @property
+    def max_num_seqs(self) -> int:
+        """Most requests the engine runs in one step (its batch size)."""
+        ...
+
     def encode(
         self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
     ) -> list[list[int] | PermanentRequestError]:

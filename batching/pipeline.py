@@ -40,11 +40,6 @@ from batching.retry import Failure, RetryPolicy, classify
 
 __all__ = ["EngineFailedError", "run_rows"]
 
-# What a padding engine would run as one static batch, for the report's
-# padding-avoided figure; vLLM's default max_num_seqs on GPUs.
-PADDING_REFERENCE_BATCH = 256
-
-
 class EngineFailedError(BatchError):
     """The engine kept dying after every allowed restart; the run stops (exit 1)."""
 
@@ -202,8 +197,9 @@ class _Runner:
         lengths = [len(p.token_ids) for p in prepared]
         order = submission_order(lengths, self.config.order)
         self.report.add_padding_avoided(
-            padding_tokens(lengths, PADDING_REFERENCE_BATCH)
-            - padding_tokens([lengths[i] for i in order], PADDING_REFERENCE_BATCH)
+            # Against input-order static batches of the engine's own batch size.
+            padding_tokens(lengths, self.engine.max_num_seqs)
+            - padding_tokens([lengths[i] for i in order], self.engine.max_num_seqs)
         )
         self.pending.extend(prepared[i] for i in order)
         self.chunk_ends.append(rows[-1].index + 1)

@@ -197,6 +197,9 @@ def apply_vllm_env_defaults(
         # the scheduling the subprocess would run in parallel.
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if not (verbose or env.get(DEBUG_ENV)):
+        # torch's C++ warnings (the CPU worker's NUMA binding notice at every start)
+        # bypass Python logging; only this level silences them.
+        env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
         level = env.setdefault("VLLM_LOGGING_LEVEL", "WARNING").upper()
         env.setdefault("VLLM_LOGGING_CONFIG_PATH", _logging_config_path(level))
 
@@ -287,6 +290,11 @@ class VllmEngine:
     def max_model_len(self) -> int:
         """Longest prompt plus completion the engine accepts, in tokens."""
         return self._max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Most requests the scheduler runs in one step."""
+        return int(self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
 
     # -- encoding ---------------------------------------------------------------------
 
