@@ -271,6 +271,7 @@ class VllmEngine:
         self._llm: Any = llm
         self._engine: Any = llm.llm_engine
         self._max_model_len = int(llm.model_config.max_model_len)
+        self._max_num_seqs = int(llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
         # LLM.generate without params uses the model's generation_config on top of
         # vLLM's defaults; unset Sampling fields fall back to exactly that.
         self._default_sampling: dict[str, Any] = dict(llm.model_config.get_diff_sampling_param())
@@ -294,7 +295,7 @@ class VllmEngine:
     @property
     def max_num_seqs(self) -> int:
         """Most requests the scheduler runs in one step."""
-        return int(self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+        return self._max_num_seqs
 
     # -- encoding ---------------------------------------------------------------------
 
