@@ -1,0 +1,225 @@
+"""The real CLI process under SIGTERM, SIGINT and a closed stdout, on the fake engine.
+
+The fake engine finishes every row at once, so a run is kept in progress by its
+input: rows come through a pipe from the test, which decides when the run has
+something to stop. Every wait is a bounded poll on what the process has written,
+never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "cli", "run"]
+CHUNK_SIZE = 16
+ROWS = 20_000
+# read(2)'s number, to see in /proc/PID/syscall that a run waits for input.
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(platform.machine())
+# Generous: the box is shared, and a cold interpreter imports typer, rich and pyarrow.
+DEADLINE_S = 60.0
+
+
+def _row(index: int) -> bytes:
+    # Prompts of different lengths, so a row that got a neighbour's result shows.
+    return orjson.dumps({"id": f"q{index}", "prompt": f"prompt {index} " + "x" * (index % 37)})
+
+
+def _jsonl(count: int) -> bytes:
+    return b"".join(_row(i) + b"\n" for i in range(count))
+
+
+def _fake_run(*args: str) -> list[str]:
+    return [*CLI, *args, "--engine", "fake", "-m", "fake", "--chunk-size", str(CHUNK_SIZE)]
+
+
+def _wait_for(condition: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
+    """Poll `condition` until it holds; fail if the process exits first or time runs out."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run exited ({process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} within {DEADLINE_S:.0f} s")
+        time.sleep(0.01)
+
+
+def _complete_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def full_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("signals") / "full.jsonl"
+    path.write_bytes(_jsonl(ROWS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(full_input: Path) -> bytes:
+    """The output of one uninterrupted run over the whole input."""
+    out = full_input.with_name("reference.jsonl")
+    done = subprocess.run(
+        [*_fake_run(str(full_input), "-o", str(out)), "-q"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    data = out.read_bytes()
+    assert data.count(b"\n") == ROWS
+    return data
+
+
+def _blocked_reading_stdin(pid: int) -> bool:
+    """Whether the process's main thread sleeps in read(0, ...): it has used its input up."""
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == str(READ_SYSCALL) and int(fields[1], 16) == 0
+
+
+def _feed_some_then_stop(process: subprocess.Popen[bytes], out: Path) -> threading.Thread | None:
+    """Write some chunks, then wait until the run is blocked reading stdin for more."""
+    if READ_SYSCALL is None or not Path(f"/proc/{os.getpid()}/syscall").exists():
+        pytest.skip("needs Linux /proc/PID/syscall to see the run wait for input")
+    assert process.stdin is not None
+    # More than the in-flight window (512 by default): the run reads until the
+    # window is full before it steps, so fewer rows would never come out.
+    process.stdin.write(b"".join(_row(i) + b"\n" for i in range(40 * CHUNK_SIZE + 3)))
+    process.stdin.flush()
+    _wait_for(
+        lambda: _complete_lines(out) > 0 and _blocked_reading_stdin(process.pid),
+        "output rows and then a wait for input",
+        process,
+    )
+    return None
+
+
+def _feed_everything(process: subprocess.Popen[bytes], out: Path) -> threading.Thread | None:
+    """Keep the pipe full from a thread, so the signal lands mid-work, not mid-read."""
+    stdin = process.stdin
+    assert stdin is not None
+
+    def feed() -> None:
+        try:
+            for start in range(0, ROWS, CHUNK_SIZE):
+                stdin.write(b"".join(_row(i) + b"\n" for i in range(start, start + CHUNK_SIZE)))
+            stdin.flush()
+        except (BrokenPipeError, ValueError):  # the run stopped reading, as it should
+            pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    _wait_for(lambda: _complete_lines(out) > 10 * CHUNK_SIZE, "output rows", process)
+    return feeder
+
+
+@pytest.mark.parametrize(
+    ("signum", "exit_code"),
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
+    ids=["SIGTERM", "SIGINT"],
+)
+@pytest.mark.parametrize(
+    "feed", [_feed_some_then_stop, _feed_everything], ids=["blocked-on-read", "mid-work"]
+)
+def test_signal_saves_a_prefix_and_resume_completes_it(
+    signum: signal.Signals,
+    exit_code: int,
+    feed: Callable[[subprocess.Popen[bytes], Path], threading.Thread | None],
+    full_input: Path,
+    reference: bytes,
+    tmp_path: Path,
+) -> None:
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            _fake_run("-", "-o", str(out), "--report", str(report)),
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        feeder = None
+        try:
+            feeder = feed(process, out)
+            process.send_signal(signum)
+            returncode = process.wait(timeout=DEADLINE_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if feeder is not None:  # its next write fails now the reader is gone
+                feeder.join(timeout=DEADLINE_S)
+            assert process.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+    messages = stderr_path.read_text(errors="replace")
+    assert returncode == exit_code, messages
+    assert "Traceback" not in messages and "Exception ignored" not in messages, messages
+    assert "interrupted" in messages
+
+    written = out.read_bytes()
+    lines = written.splitlines()
+    assert lines, "the run was stopped after rows were written; they must be kept"
+    assert written.endswith(b"\n"), "the last line is torn"
+    for line in lines:
+        orjson.loads(line)
+    # A prefix of the uninterrupted output, in order, byte for byte.
+    assert written == reference[: len(written)]
+    figures = orjson.loads(report.read_bytes())
+
+    resumed = subprocess.run(
+        [*_fake_run(str(full_input), "-o", str(out), "--resume"), "-q"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert out.read_bytes() == reference
+
+    # Last, so the checks above run whatever happens here.
+    if figures["rows"] != len(lines) and feed is _feed_everything:
+        pytest.xfail(
+            f"known bug: the report counts {figures['rows']} rows, the output holds "
+            f"{len(lines)}: a signal landing between ReorderBuffer.pop_ready() and the "
+            "sink's write (pipeline._Runner._emit) drops the popped rows from this run"
+        )
+    assert figures["rows"] == len(lines)
+
+
+def test_closed_stdout_ends_quietly(full_input: Path, tmp_path: Path) -> None:
+    """`bizra-batch run big.jsonl | head -1`: exit 0, one row out, no traceback."""
+    stderr_path = tmp_path / "stderr.txt"
+    script = 'set -o pipefail; "$@" 2>"$STDERR_PATH" | head -1; echo "status=${PIPESTATUS[0]}"'
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", *CLI, str(full_input), "--engine", "fake", "-m", "x"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "STDERR_PATH": str(stderr_path)},
+        capture_output=True,
+        timeout=120,
+    )
+    first, status = done.stdout.splitlines()
+    assert orjson.loads(first)["id"] == "q0"
+    messages = stderr_path.read_text(errors="replace")
+    assert status == b"status=0", messages
+    assert "Traceback" not in messages and "Exception ignored" not in messages, messages
+    assert "Error" not in messages, messages
