@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli import run as run_command
+from cli import validate as validate_command
 
 __all__ = ["app", "main"]
 
@@ -63,6 +64,11 @@ app.command(
     short_help="Run prompts through a model: one result row per input row, in order.",
     no_args_is_help=True,
 )(run_command.run)
+app.command(
+    "validate",
+    short_help="Check an input file without running the model.",
+    no_args_is_help=True,
+)(validate_command.validate)
 
 
 def main() -> None:
