@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import orjson
@@ -44,9 +45,13 @@ def prompts_file(tmp_path: Path) -> Path:
 def test_help_lists_every_command_with_a_description() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "run  Run prompts through a model: one result row per input row, in order." in (
-        result.output
+    # Click pads the command column to the longest name.
+    assert re.search(
+        r"^\s+run\s+Run prompts through a model: one result row per input row, in order\.",
+        result.output,
+        re.M,
     )
+    assert re.search(r"^\s+validate\s+\S", result.output, re.M)
 
 
 def test_run_help_documents_exit_codes_and_the_model_env_var() -> None:
