@@ -40,6 +40,7 @@ from batching.retry import Failure, RetryPolicy, classify
 
 __all__ = ["EngineFailedError", "run_rows"]
 
+
 class EngineFailedError(BatchError):
     """The engine kept dying after every allowed restart; the run stops (exit 1)."""
 
