@@ -9,8 +9,8 @@ process group with SIGKILL after a random delay, `--resume`s, kills again, and s
 on, until a run finishes by itself; if the cycles run out first, one last run
 without a kill finishes it. The delays are drawn from `--seed`: some land right at
 the start (before Python has even imported the CLI), some in engine start-up, and
-the rest while rows are written, spread (from the reference run's timing and the
-rows still to do) so that kills hit early, middle and late rows and the very end.
+the rest while rows are written, spread (from the timing of the runs so far and
+the rows still to do) so that kills hit early, middle and late rows and the end.
 The final output is then compared with the reference, row by row and byte for byte.
 
 Prints one line per cycle, then `rows lost`, `rows duplicated`, `rows differing`,
@@ -52,6 +52,7 @@ AT_START_S = 1.0
 AT_START_SHARE = 0.15
 START_UP_SHARE = 0.25
 POLL_S = 0.05
+MIN_RATE_WINDOW_S = 3.0
 
 SUBJECTS = (
     "the moon", "sourdough bread", "a B-tree index", "tides", "a sonnet", "jazz",
@@ -60,15 +61,27 @@ SUBJECTS = (
 TASKS = ("Explain {s}.", "Write a line about {s}.", "Why does {s} matter?", "Describe {s}.")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Timing:
-    """What the reference run showed: seconds to its first row, and rows per second."""
+    """Seconds from start to a run's first new row on disk, and rows per second after.
+
+    Measured on the reference run, then updated from every run that writes rows:
+    on a shared machine the speed drifts, and kills aimed with stale figures would
+    bunch up early or late.
+    """
 
     first_row_s: float
     rows_per_s: float
 
     def expected_s(self, rows_left: int) -> float:
         return self.first_row_s + rows_left / self.rows_per_s
+
+    def observe(self, first_row_s: float, rows: int, ended_s: float) -> None:
+        self.first_row_s = (self.first_row_s + first_row_s) / 2
+        writing_s = ended_s - first_row_s
+        # Rows arrive in bursts (a batch of sequences at a time): short windows lie.
+        if writing_s >= MIN_RATE_WINDOW_S and rows > 0:
+            self.rows_per_s = (self.rows_per_s + rows / writing_s) / 2
 
 
 @dataclass(frozen=True)
@@ -162,14 +175,6 @@ def _rows(out: Path, fmt: str) -> tuple[list[bytes], int]:
     return [orjson.dumps(row) for table in tables for row in table.to_pylist()], 0
 
 
-def _has_rows(out: Path, fmt: str) -> bool:
-    """Cheaply: whether any row has reached the disk (a byte of JSONL, a sealed part)."""
-    if fmt == "jsonl":
-        return out.exists() and out.stat().st_size > 0
-    parts = out.with_name(out.name + ".parts")
-    return parts.is_dir() and any(parts.glob("part-*.parquet"))
-
-
 def _compare(rows: Sequence[bytes], reference: Sequence[bytes]) -> Comparison:
     """Rows lost, duplicated (or foreign) and differing (content or position) by id."""
     expected: dict[Any, tuple[int, bytes]] = {}
@@ -196,15 +201,42 @@ def _compare(rows: Sequence[bytes], reference: Sequence[bytes]) -> Comparison:
 # -- the runs ----------------------------------------------------------------------------
 
 
+def _disk_marker(out: Path, fmt: str) -> int:
+    """A number that grows whenever rows reach the disk: JSONL bytes, sealed parts."""
+    if fmt == "jsonl":
+        return out.stat().st_size if out.exists() else 0
+    parts = out.with_name(out.name + ".parts")
+    return len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
+
+
+def _watch(
+    process: subprocess.Popen[bytes], out: Path, fmt: str, kill_after_s: float | None
+) -> float | None:
+    """Wait for the run to end, or SIGKILL it after `kill_after_s`.
+
+    Returns the seconds to the first new rows on disk, or None if it wrote none.
+    """
+    started = time.monotonic()
+    marker = _disk_marker(out, fmt)
+    first_row_s: float | None = None
+    while process.poll() is None:
+        now = time.monotonic() - started
+        if kill_after_s is not None and now >= kill_after_s:
+            _kill_group(process)
+            break
+        if first_row_s is None and _disk_marker(out, fmt) > marker:
+            first_row_s = now
+        wait_s = POLL_S if kill_after_s is None else min(POLL_S, kill_after_s - now)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(wait_s, 0.0))
+    return first_row_s
+
+
 def _reference(source: Path, out: Path, model: Path, fmt: str, log: Path) -> Timing:
     """The uninterrupted run, watched for the moment its first row reaches the disk."""
     started = time.monotonic()
     process = _start(_command(source, out, model, resume=False), log)
-    first_row_s: float | None = None
-    while process.poll() is None:
-        if first_row_s is None and _has_rows(out, fmt):
-            first_row_s = time.monotonic() - started
-        time.sleep(POLL_S)
+    first_row_s = _watch(process, out, fmt, None)
     total_s = time.monotonic() - started
     if process.returncode != 0:
         sys.exit(f"chaos: the reference run failed ({process.returncode}):\n{_tail(log)}")
@@ -214,13 +246,20 @@ def _reference(source: Path, out: Path, model: Path, fmt: str, log: Path) -> Tim
 
 
 def _kill_plan(rng: random.Random, cycles: int) -> list[str]:
-    """Where each cycle's kill is aimed, shuffled: every phase gets at least one."""
-    at_start = max(1, round(cycles * AT_START_SHARE)) if cycles >= 3 else 0
-    start_up = max(1, round(cycles * START_UP_SHARE)) if cycles >= 3 else 0
-    plan = ["at start"] * at_start + ["start-up"] * start_up
-    plan += ["writing"] * (cycles - len(plan))
-    rng.shuffle(plan)
-    return plan
+    """Where each cycle's kill is aimed: every phase at least once, whenever the run ends.
+
+    The first kill lands right at the start (before the output exists) and the
+    second in engine start-up, so both happen even if the rows are all written in
+    a few cycles; the rest are shuffled.
+    """
+    if cycles < 3:
+        return ["writing"] * cycles
+    at_start = max(1, round(cycles * AT_START_SHARE))
+    start_up = max(1, round(cycles * START_UP_SHARE))
+    rest = ["at start"] * (at_start - 1) + ["start-up"] * (start_up - 1)
+    rest += ["writing"] * (cycles - 2 - len(rest))
+    rng.shuffle(rest)
+    return ["at start", "start-up", *rest]
 
 
 def _draw_delay(
@@ -297,12 +336,11 @@ def main(argv: list[str] | None = None) -> int:
             delay = _draw_delay(rng, aim, timing, args.rows - before, writing_left)
         process = _start(_command(source, out, model, resume=cycles > 0), log)
         run_started = time.monotonic()
-        try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
+        first_row_s = _watch(process, out, args.format, delay)
         ran_s = time.monotonic() - run_started
         saved, torn = _rows(out, args.format)
+        if first_row_s is not None:
+            timing.observe(first_row_s, len(saved) - before, ran_s)
         cycles += 1
         label = "final run" if final else f"cycle {cycles:2d}"
         if process.returncode == -signal.SIGKILL:
