@@ -105,7 +105,7 @@ class SilentProgress:
 
 
 class LineProgress:
-    """One plain line every `interval_s`, and a final one at `close()`.
+    """One plain line every `interval_s`.
 
     >>> import io
     >>> clock = iter([0.0, 10.0, 10.0]).__next__
@@ -122,7 +122,6 @@ class LineProgress:
         self._rows = 0
         self._tokens = 0
         self._total: int | None = None
-        self._closed = False
 
     def update(self, rows_done: int, output_tokens: int, total_rows: int | None) -> None:
         self._rows, self._tokens, self._total = rows_done, output_tokens, total_rows
@@ -134,12 +133,8 @@ class LineProgress:
             self._write(self._progress_line(now))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        now = self._clock()
-        if self._rates.elapsed(now) > 0.0 or self._rows:
-            self._write(self._final_line(now))
+        # No closing "done" line: the run's summary follows with figures over the
+        # whole run, and an interrupted run or a closed pipe is not "done".
 
     def _progress_line(self, now: float) -> str:
         total = self._total
@@ -156,16 +151,6 @@ class LineProgress:
             if total is not None and rows_s > 0 and total > self._rows:
                 parts.append(f"ETA {format_duration((total - self._rows) / rows_s)}")
         return "bizra-batch: " + ", ".join(parts)
-
-    def _final_line(self, now: float) -> str:
-        took = format_duration(self._rates.elapsed(now))
-        line = f"bizra-batch: done, {self._rows} rows in {took}"
-        rates = self._rates.per_second(now, self._rows, self._tokens)
-        # Only one sample (a tiny run): there is no rate to speak of, and "0 rows/s"
-        # next to "100 rows" would read as a stall.
-        if rates is not None and rates[0] > 0:
-            line += f", {_number(rates[0])} rows/s, {_number(rates[1])} out tok/s"
-        return line
 
     def _write(self, line: str) -> None:
         self._stream.write(line + "\n")
