@@ -135,6 +135,7 @@ class LineProgress:
     def close(self) -> None:
         # No closing "done" line: the run's summary follows with figures over the
         # whole run, and an interrupted run or a closed pipe is not "done".
+        pass
 
     def _progress_line(self, now: float) -> str:
         total = self._total
