@@ -24,6 +24,7 @@ from batching.engine import (
 )
 from batching.errors import BatchError
 from batching.grouping import padding_tokens, submission_order
+from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
 from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.records import (
@@ -132,7 +133,6 @@ class _Runner:
         self.in_flight: dict[int, _Pending] = {}
         self.chunk_ends: deque[int] = deque()
         self.restarts = 0
-        self.rows_done = 0
         self.output_tokens = 0
         # Started when first needed: a run whose rows are all invalid, or a resume
         # with nothing left to do, never waits for a model to load.
@@ -259,22 +259,25 @@ class _Runner:
 
     def _finish(self, result: Result) -> None:
         self.reorder.push(result)
-        self.report.record_result(result)
-        self.rows_done += 1
-        self.output_tokens += result.completion_tokens or 0
 
     def _emit(self) -> None:
-        ready = self.reorder.pop_ready()
-        if not ready:
-            return
-        self.sink.write(ready)
-        durable = False
-        while self.chunk_ends and self.reorder.next_index >= self.chunk_ends[0]:
-            self.chunk_ends.popleft()
-            durable = True
-        # At each chunk boundary: flushed and fsynced, so a crash loses only the
-        # rows still in flight (and resume picks up after the last whole row).
-        self.sink.flush(durable=durable)
+        # Rows are counted in the report when written, not when finished: after an
+        # interrupt the report describes exactly what the output holds.
+        with protected():
+            ready = self.reorder.pop_ready()
+            if not ready:
+                return
+            self.sink.write(ready)
+            for result in ready:
+                self.report.record_result(result)
+                self.output_tokens += result.completion_tokens or 0
+            durable = False
+            while self.chunk_ends and self.reorder.next_index >= self.chunk_ends[0]:
+                self.chunk_ends.popleft()
+                durable = True
+            # At each chunk boundary: flushed and fsynced, so a crash loses only the
+            # rows still in flight (and resume picks up after the last whole row).
+            self.sink.flush(durable=durable)
         self.progress.update(
             self.reorder.next_index, self.output_tokens, self.supply.estimated_total_rows()
         )

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from enum import Enum
-from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
 
+from batching import interrupts
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
@@ -46,22 +45,6 @@ class OrderChoice(str, Enum):
     input = "input"
     ascending = "ascending"
     descending = "descending"
-
-
-class Interrupted(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT.
-
-    A BaseException, so the pipeline's error handling (which catches Exception)
-    never mistakes a stop request for an engine fault.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.exit_code = 128 + signum
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
-    raise Interrupted(signum)
 
 
 def _parse_engine_args(pairs: list[str]) -> dict[str, Any]:
@@ -330,7 +313,7 @@ def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debu
     console = stderr_console()
     progress = make_progress(quiet=quiet)
     collector = ReportCollector()
-    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    restore_signals = interrupts.install()
     exit_code = 0
     try:
         run_pipeline(
@@ -339,9 +322,7 @@ def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debu
             progress=progress,
             report=collector,
         )
-    except KeyboardInterrupt:
-        exit_code = 130
-    except Interrupted as exc:
+    except interrupts.Interrupted as exc:
         exit_code = exc.exit_code
     except BrokenPipeError:
         # `bizra-batch run big.jsonl | head`: the reader left; end quietly. Point
@@ -356,7 +337,7 @@ def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debu
         if exit_code == 2:
             return exit_code
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        restore_signals()
         progress.close()
     final = collector.finish()
     if config.report_path:
