@@ -69,6 +69,13 @@ _NOISE_PREFIXES = (
     "Inductor compilation was disabled",  # config/vllm: follows from enforce_eager
     "Failed to create oneDNN linear",  # layers/utils: CPUs without the ISA; falls back
     "Kernel %s is already registered",  # triton_utils: on every engine after the first
+    # models/utils: one line per weight when a float32 checkpoint runs in the dtype
+    # vLLM chose (--dtype); the choice is the user's to make, not news every run.
+    "Attempted to load weight %s with dtype %s into",
+    # compilation/decorators: vLLM 0.32's torch.compile cache fails to reload under
+    # torch 2.13 and it compiles again; nothing a user can do but --engine-arg
+    # enforce_eager=true, which the README mentions.
+    "%sCompiling model again due to a load failure",
 )
 # vLLM's CPU worker sets this variable itself, then warns about it ("unknown vLLM
 # environment variable") when the next engine in the same process starts.
