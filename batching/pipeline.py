@@ -133,6 +133,8 @@ class _Runner:
         self.in_flight: dict[int, _Pending] = {}
         self.chunk_ends: deque[int] = deque()
         self.restarts = 0
+        self.deaths_in_a_row = 0  # engine deaths since a row last finished
+        self.lethal_in_a_row = 0  # rows found killing the engine since one last finished
         self.output_tokens = 0
         # Started when first needed: a run whose rows are all invalid, or a resume
         # with nothing left to do, never waits for a model to load.
@@ -220,7 +222,8 @@ class _Runner:
                 return
             except Exception as exc:
                 if classify(exc) is Failure.ENGINE_DEAD:
-                    self._restart_engine()
+                    for lost in self._restart_engine():
+                        self._submit(lost)
                     continue
                 self._fail_or_retry_alone(item, exc)
                 return
@@ -243,6 +246,7 @@ class _Runner:
         item = self.in_flight.pop(output.key, None)
         if item is None:  # finished after we aborted it for a retry: already resubmitted
             return
+        self.deaths_in_a_row = self.lethal_in_a_row = 0
         request = item.request
         self._finish(
             Result(
@@ -287,7 +291,14 @@ class _Runner:
     def _on_step_failure(self, exc: Exception) -> None:
         failure = classify(exc)
         if failure is Failure.ENGINE_DEAD:
-            self._restart_engine()
+            lost = self._restart_engine()
+            if self.deaths_in_a_row >= 2:
+                # It died again before finishing a single row: one of the rows in
+                # flight may be what kills it. Find it instead of feeding it again.
+                self._isolate(lost, exc)
+            else:
+                for item in lost:
+                    self._submit(item)
             return
         suspects = self._recall_in_flight()
         if failure is Failure.OUT_OF_MEMORY and self.window > 1:
@@ -306,7 +317,7 @@ class _Runner:
         except Exception as exc:
             if classify(exc) is not Failure.ENGINE_DEAD:
                 raise
-            self._restart_engine()
+            self._restart_engine()  # nothing is in flight in it any more
         return suspects
 
     def _isolate(self, group: list[_Pending], exc: Exception) -> None:
@@ -321,7 +332,7 @@ class _Runner:
         while stack:
             members, error = stack.pop()
             if len(members) == 1:
-                self._fail_or_retry_alone(members[0], error, isolated=True)
+                self._fail_or_retry_alone(members[0], error)
                 continue
             middle = len(members) // 2
             for half in (members[middle:], members[:middle]):
@@ -329,11 +340,12 @@ class _Runner:
                 if failed is not None:
                     stack.append(failed)
 
-    def _fail_or_retry_alone(
-        self, item: _Pending, error: Exception, isolated: bool = False
-    ) -> None:
+    def _fail_or_retry_alone(self, item: _Pending, error: Exception) -> None:
         while True:
             item.attempts += 1
+            if classify(error) is Failure.ENGINE_DEAD and item.attempts >= 2:
+                self._record_lethal_row(item, error)
+                return
             if not self.retry.should_retry(item.attempts):
                 message = f"failed after {item.attempts} attempts: {type(error).__name__}: {error}"
                 self._finish(Result.failed(item.request, RowError(ERROR_ENGINE, message)))
@@ -358,8 +370,9 @@ class _Runner:
                 outputs = self.engine.step()
             except Exception as exc:
                 if classify(exc) is Failure.ENGINE_DEAD:
-                    self._restart_engine()
-                    continue
+                    # Bounded without the restart limit: every death here narrows
+                    # the suspects, and _record_lethal_row stops a hopeless engine.
+                    return self._restart_engine(counted=False), exc
                 return self._recall_in_flight(), exc
             self.report.record_step(len(self.in_flight), self.clock() - started)
             for output in outputs:
@@ -372,14 +385,41 @@ class _Runner:
         self.report.engine_started(self.clock() - started)
         return engine
 
-    def _restart_engine(self) -> None:
+    def _record_lethal_row(self, item: _Pending, error: Exception) -> None:
+        """A row that kills the engine every time it runs alone gets an error record.
+
+        Several such rows in a row mean the engine is failing, not the rows: stop
+        rather than restart the engine once for every row of the input.
+        """
+        self.lethal_in_a_row += 1
+        limit = self.config.max_engine_restarts
+        if self.lethal_in_a_row > limit:
+            raise EngineFailedError(
+                f"the engine died on {self.lethal_in_a_row} rows in a row, each run alone: "
+                "it is failing, not the rows; completed rows are saved, rerun with --resume "
+                "to continue"
+            )
+        message = (
+            f"the engine died each time this row ran alone ({item.attempts} attempts): "
+            f"{type(error).__name__}: {error}"
+        )
+        self._finish(Result.failed(item.request, RowError(ERROR_ENGINE, message)))
+
+    def _restart_engine(self, counted: bool = True) -> list[_Pending]:
+        """Replace a dead engine; return the rows that were in flight in it.
+
+        `--max-engine-restarts` bounds deaths in a row with no row finished between
+        them, so a long run survives occasional crashes but not a broken engine.
+        """
         self.restarts += 1
         self.report.record_engine_restart()
+        if counted:
+            self.deaths_in_a_row += 1
         limit = self.config.max_engine_restarts
-        if self.restarts > limit:
+        if self.deaths_in_a_row > limit:
             raise EngineFailedError(
-                f"the engine died {self.restarts} times (limit {limit}); completed rows are "
-                "saved, rerun with --resume to continue"
+                f"the engine died {self.deaths_in_a_row} times in a row without finishing a "
+                f"row (limit {limit}); completed rows are saved, rerun with --resume to continue"
             )
         # It is dead already; a failing close must not stop the restart.
         if self._engine is not None:
@@ -388,8 +428,7 @@ class _Runner:
         lost = list(self.in_flight.values())
         self.in_flight.clear()
         self._engine = self._start_engine()
-        for item in lost:
-            self._submit(item)
+        return lost
 
     def close(self) -> None:
         try:

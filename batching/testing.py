@@ -53,7 +53,10 @@ class FakeEngine:
     - `die_at_step`: from this step on the engine is dead (EngineDeadError);
     - `oom_above`: a step fails with EngineOutOfMemoryError while more than this
       many requests are queued;
-    - `reject`: substrings that make `add` raise PermanentRequestError.
+    - `reject`: substrings that make `add` raise PermanentRequestError;
+    - `lethal`: a step kills the engine (EngineDeadError, and it stays dead) while
+      a request whose text contains one of these is running, as a request that
+      crashes the engine process does.
     """
 
     max_num_seqs: int = 8
@@ -63,6 +66,7 @@ class FakeEngine:
     die_at_step: int | None = None
     oom_above: int | None = None
     reject: frozenset[str] = frozenset()
+    lethal: frozenset[str] = frozenset()
     steps: list[list[int]] = field(default_factory=list)  # keys run in each step
     added: list[int] = field(default_factory=list)  # keys in the order added
     closed: bool = False
@@ -107,6 +111,9 @@ class FakeEngine:
             raise RuntimeError(f"transient fault at step {self._step_count}")
         if any(bad in _decode(r.prompt_token_ids) for r in running for bad in self.poison):
             raise RuntimeError("a poison request crashed the batch")
+        if any(bad in _decode(r.prompt_token_ids) for r in running for bad in self.lethal):
+            self.closed = True
+            raise EngineDeadError("a lethal request killed the engine")
         for _ in running:
             self._queue.popleft()
         return [self._finish(r) for r in running]
@@ -170,4 +177,5 @@ def _fresh_copy(template: FakeEngine) -> FakeEngine:
         die_at_step=template.die_at_step,
         oom_above=template.oom_above,
         reject=template.reject,
+        lethal=template.lethal,
     )

@@ -202,8 +202,10 @@ def test_a_dead_engine_is_replaced_and_in_flight_rows_resubmitted() -> None:
 def test_an_engine_that_keeps_dying_stops_the_run_after_the_restart_limit() -> None:
     factory = FakeEngineFactory([FakeEngine(die_at_step=1)])
     with pytest.raises(EngineFailedError, match="--resume"):
-        run(prompts(["a", "b"]), factory, max_engine_restarts=2)
-    assert len(factory.made) == 3
+        run(prompts([f"r{i}" for i in range(10)]), factory, max_engine_restarts=2)
+    # Two deaths in a row, then the suspects were run alone: each killed the engine
+    # twice, and the third such row ended the run instead of restarting once per row.
+    assert len(factory.made) < 20
 
 
 def test_out_of_memory_halves_the_window_and_goes_on() -> None:
@@ -286,3 +288,24 @@ def test_any_input_and_fault_schedule_gives_one_ordered_row_per_input_row(
             assert result.output == row.prompt[::-1]
         elif row.prompt:
             assert not result.ok
+
+
+def test_a_row_that_kills_the_engine_is_isolated_and_the_rest_succeed() -> None:
+    texts = [f"row {i}" for i in range(40)]
+    texts[17] = "row LETHAL"
+    rows = prompts(texts)
+    factory = FakeEngineFactory([FakeEngine(max_num_seqs=8, lethal=frozenset({"LETHAL"}))])
+    results, report = run(rows, factory, max_in_flight=16, chunk_size=40)
+    assert_complete_and_ordered(results, rows)
+    assert [r.index for r in results if not r.ok] == [17]
+    error = results[17].error
+    assert error is not None and error.type == ERROR_ENGINE and "died" in error.message
+    assert report.engine_restarts == len(factory.made) - 1 > 2
+
+
+def test_an_engine_that_dies_on_every_row_stops_the_run() -> None:
+    rows = prompts([f"LETHAL {i}" for i in range(50)])
+    factory = FakeEngineFactory([FakeEngine(lethal=frozenset({"LETHAL"}))])
+    with pytest.raises(EngineFailedError, match="failing, not the rows"):
+        run(rows, factory, max_engine_restarts=3)
+    assert len(factory.made) < 40  # it did not restart once per row
