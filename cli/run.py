@@ -14,21 +14,24 @@ from batching import interrupts
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
+from batching.readers import DEFAULT_MAX_LINE_BYTES
 from batching.records import Sampling
 from cli.console import make_progress, print_error, stderr_console
+from cli.options import (
+    FIELDS,
+    IdField,
+    InputFormatOption,
+    MaxLineBytes,
+    MessagesField,
+    PromptField,
+)
 
 __all__ = ["run"]
 
 ENGINE = "Engine (passed to vllm.LLM)"
 SAMPLING = "Sampling defaults (a row's own field wins)"
-FIELDS = "Input fields"
 RUNNING = "Batching and retries"
 OUTPUT = "Output and report"
-
-
-class InputFormatChoice(str, Enum):
-    jsonl = "jsonl"
-    parquet = "parquet"
 
 
 class EngineChoice(str, Enum):
@@ -90,20 +93,10 @@ def run(
             rich_help_panel=OUTPUT,
         ),
     ] = None,
-    input_format: Annotated[
-        InputFormatChoice | None,
-        typer.Option(
-            help="Input format; default from the extension (stdin: jsonl).", rich_help_panel=FIELDS
-        ),
-    ] = None,
-    prompt_field: Annotated[str, typer.Option(rich_help_panel=FIELDS)] = "prompt",
-    messages_field: Annotated[str, typer.Option(rich_help_panel=FIELDS)] = "messages",
-    id_field: Annotated[
-        str,
-        typer.Option(
-            help="Row id field; default id is the 0-based row number.", rich_help_panel=FIELDS
-        ),
-    ] = "id",
+    input_format: InputFormatOption = None,
+    prompt_field: PromptField = "prompt",
+    messages_field: MessagesField = "messages",
+    id_field: IdField = "id",
     keep_fields: Annotated[
         str,
         typer.Option(
@@ -211,12 +204,7 @@ def run(
             rich_help_panel=FIELDS,
         ),
     ] = OnInvalidChoice.record,
-    max_line_bytes: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Longer input lines become error records.", rich_help_panel=FIELDS
-        ),
-    ] = 16 * 1024 * 1024,
+    max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     report: Annotated[
         str | None,
         typer.Option(help="Also write the run report as JSON here.", rich_help_panel=OUTPUT),

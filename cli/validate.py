@@ -12,12 +12,11 @@ from batching.config import InputConfig
 from batching.errors import BatchError
 from batching.readers import DEFAULT_MAX_LINE_BYTES
 from cli.console import print_error
-from cli.run import InputFormatChoice
+from cli.options import IdField, InputFormatOption, MaxLineBytes, MessagesField, PromptField
 
 __all__ = ["validate"]
 
 MODEL = "Model (optional: prompt token statistics)"
-FIELDS = "Input fields (as in run)"
 
 
 def validate(
@@ -49,19 +48,11 @@ def validate(
             min=1, help="Default max new tokens per row, as in run.", rich_help_panel=MODEL
         ),
     ] = 256,
-    input_format: Annotated[
-        InputFormatChoice | None,
-        typer.Option(
-            help="Input format; default from the extension (stdin: jsonl).", rich_help_panel=FIELDS
-        ),
-    ] = None,
-    prompt_field: Annotated[str, typer.Option(rich_help_panel=FIELDS)] = "prompt",
-    messages_field: Annotated[str, typer.Option(rich_help_panel=FIELDS)] = "messages",
-    id_field: Annotated[str, typer.Option(rich_help_panel=FIELDS)] = "id",
-    max_line_bytes: Annotated[
-        int,
-        typer.Option(min=1, help="Longer input lines are invalid rows.", rich_help_panel=FIELDS),
-    ] = DEFAULT_MAX_LINE_BYTES,
+    input_format: InputFormatOption = None,
+    prompt_field: PromptField = "prompt",
+    messages_field: MessagesField = "messages",
+    id_field: IdField = "id",
+    max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON (all figures).")
     ] = False,
