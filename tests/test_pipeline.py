@@ -309,3 +309,22 @@ def test_an_engine_that_dies_on_every_row_stops_the_run() -> None:
     with pytest.raises(EngineFailedError, match="failing, not the rows"):
         run(rows, factory, max_engine_restarts=3)
     assert len(factory.made) < 40  # it did not restart once per row
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(1, 40),
+    lethal_at=st.lists(st.integers(0, 39), max_size=2, unique=True),
+    window=st.integers(1, 12),
+    seqs=st.integers(1, 5),
+)
+def test_rows_that_kill_the_engine_fail_alone_whatever_the_batching(
+    size: int, lethal_at: list[int], window: int, seqs: int
+) -> None:
+    texts = [f"LETHAL {i}" if i in lethal_at else f"row {i}" for i in range(size)]
+    rows = prompts(texts)
+    factory = FakeEngineFactory([FakeEngine(max_num_seqs=seqs, lethal=frozenset({"LETHAL"}))])
+    results, _ = run(rows, factory, max_in_flight=window, chunk_size=7)
+    assert_complete_and_ordered(results, rows)
+    assert [r.index for r in results if not r.ok] == sorted(i for i in lethal_at if i < size)
+    assert all(r.output == texts[r.index][::-1] for r in results if r.ok)
