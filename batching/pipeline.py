@@ -187,6 +187,9 @@ class _Runner:
                 self._finish(Result.failed(row, row.error))
             else:
                 requests.append(row)
+        self.chunk_ends.append(rows[-1].index + 1)
+        if not requests:
+            return  # nothing for the engine: do not start one for it
         prompts = [r.prompt if r.prompt is not None else (r.messages or ()) for r in requests]
         prepared: list[_Pending] = []
         for request, encoded in zip(requests, self.engine.encode(prompts), strict=True):
@@ -205,7 +208,6 @@ class _Runner:
             - padding_tokens([lengths[i] for i in order], self.engine.max_num_seqs)
         )
         self.pending.extend(prepared[i] for i in order)
-        self.chunk_ends.append(rows[-1].index + 1)
 
     def _submit(self, item: _Pending) -> None:
         request = item.request

@@ -328,3 +328,17 @@ def test_rows_that_kill_the_engine_fail_alone_whatever_the_batching(
     assert_complete_and_ordered(results, rows)
     assert [r.index for r in results if not r.ok] == sorted(i for i in lethal_at if i < size)
     assert all(r.output == texts[r.index][::-1] for r in results if r.ok)
+
+
+def test_an_input_of_only_invalid_rows_never_starts_the_engine() -> None:
+    started: list[FakeEngine] = []
+
+    def factory() -> FakeEngine:
+        started.append(FakeEngine())
+        return started[-1]
+
+    error = RowError(ERROR_INVALID_INPUT, "bad")
+    rows: list[Row] = [InvalidRow(i, i, i + 1, error) for i in range(10)]
+    results, report = run(rows, factory)
+    assert_complete_and_ordered(results, rows)
+    assert started == [] and report.rows_failed == 10
