@@ -17,6 +17,7 @@ from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import UsageError
 from batching.pipeline import run_rows
+from batching.prefetch import PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.readers import RowSource, open_source
 from batching.records import InvalidRow, Result, Row
@@ -65,6 +66,10 @@ def run(
         if existing is not None and existing.rows:
             done = existing.rows
             supply = ResumedSupply(supply, done=done, ids=existing.ids(), output=writer.name)
+        if config.input.path != STDIO:
+            # Not stdin: a thread blocked reading a pipe cannot be stopped, and the
+            # interpreter aborts at exit on a stdin buffer such a thread holds.
+            supply = PrefetchedSupply(supply)
         sink: ResultSink = writer
         if config.errors_path:
             errors = stack.enter_context(_open_errors_file(config, writer))

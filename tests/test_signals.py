@@ -88,12 +88,18 @@ def reference(full_input: Path) -> bytes:
 
 
 def _blocked_reading_stdin(pid: int) -> bool:
-    """Whether the process's main thread sleeps in read(0, ...): it has used its input up."""
-    try:
-        fields = Path(f"/proc/{pid}/syscall").read_text().split()
-    except OSError:
-        return False
-    return len(fields) > 1 and fields[0] == str(READ_SYSCALL) and int(fields[1], 16) == 0
+    """Whether a thread of the process sleeps in read(0, ...): it has used its input up.
+
+    Any thread: the run reads its input in a read-ahead thread.
+    """
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "syscall").read_text().split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[0] == str(READ_SYSCALL) and int(fields[1], 16) == 0:
+            return True
+    return False
 
 
 def _feed_some_then_stop(process: subprocess.Popen[bytes], out: Path) -> threading.Thread | None:
