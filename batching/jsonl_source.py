@@ -1,0 +1,214 @@
+"""The JSON Lines source: plain or gzipped files, pipes and stdin, a line at a time."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+import orjson
+
+from batching.config import InputConfig
+from batching.errors import InputError
+from batching.id_registry import IdRegistry
+from batching.records import Row
+from batching.row_source import RowSource, open_binary, size_if_regular
+from batching.schema import invalid_row, missing_kept, parse_row
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = ["JsonlSource", "open_jsonl_file"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# Large reads keep syscalls rare; 1 MiB is past the point where bigger buffers help.
+_READ_BUFFER_BYTES = 1024 * 1024
+
+
+class _LineStream(Protocol):
+    """What the JSONL reader needs of a stream: a file, GzipFile, stdin or BytesIO."""
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _CountingReader(io.RawIOBase):
+    """A file seen through a byte counter: how far into the file on disk we are."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        n = self._raw.readinto(buffer)
+        if n:
+            self.count += n
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_jsonl_file(cfg: InputConfig, max_line_bytes: int) -> JsonlSource:
+    raw = open_binary(cfg.path)
+    try:
+        total_bytes = size_if_regular(raw)
+        counter = _CountingReader(raw)
+        buffered = io.BufferedReader(counter, _READ_BUFFER_BYTES)
+        # The content decides, not the name: a gzipped file is read as such whatever
+        # it is called, and peek() works on pipes such as <(zcat ...) as well.
+        stream: _LineStream
+        if buffered.peek(2)[:2] == _GZIP_MAGIC:
+            stream = gzip.GzipFile(fileobj=buffered, mode="rb")
+        elif cfg.path.lower().endswith(".gz"):
+            raise InputError(f"{cfg.path}: named .gz but not gzip-compressed; rename it to .jsonl")
+        else:
+            stream = buffered
+    except OSError as exc:
+        raw.close()
+        raise InputError(f"{cfg.path}: cannot read ({exc})") from None
+    except BaseException:
+        raw.close()
+        raise
+    return JsonlSource(cfg, cfg.path, stream, counter, total_bytes, max_line_bytes)
+
+
+class JsonlSource(RowSource):
+    def __init__(
+        self,
+        cfg: InputConfig,
+        name: str,
+        stream: _LineStream,
+        counter: _CountingReader | None,
+        total_bytes: int | None,
+        max_line_bytes: int,
+    ) -> None:
+        super().__init__(name, total_rows=None, total_bytes=total_bytes)
+        self._cfg = cfg
+        self._stream = stream
+        # None for stdin: then bytes_read counts the bytes of the lines read.
+        self._counter = counter
+        self._max_line_bytes = max_line_bytes
+        self._ids = IdRegistry(cfg.id_field, "line")
+        self._line = 0  # of the last line read, for read errors
+
+    def close(self) -> None:
+        if self._counter is not None:
+            self._stream.close()
+            self._counter.close()
+
+    def _chunks(self) -> Iterator[list[Row]]:
+        try:
+            yield from self._read_chunks()
+        except (OSError, EOFError, zlib.error) as exc:
+            # GzipFile raises all three for a damaged or truncated file.
+            after = f" after line {self._line}" if self._line else ""
+            hint = ""
+            if isinstance(self._stream, gzip.GzipFile):
+                hint = f"; test it with `gzip -t {self.name}`"
+            raise InputError(f"{self.name}: cannot read{after} ({exc}){hint}") from None
+
+    def _read_chunks(self) -> Iterator[list[Row]]:
+        # The hot loop, a few µs a row: what it touches per row is a local.
+        readline = self._stream.readline
+        limit = self._max_line_bytes + 1
+        loads = orjson.loads
+        json_error = orjson.JSONDecodeError
+        fields = self._cfg
+        chunk_size = fields.chunk_size
+        check_id = self._ids.check
+        name = self.name
+        consumed = 0
+        line = 0
+        index = 0
+        chunk: list[Row] = []
+        while raw := readline(limit):
+            line += 1
+            consumed += len(raw)
+            over_long = len(raw) == limit and raw[-1:] != b"\n"
+            if line == 1:
+                raw = self._first_line(raw)
+            where = f"{name}:{line}"
+            row: Row
+            if over_long:
+                consumed += self._skip_to_newline()
+                message = (
+                    f"{where}: line is longer than the limit of {_size(self._max_line_bytes)}; "
+                    "shorten the row"
+                )
+                row = invalid_row(index, line, message, kept=missing_kept(fields))
+            else:
+                try:
+                    obj = loads(raw)
+                except json_error as exc:
+                    if not raw.strip():
+                        continue
+                    message = _undecodable(raw, exc, where)
+                    row = invalid_row(index, line, message, kept=missing_kept(fields))
+                else:
+                    row = parse_row(obj, index=index, line=line, fields=fields, where=where)
+                    row = check_id(obj, row, where)
+            chunk.append(row)
+            index += 1
+            if len(chunk) >= chunk_size:
+                self._line = line
+                self._progress(index, consumed)
+                yield chunk
+                chunk = []
+        self._line = line
+        self._progress(index, consumed)
+        if chunk:
+            yield chunk
+
+    def _progress(self, rows: int, consumed: int) -> None:
+        self.rows_read = rows
+        self.bytes_read = consumed if self._counter is None else self._counter.count
+
+    def _first_line(self, raw: bytes) -> bytes:
+        if raw.startswith(_UTF8_BOM):
+            return raw[len(_UTF8_BOM) :]
+        if raw.startswith(_UTF16_BOMS):
+            raise InputError(
+                f"{self.name}: the text is UTF-16; convert it to UTF-8, e.g. "
+                "`iconv -f UTF-16 -t UTF-8`"
+            )
+        if raw.startswith(_GZIP_MAGIC):
+            raise InputError(
+                f"{self.name}: the input is gzip-compressed; pipe it through `gunzip -c` "
+                "or pass the .jsonl.gz file's path"
+            )
+        return raw
+
+    def _skip_to_newline(self) -> int:
+        """Read past the rest of an over-long line a block at a time; bytes skipped."""
+        skipped = 0
+        while block := self._stream.readline(_READ_BUFFER_BYTES):
+            skipped += len(block)
+            if block[-1:] == b"\n":
+                break
+        return skipped
+
+
+def _undecodable(raw: bytes, exc: orjson.JSONDecodeError, where: str) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"{where}: not valid UTF-8 at byte {bad.start + 1}; save the file as UTF-8"
+    return (
+        f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must hold "
+        "one JSON object"
+    )
+
+
+def _size(n: int) -> str:
+    mib = n / (1024 * 1024)
+    return f"{mib:g} MiB" if mib >= 1 else f"{n} bytes"
