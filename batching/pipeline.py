@@ -343,9 +343,10 @@ class _Runner:
                     stack.append(failed)
 
     def _fail_or_retry_alone(self, item: _Pending, error: Exception) -> None:
+        deaths_alone = 0  # only deaths with this row alone in the engine convict it
         while True:
             item.attempts += 1
-            if classify(error) is Failure.ENGINE_DEAD and item.attempts >= 2:
+            if deaths_alone >= 2:
                 self._record_lethal_row(item, error)
                 return
             if not self.retry.should_retry(item.attempts):
@@ -358,6 +359,7 @@ class _Runner:
             if failed is None:
                 return
             error = failed[1]
+            deaths_alone += classify(error) is Failure.ENGINE_DEAD
 
     def _run_group(self, members: list[_Pending]) -> tuple[list[_Pending], Exception] | None:
         """Run only `members` to completion; on failure return those left unfinished."""

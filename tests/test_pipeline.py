@@ -342,3 +342,13 @@ def test_an_input_of_only_invalid_rows_never_starts_the_engine() -> None:
     results, report = run(rows, factory)
     assert_complete_and_ordered(results, rows)
     assert started == [] and report.rows_failed == 10
+
+
+def test_a_transient_fault_then_an_engine_death_does_not_convict_the_row() -> None:
+    # Found by the property test: a row alone after a flaky step met an engine
+    # that died on its own; only deaths with the row alone, twice, make it lethal.
+    first = FakeEngine(flaky_steps=frozenset({1}), die_at_step=2)
+    factory = FakeEngineFactory([first, FakeEngine()])
+    results, report = run(prompts(["X"]), factory, chunk_size=1, max_in_flight=1)
+    assert results[0].ok and results[0].output == "X"
+    assert report.engine_restarts == 1
