@@ -234,12 +234,15 @@ class _Runner:
             return
 
     def _step(self) -> None:
-        started = self.clock()
         try:
-            outputs = self.engine.step()
+            self._step_engine()
         except Exception as exc:
             self._on_step_failure(exc)
-            return
+
+    def _step_engine(self) -> None:
+        """One engine step, timed for the report; its finished rows completed."""
+        started = self.clock()
+        outputs = self.engine.step()
         self.report.record_step(len(self.in_flight), self.clock() - started)
         for output in outputs:
             self._complete(output)
@@ -365,23 +368,17 @@ class _Runner:
         """Run only `members` to completion; on failure return those left unfinished."""
         for item in members:
             self._submit(item)
-        while True:
-            remaining = [m for m in members if m.request.index in self.in_flight]
-            if not remaining:
-                return None
-            started = self.clock()
+        while any(m.request.index in self.in_flight for m in members):
             try:
-                outputs = self.engine.step()
+                self._step_engine()
             except Exception as exc:
                 if classify(exc) is Failure.ENGINE_DEAD:
                     # Bounded without the restart limit: every death here narrows
                     # the suspects, and _record_lethal_row stops a hopeless engine.
                     return self._restart_engine(counted=False), exc
                 return self._recall_in_flight(), exc
-            self.report.record_step(len(self.in_flight), self.clock() - started)
-            for output in outputs:
-                self._complete(output)
             self._emit()
+        return None
 
     def _start_engine(self) -> Engine:
         started = self.clock()
