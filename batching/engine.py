@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from batching.records import Sampling
+from batching.records import ERROR_INVALID_REQUEST, Sampling
 
 __all__ = [
     "Engine",
@@ -53,7 +53,7 @@ class EngineOutput:
 class PermanentRequestError(Exception):
     """The request can never succeed (too long, invalid sampling): do not retry it."""
 
-    def __init__(self, message: str, error_type: str = "invalid_request") -> None:
+    def __init__(self, message: str, error_type: str = ERROR_INVALID_REQUEST) -> None:
         super().__init__(message)
         self.error_type = error_type
 

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "ERROR_ENGINE",
     "ERROR_INVALID_INPUT",
+    "ERROR_INVALID_REQUEST",
     "ERROR_PROMPT_TOO_LONG",
     "InvalidRow",
     "Request",
@@ -27,6 +28,7 @@ __all__ = [
 # Error types written into `error.type`; users filter on them, so they are stable.
 ERROR_INVALID_INPUT = "invalid_input"
 ERROR_PROMPT_TOO_LONG = "prompt_too_long"
+ERROR_INVALID_REQUEST = "invalid_request"  # the engine rejected it (bad sampling, template)
 ERROR_ENGINE = "engine_error"
 
 # A chat message as it arrives: {"role": ..., "content": ...} and whatever else the

@@ -23,6 +23,7 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
+from batching.records import ERROR_PROMPT_TOO_LONG
 
 __all__ = ["FakeEngine", "FakeEngineFactory", "expected_output"]
 
@@ -95,7 +96,7 @@ class FakeEngine:
             raise PermanentRequestError(
                 f"prompt is {len(request.prompt_token_ids)} tokens, "
                 f"the model takes at most {self.max_model_len}",
-                error_type="prompt_too_long",
+                error_type=ERROR_PROMPT_TOO_LONG,
             )
         self.added.append(request.key)
         self._queue.append(request)

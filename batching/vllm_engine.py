@@ -30,7 +30,7 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
-from batching.records import ERROR_PROMPT_TOO_LONG, Sampling
+from batching.records import ERROR_INVALID_REQUEST, ERROR_PROMPT_TOO_LONG, Sampling
 from batching.vllm_setup import (
     DEBUG_ENV,
     QuietVllmFilter,
@@ -49,7 +49,6 @@ __all__ = [
 # Distinct sampling settings are few (most rows use the run's defaults), so a small
 # cache of built SamplingParams covers a run; the bound only guards odd inputs.
 _SAMPLING_CACHE_SIZE = 256
-_ERROR_INVALID_REQUEST = "invalid_request"
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -79,7 +78,7 @@ def _error_type(error: BaseException) -> str:
     # vLLM's length checks tag their errors with the offending parameter.
     if getattr(error, "parameter", None) in ("input_tokens", "input_text"):
         return ERROR_PROMPT_TOO_LONG
-    return _ERROR_INVALID_REQUEST
+    return ERROR_INVALID_REQUEST
 
 
 class VllmEngine:
@@ -151,7 +150,7 @@ class VllmEngine:
                 rendered = self._render_chat(prompt)
             except Exception as error:
                 results[index] = PermanentRequestError(
-                    f"cannot apply the chat template: {error}", _ERROR_INVALID_REQUEST
+                    f"cannot apply the chat template: {error}", ERROR_INVALID_REQUEST
                 )
                 continue
             if isinstance(rendered, str):
@@ -256,7 +255,7 @@ class VllmEngine:
             # As LLM.get_default_sampling_params builds them, so unset fields match.
             params = SamplingParams.from_optional(**kwargs) if kwargs else SamplingParams()
         except self._request_errors as error:
-            raise PermanentRequestError(str(error), _ERROR_INVALID_REQUEST) from error
+            raise PermanentRequestError(str(error), ERROR_INVALID_REQUEST) from error
         # As LLM._add_request: one output per request, when it finishes.
         params.output_kind = self._final_only
         if len(self._sampling_cache) >= _SAMPLING_CACHE_SIZE:
