@@ -202,8 +202,11 @@ def _parquet_failed(path: str, rows: int, batch_rows: int) -> Iterator[list[Resu
     failed: list[Result] = []
     index = 0
     for batch, ids, json_names in _parquet_batches(path, rows, None):
-        positions = pc.indices_nonzero(pc.is_valid(batch.column("error"))).to_pylist()
-        for position, row in zip(positions, batch.take(positions).to_pylist(), strict=True):
+        # Take by the typed index array: an empty Python list is typed null, which
+        # take() rejects, so a batch without a failed row raised.
+        indices = pc.indices_nonzero(pc.is_valid(batch.column("error")))
+        positions = indices.to_pylist()
+        for position, row in zip(positions, batch.take(indices).to_pylist(), strict=True):
             row["id"] = ids[position]
             for name in json_names:
                 if row.get(name) is not None:

@@ -111,12 +111,13 @@ def test_errors_file_holds_the_failed_rows_which_stay_in_the_output(tmp_path: Pa
     assert failed == [rows[3], rows[11]]
 
 
-def test_errors_file_is_consistent_after_a_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_errors_file_is_consistent_after_a_resume(tmp_path: Path, suffix: str) -> None:
     source, errors = tmp_path / "in.jsonl", tmp_path / "err.jsonl"
     write_prompts(source, 60, bad={2, 40})
     reference_errors = tmp_path / "ref-err.jsonl"
-    run(config(source, tmp_path / "ref.jsonl", errors_path=str(reference_errors)), FakeEngine)
-    out = tmp_path / "out.jsonl"
+    run(config(source, tmp_path / f"ref{suffix}", errors_path=str(reference_errors)), FakeEngine)
+    out = tmp_path / f"out{suffix}"
     with pytest.raises(Exception, match="died"):
         run(
             config(source, out, errors_path=str(errors), max_engine_restarts=0),
