@@ -24,7 +24,7 @@ from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
-from batching.writers import ResultWriter, open_writer, scan_output
+from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
 __all__ = ["run"]
 
@@ -72,7 +72,7 @@ def run(
             supply = PrefetchedSupply(supply)
         sink: ResultSink = writer
         if config.errors_path:
-            errors = stack.enter_context(_open_errors_file(config, writer))
+            errors = stack.enter_context(_open_errors_file(config, existing))
             sink = _ErrorsTee(writer, errors)
         return run_rows(
             supply,
@@ -127,10 +127,11 @@ class _ErrorsTee:
 
 
 @contextlib.contextmanager
-def _open_errors_file(config: RunConfig, main: ResultWriter) -> Iterator[ResultWriter]:
+def _open_errors_file(config: RunConfig, existing: ExistingOutput | None) -> Iterator[ResultWriter]:
     """The errors file, replaced whenever the output is replaced or continued.
 
-    On resume it is rewritten from the failed rows the output already holds, so
+    On resume it is rewritten from the failed rows the output already holds
+    (`existing`, as scanned once for the resume), so
     the two can never disagree whatever moment the earlier run died at.
     """
     output = config.output
@@ -138,7 +139,6 @@ def _open_errors_file(config: RunConfig, main: ResultWriter) -> Iterator[ResultW
         path=config.errors_path, overwrite=output.overwrite or output.resume
     )
     with open_writer(errors_config) as errors:
-        existing = scan_output(output) if output.resume else None
         if existing is not None and existing.rows:
             for batch in existing.failed_rows():
                 errors.write(batch)
