@@ -32,11 +32,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class EngineRequest:
-    """A request as the engine sees it: tokens and sampling, keyed by row index."""
+    """A request as the engine sees it: tokens and sampling, keyed by row index.
+
+    `prompt` is the row's prompt or messages as given, for engines that cannot take
+    token ids (a remote OpenAI-compatible server); local engines use the tokens.
+    """
 
     key: int
     prompt_token_ids: Sequence[int]
     sampling: Sampling
+    prompt: str | Sequence[Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

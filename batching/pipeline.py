@@ -215,6 +215,7 @@ class _Runner:
             key=request.index,
             prompt_token_ids=item.token_ids,
             sampling=request.sampling.over(self.config.sampling),
+            prompt=request.prompt if request.prompt is not None else request.messages,
         )
         while True:
             try:

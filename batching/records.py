@@ -40,8 +40,8 @@ Message = Mapping[str, Any]
 class Sampling:
     """Sampling settings; `None` means "not set here, use the next layer's value".
 
-    >>> Sampling(temperature=0.0).over(Sampling(max_tokens=16, temperature=1.0))
-    Sampling(max_tokens=16, temperature=0.0, top_p=None, top_k=None, seed=None, stop=None)
+    >>> Sampling(temperature=0.0).over(Sampling(max_tokens=16, temperature=1.0)).temperature
+    0.0
     """
 
     max_tokens: int | None = None
@@ -50,6 +50,13 @@ class Sampling:
     top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] | None = None
+    # Samples per prompt; every one is kept (the output becomes a list when n > 1).
+    n: int | None = None
+    # Log-probabilities of this many top tokens at each generated position.
+    logprobs: int | None = None
+    # Structured output: the JSON text of a JSON Schema the output must match.
+    # Kept as text, not a dict, so Sampling stays hashable and cheap to compare.
+    json_schema: str | None = None
 
     def over(self, defaults: Sampling) -> Sampling:
         """Return these settings with every unset field taken from `defaults`."""
