@@ -16,6 +16,7 @@ from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
 from batching.readers import DEFAULT_MAX_LINE_BYTES
 from batching.records import Sampling
+from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
 from cli.options import (
     FIELDS,
@@ -218,6 +219,7 @@ def run(
     debug: Annotated[
         bool, typer.Option(help="Full tracebacks and engine logs.", rich_help_panel=OUTPUT)
     ] = False,
+    config_file: ConfigOption = None,
 ) -> None:
     """Run a file of prompts through the model; one ordered result row per input row.
 
