@@ -108,6 +108,13 @@ def load_config(path: str, command: Any, siblings: Mapping[str, Any]) -> dict[st
     tables = set(siblings) | ({command.name} if command.name else set())
     for key, value in data.items():
         if key in tables and isinstance(value, dict):
+            # Another command's table is checked too: a typo there is still a typo.
+            other = siblings.get(key)
+            if other is not None and other is not command:
+                names = _option_names(other)
+                for sub_key in value:
+                    if sub_key not in names:
+                        raise _unknown_key(path, f"{key}.{sub_key}", other)
             continue
         if key in own:
             defaults[own[key]] = _as_param_value(params.get(own[key]), value)

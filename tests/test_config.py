@@ -126,6 +126,7 @@ def test_list_and_table_values(tmp_path: Path, prompts: Path) -> None:
     [
         ("bogus = 1\n", "unknown key 'bogus'"),
         ("[run]\njson = true\n", "unknown key 'run.json'"),
+        ("[validate]\nmaxtokens = 1\n", "unknown key 'validate.maxtokens'"),
         ("max-tokens = \n", "not valid TOML"),
     ],
 )
