@@ -3,6 +3,8 @@ engine itself, a real http.server on 127.0.0.1 for the CLI path."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -374,3 +376,24 @@ def test_cli_usage_errors(tmp_path: Path, args: list[str], message: str) -> None
     result = CliRunner().invoke(app, ["run", str(source), "-m", "m", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_exit_does_not_wait_for_requests_still_open() -> None:
+    # Ctrl-C closes the engine while requests are open; the process must then exit
+    # instead of waiting for the server (here: never) to answer them.
+    script = """
+import threading, httpx
+from batching.engine import EngineRequest
+from batching.openai_engine import OpenAIConfig, OpenAIEngine
+from batching.records import Sampling
+entered = threading.Event()
+def hang(request):
+    entered.set()
+    threading.Event().wait()
+engine = OpenAIEngine(OpenAIConfig("http://x", "m"), transport=httpx.MockTransport(hang))
+engine.add(EngineRequest(0, [0], Sampling(), prompt="p"))
+entered.wait()
+engine.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
+    assert done.returncode == 0
