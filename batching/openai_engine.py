@@ -76,8 +76,8 @@ CHARS_PER_TOKEN = 4
 # A Retry-After longer than this is not waited out in full: a run should not hang
 # for an hour on one header; the retry budget still bounds the attempts.
 MAX_RETRY_AFTER_S = 120.0
-# How long one `step` waits for a request to finish before handing control back to
-# the pipeline (for its progress line and signal checks) with nothing.
+# One wait inside `step`; it loops while requests are open. Bounded only so that a
+# bug leaving nothing to wait for shows up as a spin, not a hang.
 STEP_WAIT_S = 1.0
 _UNKNOWN_CONTEXT = 2**31 - 1
 _TOO_LONG = re.compile(r"maximum context length|too long", re.I)
@@ -260,9 +260,18 @@ class OpenAIEngine:
         self._jobs.put((request, ticket))
 
     def step(self) -> list[EngineOutput]:
-        """Results finished since the last step; waits up to a second for the first."""
-        if not self._live:
-            return []
+        """Results finished since the last step; blocks until one is there.
+
+        Blocking is safe: a signal raises in this (the main) thread, and every open
+        request ends, at the latest at its timeout. It keeps the report honest too:
+        a step is a wait that ended with rows, never an empty poll.
+        """
+        outputs: list[EngineOutput] = []
+        while self._live and not outputs:
+            outputs = self._collect(self._wait_for_done())
+        return outputs
+
+    def _wait_for_done(self) -> list[_Done]:
         finished: list[_Done] = []
         try:
             finished.append(self._done.get(timeout=STEP_WAIT_S))
@@ -270,6 +279,9 @@ class OpenAIEngine:
                 finished.append(self._done.get_nowait())
         except queue.Empty:
             pass
+        return finished
+
+    def _collect(self, finished: list[_Done]) -> list[EngineOutput]:
         outputs: list[EngineOutput] = []
         for done in finished:
             with self._lock:
