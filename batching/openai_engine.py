@@ -30,12 +30,10 @@ server's own `usage` counts, and the server decides what is too long.
 
 from __future__ import annotations
 
-import email.utils
 import math
 import queue
 import re
 import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +49,13 @@ from batching.engine import (
     PermanentRequestError,
 )
 from batching.errors import BatchError, UsageError
+from batching.openai_wire import error_message, parse_output, request_body, retry_after_s
 from batching.prompt_tokens import PromptTokenizer, TokenizerUnavailable
 from batching.records import (
     ERROR_ENGINE,
     ERROR_INVALID_REQUEST,
     ERROR_PROMPT_TOO_LONG,
     RowError,
-    Sampling,
 )
 from batching.retry import RetryPolicy
 
@@ -67,7 +65,6 @@ __all__ = [
     "OpenAIEngine",
     "ServerUnavailableError",
     "create_openai_engine",
-    "request_body",
 ]
 
 # Estimated characters per token when no local tokenizer is at hand: the usual
@@ -115,49 +112,6 @@ class OpenAIConfig:
         if url.path in ("", "/"):
             url = url.copy_with(path="/v1")
         return str(url).rstrip("/")
-
-
-def request_body(model: str, request: EngineRequest) -> tuple[str, dict[str, Any]]:
-    """The endpoint path and JSON body for one request.
-
-    >>> request_body("m", EngineRequest(0, [1], Sampling(max_tokens=8), prompt="Hi"))
-    ('/completions', {'model': 'm', 'prompt': 'Hi', 'max_tokens': 8})
-    """
-    prompt = request.prompt
-    body: dict[str, Any] = {"model": model}
-    chat = not (prompt is None or isinstance(prompt, str))
-    if prompt is None or isinstance(prompt, str):
-        # No raw prompt (a caller that only has tokens): servers take token ids too.
-        body["prompt"] = prompt if prompt is not None else list(request.prompt_token_ids)
-    else:
-        body["messages"] = [dict(m) for m in prompt]
-    body.update(_sampling_fields(request.sampling, chat))
-    return ("/chat/completions" if chat else "/completions"), body
-
-
-def _sampling_fields(sampling: Sampling, chat: bool) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "max_tokens": sampling.max_tokens,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        # top_k is not in OpenAI's API; vLLM, TGI and llama.cpp accept it.
-        "top_k": sampling.top_k,
-        "seed": sampling.seed,
-        "stop": list(sampling.stop) if sampling.stop else None,
-        "n": sampling.n,
-    }
-    if sampling.logprobs is not None:
-        if chat:
-            fields["logprobs"] = True
-            fields["top_logprobs"] = sampling.logprobs
-        else:
-            fields["logprobs"] = sampling.logprobs
-    if sampling.json_schema is not None:
-        fields["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "output", "schema": orjson.loads(sampling.json_schema)},
-        }
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 class _Retryable(Exception):
@@ -371,63 +325,17 @@ class OpenAIEngine:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
         status = response.status_code
         if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}: {_error_message(response)}", _retry_after(response))
+            raise _Retryable(f"HTTP {status}: {error_message(response)}", retry_after_s(response))
         if status >= 400:
-            message = _error_message(response)
+            message = error_message(response)
             error_type = (
                 ERROR_PROMPT_TOO_LONG if _TOO_LONG.search(message) else ERROR_INVALID_REQUEST
             )
             raise PermanentRequestError(f"HTTP {status}: {message}", error_type)
         try:
-            return _parse_output(request, orjson.loads(response.content))
+            return parse_output(request, orjson.loads(response.content))
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             raise _Retryable(f"unreadable response: {type(exc).__name__}: {exc}") from exc
-
-
-def _parse_output(request: EngineRequest, data: Any) -> EngineOutput:
-    choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-    # One text per row for now: with n > 1 the first sample is kept.
-    choice = choices[0]
-    message = choice.get("message")
-    text = (message.get("content") or "") if message is not None else choice["text"]
-    usage = data.get("usage") or {}
-    return EngineOutput(
-        key=request.key,
-        text=text,
-        finish_reason=choice.get("finish_reason"),
-        prompt_tokens=int(usage.get("prompt_tokens", len(request.prompt_token_ids))),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
-    )
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The server's own words: OpenAI's {"error": {"message"}} or older shapes."""
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return response.text.strip()[:500] or response.reason_phrase
-    if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-    return response.text.strip()[:500]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _chat_text(messages: Sequence[Mapping[str, Any]]) -> str:

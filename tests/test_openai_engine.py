@@ -23,8 +23,8 @@ from batching.openai_engine import (
     OpenAIEngine,
     ServerUnavailableError,
     create_openai_engine,
-    request_body,
 )
+from batching.openai_wire import request_body
 from batching.records import Sampling
 from batching.retry import RetryPolicy
 from cli.app import app
