@@ -254,6 +254,9 @@ class _Runner:
             return
         self.deaths_in_a_row = self.lethal_in_a_row = 0
         request = item.request
+        if output.error is not None:
+            self._finish(Result.failed(request, output.error))
+            return
         self._finish(
             Result(
                 index=request.index,

@@ -9,6 +9,7 @@ import typer
 
 from cli import run as run_command
 from cli import validate as validate_command
+from cli.config_file import CONTEXT_SETTINGS
 
 __all__ = ["app", "main"]
 
@@ -63,11 +64,13 @@ app.command(
     "run",
     short_help="Run prompts through a model: one result row per input row, in order.",
     no_args_is_help=True,
+    context_settings=CONTEXT_SETTINGS,
 )(run_command.run)
 app.command(
     "validate",
     short_help="Check an input file without running the model.",
     no_args_is_help=True,
+    context_settings=CONTEXT_SETTINGS,
 )(validate_command.validate)
 
 

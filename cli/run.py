@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -16,6 +17,7 @@ from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
 from batching.readers import DEFAULT_MAX_LINE_BYTES
 from batching.records import Sampling
+from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
 from cli.options import (
     FIELDS,
@@ -26,16 +28,21 @@ from cli.options import (
     PromptField,
 )
 
+if TYPE_CHECKING:
+    from batching.openai_engine import OpenAIConfig
+
 __all__ = ["run"]
 
 ENGINE = "Engine (passed to vllm.LLM)"
 SAMPLING = "Sampling defaults (a row's own field wins)"
 RUNNING = "Batching and retries"
 OUTPUT = "Output and report"
+REMOTE = "Remote engine (--engine openai)"
 
 
 class EngineChoice(str, Enum):
     vllm = "vllm"
+    openai = "openai"
     fake = "fake"
 
 
@@ -125,8 +132,9 @@ def run(
     engine: Annotated[
         EngineChoice,
         typer.Option(
-            help="vllm, or fake: a model-free engine that echoes each prompt reversed, "
-            "for dry runs of a job's input and output.",
+            help="vllm: load the model here; openai: send rows to a running "
+            "OpenAI-compatible server (--base-url); fake: a model-free engine that echoes "
+            "each prompt reversed, for dry runs of a job's input and output.",
             rich_help_panel=ENGINE,
         ),
     ] = EngineChoice.vllm,
@@ -160,6 +168,34 @@ def run(
             help="Any other vllm.LLM argument as KEY=VALUE; repeatable.", rich_help_panel=ENGINE
         ),
     ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Server URL for --engine openai, e.g. http://127.0.0.1:8000/v1; --model "
+            "is then the served model name.",
+            rich_help_panel=REMOTE,
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VAR",
+            help="Name of the env var holding the server's API key (never the key itself).",
+            rich_help_panel=REMOTE,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(min=1, help="Requests sent to the server at once.", rich_help_panel=REMOTE),
+    ] = 16,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds one request may take before it is retried.",
+            rich_help_panel=REMOTE,
+        ),
+    ] = 600.0,
     chunk_size: Annotated[
         int,
         typer.Option(
@@ -218,6 +254,7 @@ def run(
     debug: Annotated[
         bool, typer.Option(help="Full tracebacks and engine logs.", rich_help_panel=OUTPUT)
     ] = False,
+    config_file: ConfigOption = None,
 ) -> None:
     """Run a file of prompts through the model; one ordered result row per input row.
 
@@ -272,17 +309,66 @@ def run(
             trust_remote_code=trust_remote_code,
             extra=_parse_engine_args(engine_arg or []),
         )
+        remote = _remote_config(
+            engine,
+            base_url,
+            api_key_env,
+            model=model,
+            concurrency=concurrency,
+            timeout_s=request_timeout,
+            max_retries=max_retries,
+            max_model_len=max_model_len,
+        )
     except BatchError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    raise typer.Exit(_execute(config, _engine_factory(engine, engine_config, debug), quiet, debug))
+    factory = _engine_factory(engine, engine_config, debug, remote)
+    raise typer.Exit(_execute(config, factory, quiet, debug))
 
 
-def _engine_factory(choice: EngineChoice, config: EngineConfig, debug: bool) -> EngineFactory:
+def _remote_config(
+    choice: EngineChoice,
+    base_url: str | None,
+    api_key_env: str | None,
+    **settings: Any,
+) -> OpenAIConfig | None:
+    if choice is not EngineChoice.openai:
+        if base_url is not None:
+            raise UsageError("--base-url is for --engine openai")
+        return None
+    if not base_url:
+        raise UsageError(
+            "--engine openai needs --base-url, e.g. --base-url http://127.0.0.1:8000/v1"
+        )
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise UsageError(f"--api-key-env {api_key_env}: that env var is not set or empty")
+    # Imported here: httpx is not needed for --help or the other engines.
+    from batching.openai_engine import OpenAIConfig
+
+    model = settings["model"]
+    tokenizer_dir = model if os.path.isdir(model) else None
+    return OpenAIConfig(base_url=base_url, api_key=api_key, tokenizer_dir=tokenizer_dir, **settings)
+
+
+def _engine_factory(
+    choice: EngineChoice, config: EngineConfig, debug: bool, remote: OpenAIConfig | None
+) -> EngineFactory:
     if choice is EngineChoice.fake:
         from batching.testing import FakeEngine
 
         return FakeEngine
+    if remote is not None:
+        remote_config = remote
+
+        def create_remote() -> Engine:
+            from batching.openai_engine import create_openai_engine
+
+            return create_openai_engine(remote_config)
+
+        return create_remote
 
     def create() -> Engine:
         # Imported when the engine starts, so `--help` and usage errors never load
