@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
@@ -26,10 +26,27 @@ from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
-__all__ = ["run"]
+__all__ = ["RowsRunner", "run"]
 
 # How many bad rows `--on-invalid abort` lists before it stops.
 INVALID_ROWS_LISTED = 5
+
+
+class RowsRunner(Protocol):
+    """What turns the rows into results: `run_rows` here, or another runner (Ray)."""
+
+    def __call__(
+        self,
+        supply: RowSupply,
+        sink: ResultSink,
+        engine_factory: EngineFactory,
+        config: RunConfig,
+        *,
+        progress: ProgressSink | None = None,
+        retry: RetryPolicy | None = None,
+        report: ReportCollector | None = None,
+        start_index: int = 0,
+    ) -> Report: ...
 
 
 def run(
@@ -41,8 +58,12 @@ def run(
     report: ReportCollector | None = None,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
+    rows_runner: RowsRunner = run_rows,
 ) -> Report:
     """Read `config.input`, run it, write `config.output`; return the report.
+
+    `rows_runner` runs the rows between the files (`batching.ray_runner` on Ray); the
+    lock, resume checks, errors file and writers stay the same either way.
 
     >>> from batching.testing import FakeEngine
     >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
@@ -74,7 +95,7 @@ def run(
         if config.errors_path:
             errors = stack.enter_context(_open_errors_file(config, existing))
             sink = _ErrorsTee(writer, errors)
-        return run_rows(
+        return rows_runner(
             supply,
             sink,
             engine_factory,

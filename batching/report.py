@@ -30,6 +30,7 @@ from batching.records import Result
 
 __all__ = [
     "LatencyHistogram",
+    "ReplicaThroughput",
     "Report",
     "ReportCollector",
     "format_duration",
@@ -117,6 +118,41 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaThroughput:
+    """One engine replica's share of a distributed run (`--ray`).
+
+    `busy_seconds` is the time it spent running batches, start-up excluded, so its
+    rates say how fast that replica went while it had work.
+
+    >>> ReplicaThroughput("node-1:42", rows=100, busy_seconds=4.0).rows_per_second
+    25.0
+    """
+
+    name: str
+    rows: int = 0
+    output_tokens: int = 0
+    busy_seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float | None:
+        return _ratio(self.rows, self.busy_seconds)
+
+    @property
+    def output_tokens_per_second(self) -> float | None:
+        return _ratio(self.output_tokens, self.busy_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "output_tokens": self.output_tokens,
+            "busy_seconds": round(self.busy_seconds, 6),
+            "requests_per_second": _rounded(self.rows_per_second, 3),
+            "output_tokens_per_second": _rounded(self.output_tokens_per_second, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """What a run did, in figures. Absent figures are None (null in JSON), never 0.
 
@@ -140,6 +176,8 @@ class Report:
     - errors_by_type: failed rows per `error.type`, most frequent first.
     - engine_wait_seconds: time the engine sat idle waiting on reading/tokenizing;
       engine_wait_share: that over wall_seconds.
+    - replicas: each engine replica's throughput (`ReplicaThroughput`); only in a
+      run on Ray, and only then a key of `to_dict()`.
 
     >>> report = Report(rows=10, rows_ok=10, wall_seconds=2.0, engine_startup_seconds=1.0)
     >>> report.requests_per_second
@@ -165,6 +203,7 @@ class Report:
     oom_window: int | None = None
     errors_by_type: Mapping[str, int] = field(default_factory=dict)
     engine_wait_seconds: float = 0.0
+    replicas: tuple[ReplicaThroughput, ...] = ()
 
     @property
     def processing_seconds(self) -> float:
@@ -197,7 +236,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; floats rounded to what is meaningful (µs, 0.001/s)."""
-        return {
+        out: dict[str, Any] = {
             "rows": self.rows,
             "rows_ok": self.rows_ok,
             "rows_failed": self.rows_failed,
@@ -223,6 +262,9 @@ class Report:
             "engine_wait_seconds": round(self.engine_wait_seconds, 6),
             "engine_wait_share": _rounded(self.engine_wait_share, 4),
         }
+        if self.replicas:
+            out["replicas"] = [replica.to_dict() for replica in self.replicas]
+        return out
 
 
 class ReportCollector:
@@ -257,6 +299,7 @@ class ReportCollector:
         # Keyed by the stable error types in `records`: a handful of keys, not one per row.
         self._errors: dict[str, int] = {}
         self._engine_wait_s = 0.0
+        self._replicas: tuple[ReplicaThroughput, ...] = ()
 
     def start(self) -> None:
         """Start the wall clock; call before the engine is started."""
@@ -303,6 +346,28 @@ class ReportCollector:
         """The engine sat idle `seconds` waiting for our reading/tokenizing."""
         self._engine_wait_s += seconds
 
+    def add_engine_work(self, part: Report) -> None:
+        """Add the engine figures of a run done elsewhere (a replica's batch).
+
+        Rows, tokens and latencies are not added: they are counted here as the
+        rows are written, by `record_result`. Start-up is not either: replicas
+        start side by side, so the caller reports the longest with `engine_started`.
+        """
+        self._batches += part.batches
+        self._batch_requests += part.batch_requests
+        self._batch_seconds += part.batch_seconds
+        self._padding_avoided += part.padding_tokens_avoided
+        self._retries += part.retries
+        self._restarts += part.engine_restarts
+        self._oom_backoffs += part.oom_backoffs
+        if part.oom_window is not None:
+            self._oom_window = part.oom_window
+        self._engine_wait_s += part.engine_wait_seconds
+
+    def record_replicas(self, replicas: tuple[ReplicaThroughput, ...]) -> None:
+        """Each replica's throughput so far (replaces what was recorded before)."""
+        self._replicas = replicas
+
     def finish(self) -> Report:
         """The report as of now; may be called more than once."""
         if self._started_at is None:
@@ -329,6 +394,7 @@ class ReportCollector:
             oom_window=self._oom_window,
             errors_by_type=dict(sorted(self._errors.items(), key=lambda kv: (-kv[1], kv[0]))),
             engine_wait_seconds=self._engine_wait_s,
+            replicas=self._replicas,
         )
 
 
@@ -405,6 +471,12 @@ def render_report(report: Report, console: Console) -> None:
     ):
         if count:
             table.add_row(label, f"[yellow]{count:,}[/yellow]")
+    for number, replica in enumerate(report.replicas, 1):
+        table.add_row(
+            f"replica {number}",
+            f"{replica.rows:,} rows · {_rate(replica.rows_per_second, 'req/s')} · "
+            f"{_rate(replica.output_tokens_per_second, 'out tok/s')} ({replica.name})",
+        )
     if report.errors_by_type:
         errors = ", ".join(f"{kind} {n:,}" for kind, n in report.errors_by_type.items())
         table.add_row("errors", f"[red]{errors}[/red]")

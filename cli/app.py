@@ -65,6 +65,7 @@ app.command(
     short_help="Run prompts through a model: one result row per input row, in order.",
     no_args_is_help=True,
     context_settings=CONTEXT_SETTINGS,
+    cls=run_command.RunCommand,
 )(run_command.run)
 app.command(
     "validate",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
+from typer.core import TyperCommand
 
 from batching import interrupts
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
@@ -30,14 +31,17 @@ from cli.options import (
 
 if TYPE_CHECKING:
     from batching.openai_engine import OpenAIConfig
+    from batching.ray_runner import RayOptions
 
-__all__ = ["run"]
+__all__ = ["RunCommand", "run"]
 
 ENGINE = "Engine (passed to vllm.LLM)"
 SAMPLING = "Sampling defaults (a row's own field wins)"
 RUNNING = "Batching and retries"
 OUTPUT = "Output and report"
 REMOTE = "Remote engine (--engine openai)"
+CLUSTER = "Running on a Ray cluster"
+RAY_LOCAL = "local"
 
 
 class EngineChoice(str, Enum):
@@ -55,6 +59,42 @@ class OrderChoice(str, Enum):
     input = "input"
     ascending = "ascending"
     descending = "descending"
+
+
+class RunCommand(TyperCommand):
+    """The `run` command; a bare `--ray` (no address after it) means `--ray local`.
+
+    Typer has no option whose value may be left out, so the arguments are completed
+    before parsing. The next argument is taken as the address only if it looks like
+    one (auto, local, HOST:PORT, a URL): `run --ray in.jsonl` still reads in.jsonl.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, bare_ray_means_local(args))
+
+
+def bare_ray_means_local(args: list[str]) -> list[str]:
+    """Insert the "local" address after a `--ray` that has none.
+
+    >>> bare_ray_means_local(["in.jsonl", "--ray", "-m", "m"])
+    ['in.jsonl', '--ray', 'local', '-m', 'm']
+    >>> bare_ray_means_local(["--ray", "auto"])
+    ['--ray', 'auto']
+    """
+    completed: list[str] = []
+    for position, arg in enumerate(args):
+        if arg == "--":
+            return completed + args[position:]
+        completed.append(arg)
+        if arg == "--ray":
+            following = args[position + 1] if position + 1 < len(args) else None
+            if following is None or not _looks_like_address(following):
+                completed.append(RAY_LOCAL)
+    return completed
+
+
+def _looks_like_address(arg: str) -> bool:
+    return arg in ("auto", RAY_LOCAL) or ":" in arg
 
 
 def _parse_engine_args(pairs: list[str]) -> dict[str, Any]:
@@ -241,6 +281,26 @@ def run(
         ),
     ] = OnInvalidChoice.record,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Run on Ray: engine replicas in a Ray Data actor pool. Alone, starts Ray "
+            "here; auto joins the cluster of `ray start`; or ray://HOST:PORT. Needs "
+            "pip install 'bizra-batch[ray]'.",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Engines in the pool, each with --tensor-parallel-size GPUs. Default: as "
+            "many as the cluster's GPUs allow (1 without GPUs).",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
     report: Annotated[
         str | None,
         typer.Option(help="Also write the run report as JSON here.", rich_help_panel=OUTPUT),
@@ -319,11 +379,27 @@ def run(
             max_retries=max_retries,
             max_model_len=max_model_len,
         )
+        cluster = _ray_options(ray, replicas, engine, tensor_parallel_size)
     except BatchError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     factory = _engine_factory(engine, engine_config, debug, remote)
-    raise typer.Exit(_execute(config, factory, quiet, debug))
+    raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
+
+
+def _ray_options(
+    address: str | None, replicas: int | None, engine: EngineChoice, tensor_parallel_size: int
+) -> RayOptions | None:
+    if address is None:
+        if replicas is not None:
+            raise UsageError("--replicas needs --ray; without it the run has one engine")
+        return None
+    # Imported only for --ray: it checks that the optional extra is installed.
+    from batching.ray_runner import RayOptions, require_ray
+
+    require_ray()
+    gpus = float(tensor_parallel_size) if engine is EngineChoice.vllm else 0.0
+    return RayOptions(address=address, replicas=replicas, gpus_per_replica=gpus)
 
 
 def _remote_config(
@@ -380,7 +456,13 @@ def _engine_factory(
     return create
 
 
-def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debug: bool) -> int:
+def _execute(
+    config: RunConfig,
+    engine_factory: EngineFactory,
+    quiet: bool,
+    debug: bool,
+    cluster: RayOptions | None = None,
+) -> int:
     from batching.job import run as run_pipeline
     from batching.report import ReportCollector, render_report, write_report
 
@@ -390,12 +472,12 @@ def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debu
     restore_signals = interrupts.install()
     exit_code = 0
     try:
-        run_pipeline(
-            config,
-            engine_factory,
-            progress=progress,
-            report=collector,
-        )
+        if cluster is None:
+            run_pipeline(config, engine_factory, progress=progress, report=collector)
+        else:
+            from batching.ray_runner import run_on_ray
+
+            run_on_ray(config, engine_factory, cluster, progress=progress, report=collector)
     except interrupts.Interrupted as exc:
         exit_code = exc.exit_code
     except BrokenPipeError:
