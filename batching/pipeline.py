@@ -26,6 +26,7 @@ from batching.errors import BatchError
 from batching.grouping import padding_tokens, submission_order
 from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
+from batching.prefetch import LiveChunks
 from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.records import (
     ERROR_ENGINE,
@@ -151,15 +152,19 @@ class _Runner:
     def run(self) -> None:
         chunks = self.supply.chunks()
         exhausted = False
-        while True:
-            exhausted = self._top_up(chunks, exhausted)
-            self._emit()
-            if not self.in_flight:
-                if exhausted and not self.pending:
-                    break
-                continue
-            self._step()
-            self._emit()
+        try:
+            while True:
+                exhausted = self._top_up(chunks, exhausted)
+                self._emit()
+                if not self.in_flight:
+                    if exhausted and not self.pending:
+                        break
+                    continue
+                self._step()
+                self._emit()
+        finally:
+            if isinstance(chunks, LiveChunks):
+                chunks.close()
 
     def _top_up(self, chunks: Iterator[list[Row]], exhausted: bool) -> bool:
         while len(self.in_flight) < self.window:
@@ -167,15 +172,24 @@ class _Runner:
                 if exhausted or len(self.reorder) > self.reorder_limit:
                     break
                 waited_from = self.clock()
-                rows = next(chunks, None)
+                rows = self._read(chunks)
                 if rows is None:
                     return True
+                if not rows:
+                    break  # live input, nothing due yet: step what the engine holds
                 self._load(rows)
                 if self.in_flight:
                     self.report.record_engine_wait(self.clock() - waited_from)
                 continue
             self._submit(self.pending.popleft())
         return exhausted
+
+    def _read(self, chunks: Iterator[list[Row]]) -> list[Row] | None:
+        """The next chunk; None at the end. Live input makes the run wait for rows
+        only while the engine has nothing to do, so results keep coming out."""
+        if isinstance(chunks, LiveChunks):
+            return chunks.poll(wait=not self.in_flight)
+        return next(chunks, None)
 
     def _load(self, rows: list[Row]) -> None:
         """Encode a chunk, record rows that fail up front, queue the rest in order."""
