@@ -21,12 +21,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import ClassVar, cast
 
 from batching.protocols import RowSupply
 from batching.records import Row
 
-__all__ = ["LiveChunks", "LiveSupply", "PrefetchedSupply"]
+__all__ = ["Arrival", "LiveChunks", "LiveSupply", "PrefetchedSupply"]
 
 _END = object()
 # How often a producer blocked on a full queue checks whether the consumer quit.
@@ -126,6 +126,9 @@ class LiveChunks:
     >>> arrivals.put((0.0, [row])); chunks.poll(wait=False)  # doctest: +SKIP
     [row]
     """
+
+    # What a producer sends, instead of rows, when there will be no more.
+    END: ClassVar[object] = _END
 
     def __init__(
         self,
