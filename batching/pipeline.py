@@ -71,11 +71,14 @@ def run_rows(
     report: ReportCollector | None = None,
     start_index: int = 0,
     clock: Callable[[], float] = time.perf_counter,
+    on_result: Callable[[Result], None] | None = None,
 ) -> Report:
     """Run every row of `supply` through an engine and write one result per row, in order.
 
     Pass your own `report` collector to read a partial report after an interrupt.
     `start_index` is the first row `supply` yields (a resumed run skips the rest).
+    `on_result` sees each row's result as soon as it is known, before it waits for
+    the rows ahead of it (`batching.aio` answers each caller that way).
 
     >>> from batching.testing import FakeEngine
     >>> report = run_rows(rows, writer, FakeEngine, config)   # doctest: +SKIP
@@ -94,6 +97,7 @@ def run_rows(
         report=collector,
         start_index=start_index,
         clock=clock,
+        on_result=on_result,
     )
     try:
         runner.run()
@@ -115,6 +119,7 @@ class _Runner:
         report: ReportCollector,
         start_index: int,
         clock: Callable[[], float],
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         self.supply = supply
         self.sink = sink
@@ -124,6 +129,7 @@ class _Runner:
         self.retry = retry
         self.report = report
         self.clock = clock
+        self.on_result = on_result
         self.window = max(1, config.max_in_flight)
         chunk_size = config.input.chunk_size
         # Results may wait for one slow early row; past this many we stop reading
@@ -286,6 +292,8 @@ class _Runner:
 
     def _finish(self, result: Result) -> None:
         self.reorder.push(result)
+        if self.on_result is not None:
+            self.on_result(result)
 
     def _emit(self) -> None:
         # Rows are counted in the report when written, not when finished: after an
