@@ -16,8 +16,9 @@ from typing import BinaryIO, Protocol
 from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import UsageError
+from batching.jsonl_source import JsonlSource
 from batching.pipeline import run_rows
-from batching.prefetch import PrefetchedSupply
+from batching.prefetch import LiveSupply, PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.readers import RowSource, open_source
 from batching.records import InvalidRow, Result, Row
@@ -87,9 +88,16 @@ def run(
         if existing is not None and existing.rows:
             done = existing.rows
             supply = ResumedSupply(supply, done=done, ids=existing.ids(), output=writer.name)
-        if config.input.path != STDIO:
-            # Not stdin: a thread blocked reading a pipe cannot be stopped, and the
-            # interpreter aborts at exit on a stdin buffer such a thread holds.
+        if isinstance(source, JsonlSource) and source.live:
+            # A pipe (stdin): rows go to the engine as they arrive, not at EOF.
+            if config.max_wait_ms < 0:
+                raise UsageError(f"max wait must not be negative, got {config.max_wait_ms} ms")
+            supply = LiveSupply(
+                supply,
+                chunk_size=config.input.chunk_size,
+                max_wait_s=config.max_wait_ms / 1000.0,
+            )
+        else:
             supply = PrefetchedSupply(supply)
         sink: ResultSink = writer
         if config.errors_path:

@@ -252,6 +252,15 @@ def run(
         int,
         typer.Option(min=1, help="Requests inside the engine at once.", rich_help_panel=RUNNING),
     ] = 512,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Live input (a pipe delivering rows slowly): a partial chunk goes to the "
+            "engine after its first row has waited this long.",
+            rich_help_panel=RUNNING,
+        ),
+    ] = 50.0,
     max_retries: Annotated[int, typer.Option(min=0, rich_help_panel=RUNNING)] = 3,
     max_engine_restarts: Annotated[int, typer.Option(min=0, rich_help_panel=RUNNING)] = 3,
     resume: Annotated[
@@ -351,6 +360,7 @@ def run(
             max_retries=max_retries,
             max_engine_restarts=max_engine_restarts,
             max_in_flight=max_in_flight,
+            max_wait_ms=max_wait_ms,
             report_path=report,
             errors_path=errors,
             on_invalid=on_invalid.value,
