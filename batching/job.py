@@ -16,6 +16,8 @@ from typing import BinaryIO, Protocol
 from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import UsageError
+from batching.openai_batch import same_custom_id
+from batching.output_format import output_format
 from batching.pipeline import run_rows
 from batching.prefetch import PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
@@ -86,7 +88,13 @@ def run(
         done = 0
         if existing is not None and existing.rows:
             done = existing.rows
-            supply = ResumedSupply(supply, done=done, ids=existing.ids(), output=writer.name)
+            supply = ResumedSupply(
+                supply,
+                done=done,
+                ids=existing.ids(),
+                output=writer.name,
+                same_id=same_custom_id if existing.format == "openai" else None,
+            )
         if config.input.path != STDIO:
             # Not stdin: a thread blocked reading a pipe cannot be stopped, and the
             # interpreter aborts at exit on a stdin buffer such a thread holds.
@@ -156,8 +164,13 @@ def _open_errors_file(config: RunConfig, existing: ExistingOutput | None) -> Ite
     the two can never disagree whatever moment the earlier run died at.
     """
     output = config.output
+    # OpenAI output gets an OpenAI errors file, as OpenAI's batch API writes one.
+    openai = output_format(output.path, output.format) == "openai"
     errors_config = OutputConfig(
-        path=config.errors_path, overwrite=output.overwrite or output.resume
+        path=config.errors_path,
+        format="openai" if openai else None,
+        overwrite=output.overwrite or output.resume,
+        model=output.model,
     )
     with open_writer(errors_config) as errors:
         if existing is not None and existing.rows:
