@@ -164,7 +164,7 @@ class FakeEngine:
 
 def _token_logprob(token: str, top: int) -> TokenLogprob:
     """The fake model is sure of its token; alternatives are the next code points."""
-    alternatives = tuple((chr(ord(token) + k), -float(k)) for k in range(top))
+    alternatives = tuple((chr(ord(token) + k), float(-k)) for k in range(top))
     return TokenLogprob(token, 0.0, alternatives)
 
 
