@@ -105,9 +105,20 @@ def _token_logprobs(completion: Any, top: int | None) -> tuple[TokenLogprob, ...
             (lp for lp in position.values() if lp.rank is not None and lp.rank <= top),
             key=lambda lp: lp.rank,
         )
-        alternatives = tuple((lp.decoded_token or "", float(lp.logprob)) for lp in best)
-        tokens.append(TokenLogprob(chosen.decoded_token or "", float(chosen.logprob), alternatives))
+        alternatives = tuple((lp.decoded_token or "", _finite(lp.logprob)) for lp in best)
+        tokens.append(
+            TokenLogprob(chosen.decoded_token or "", _finite(chosen.logprob), alternatives)
+        )
     return tuple(tokens)
+
+
+# Tokens structured output masks out have logprob -inf, which JSON cannot hold (it
+# would be written as null); vLLM's server clamps to this value, and so do we.
+_MIN_LOGPROB = -9999.0
+
+
+def _finite(logprob: float) -> float:
+    return max(float(logprob), _MIN_LOGPROB)
 
 
 class VllmEngine:
@@ -287,7 +298,9 @@ class VllmEngine:
         if sampling.json_schema is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
-            # vLLM 0.32's name for guided decoding; the JSON text is passed as is.
+            # vLLM 0.32's name for guided decoding. (Its per-request
+            # disable_any_whitespace is ignored; the engine-wide
+            # structured_outputs_config one is what the backends read.)
             kwargs["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
         try:
             # As LLM.get_default_sampling_params builds them, so unset fields match.
