@@ -263,6 +263,7 @@ class _Runner:
                 request,
                 output.all_samples(),
                 prompt_tokens=output.prompt_tokens,
+                completion_tokens=output.completion_tokens,
                 multiple=n > 1,
                 latency_s=self.clock() - item.submitted_at,
             )

@@ -180,6 +180,7 @@ class Result:
         samples: Sequence[Sample],
         *,
         prompt_tokens: int,
+        completion_tokens: int,
         multiple: bool,
         latency_s: float | None = None,
     ) -> Result:
@@ -189,7 +190,8 @@ class Result:
         engine gave one sample, so a row's shape depends on what was asked, not got.
 
         >>> row = Request(index=0, id="a", line=1, prompt="Hi")
-        >>> Result.completed(row, [Sample("yo", "stop", 1)], prompt_tokens=2, multiple=True).output
+        >>> Result.completed(row, [Sample("yo", "stop", 1)], prompt_tokens=2,
+        ...                  completion_tokens=1, multiple=True).output
         ['yo']
         """
         logprobs: list[Any] | None = None
@@ -203,7 +205,7 @@ class Result:
             output=[s.text for s in samples] if multiple else first.text,
             finish_reason=[s.finish_reason for s in samples] if multiple else first.finish_reason,
             prompt_tokens=prompt_tokens,
-            completion_tokens=sum(sample.tokens for sample in samples),
+            completion_tokens=completion_tokens,
             kept=request.kept,
             latency_s=latency_s,
             logprobs=logprobs,
