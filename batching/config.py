@@ -23,8 +23,9 @@ __all__ = [
     "RunConfig",
 ]
 
-InputFormat = Literal["jsonl", "parquet"]
-OutputFormat = Literal["jsonl", "parquet"]
+# "openai": JSON Lines of OpenAI Batch API requests/responses (batching.openai_batch).
+InputFormat = Literal["jsonl", "parquet", "openai"]
+OutputFormat = Literal["jsonl", "parquet", "openai"]
 
 OnInvalid = Literal["record", "abort"]
 
@@ -55,6 +56,7 @@ class OutputConfig:
     format: OutputFormat | None = None  # None: from the extension
     overwrite: bool = False  # an existing file is never replaced unless asked
     resume: bool = False  # continue an existing output after its last complete row
+    model: str = ""  # the model name OpenAI-format output lines carry
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from batching.records import ERROR_INVALID_REQUEST, RowError, Sampling
+from batching.records import ERROR_INVALID_REQUEST, RowError, Sample, Sampling
 
 __all__ = [
     "Engine",
@@ -27,6 +27,7 @@ __all__ = [
     "EngineOutput",
     "EngineRequest",
     "PermanentRequestError",
+    "Sample",
 ]
 
 
@@ -46,10 +47,19 @@ class EngineRequest:
 
 @dataclass(frozen=True, slots=True)
 class EngineOutput:
-    """A finished request; with `error` set, one that failed alone (its row's record).
+    """A finished request: its first sample in `text`/`finish_reason`, all in `samples`.
 
-    An engine that runs requests independently (a remote server) reports a request
-    it gave up on this way, so its neighbours are not retried with it.
+    With `error` set, one that failed alone (its row's record): an engine that runs
+    requests independently (a remote server) reports a request it gave up on this
+    way, so its neighbours are not retried with it.
+
+    An engine that makes one sample without logprobs may leave `samples` empty;
+    `all_samples()` then builds the one from the flat fields. `completion_tokens`
+    counts every sample's tokens.
+
+    >>> EngineOutput(key=0, text="yo", finish_reason="stop", prompt_tokens=2,
+    ...              completion_tokens=1).all_samples()
+    (Sample(text='yo', finish_reason='stop', tokens=1, logprobs=None),)
     """
 
     key: int
@@ -58,6 +68,25 @@ class EngineOutput:
     prompt_tokens: int
     completion_tokens: int
     error: RowError | None = None
+    samples: tuple[Sample, ...] = ()
+
+    @classmethod
+    def of_samples(cls, key: int, samples: Sequence[Sample], prompt_tokens: int) -> EngineOutput:
+        """The output of a request that made `samples` (at least one)."""
+        first = samples[0]
+        return cls(
+            key=key,
+            text=first.text,
+            finish_reason=first.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(sample.tokens for sample in samples),
+            samples=tuple(samples),
+        )
+
+    def all_samples(self) -> tuple[Sample, ...]:
+        if self.samples:
+            return self.samples
+        return (Sample(self.text, self.finish_reason, self.completion_tokens),)
 
 
 class PermanentRequestError(Exception):

@@ -14,7 +14,15 @@ from typing import Any
 import orjson
 
 from batching.config import STDIO, OutputConfig, OutputFormat
-from batching.output_format import FIXED_COLUMNS, not_ours, output_format, read_error
+from batching.errors import OutputError
+from batching.openai_batch import check_line, result_from_line
+from batching.output_format import (
+    FIXED_COLUMNS,
+    OPTIONAL_COLUMNS,
+    not_ours,
+    output_format,
+    read_error,
+)
 from batching.parquet_format import (
     JSON_COLUMNS_KEY,
     PARQUET_ROW_GROUP_ROWS,
@@ -25,6 +33,8 @@ from batching.parquet_format import (
 from batching.records import Result, RowError
 
 __all__ = ["ExistingOutput", "scan_output"]
+
+_OWN_COLUMNS = frozenset((*FIXED_COLUMNS, *OPTIONAL_COLUMNS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,8 @@ class ExistingOutput:
         """A fresh iterator over the ids of the complete rows, in order."""
         if self.format == "parquet":
             return _parquet_ids(self.path, self.rows)
+        if self.format == "openai":
+            return (row["custom_id"] for row in _jsonl_lines(self.path, self.rows, True))
         return _jsonl_ids(self.path, self.rows)
 
     def failed_rows(self, batch_rows: int = 1024) -> Iterator[list[Result]]:
@@ -63,7 +75,7 @@ class ExistingOutput:
         """
         if self.format == "parquet":
             return _parquet_failed(self.path, self.rows, batch_rows)
-        return _jsonl_failed(self.path, self.rows, batch_rows)
+        return _jsonl_failed(self.path, self.rows, batch_rows, self.format == "openai")
 
 
 def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
@@ -77,15 +89,16 @@ def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
     """
     if cfg.path is None or cfg.path == STDIO:
         return None
-    if output_format(cfg.path, cfg.format) == "parquet":
+    fmt = output_format(cfg.path, cfg.format)
+    if fmt == "parquet":
         sources = parquet_sources(cfg.path)
         if sources is None:
             return None
         return ExistingOutput(cfg.path, "parquet", sum(map(parquet_rows, sources)))
-    return _scan_jsonl(cfg.path)
+    return _scan_jsonl(cfg.path, fmt == "openai")
 
 
-def _scan_jsonl(path: str) -> ExistingOutput | None:
+def _scan_jsonl(path: str, openai: bool) -> ExistingOutput | None:
     try:
         file = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
@@ -99,17 +112,17 @@ def _scan_jsonl(path: str) -> ExistingOutput | None:
                 torn = len(line)
                 break
             rows += 1
-            _line_row(line, path, rows)
-    return ExistingOutput(path, "jsonl", rows, torn)
+            _line_row(line, path, rows, openai)
+    return ExistingOutput(path, "openai" if openai else "jsonl", rows, torn)
 
 
-def _jsonl_lines(path: str, rows: int) -> Iterator[dict[str, Any]]:
+def _jsonl_lines(path: str, rows: int, openai: bool = False) -> Iterator[dict[str, Any]]:
     """The first `rows` lines of a JSONL output, decoded."""
     if rows <= 0:
         return
     with open(path, "rb") as file:
         for number, line in enumerate(file, 1):
-            yield _line_row(line, path, number)
+            yield _line_row(line, path, number, openai)
             if number == rows:
                 return
 
@@ -119,11 +132,12 @@ def _jsonl_ids(path: str, rows: int) -> Iterator[Any]:
         yield row["id"]
 
 
-def _jsonl_failed(path: str, rows: int, batch_rows: int) -> Iterator[list[Result]]:
+def _jsonl_failed(path: str, rows: int, batch_rows: int, openai: bool) -> Iterator[list[Result]]:
     batch: list[Result] = []
-    for index, row in enumerate(_jsonl_lines(path, rows)):
+    from_row = result_from_line if openai else _result_from_row
+    for index, row in enumerate(_jsonl_lines(path, rows, openai)):
         if row.get("error") is not None:
-            batch.append(_result_from_row(index, row, f"{path}:{index + 1}"))
+            batch.append(from_row(index, row, f"{path}:{index + 1}"))
             if len(batch) >= batch_rows:
                 yield batch
                 batch = []
@@ -131,13 +145,20 @@ def _jsonl_failed(path: str, rows: int, batch_rows: int) -> Iterator[list[Result
         yield batch
 
 
-def _line_row(line: bytes, path: str, number: int) -> dict[str, Any]:
+def _line_row(line: bytes, path: str, number: int, openai: bool) -> dict[str, Any]:
+    where = f"{path}:{number}"
     try:
         row = orjson.loads(line)
     except orjson.JSONDecodeError:
-        raise not_ours(f"{path}:{number}", "not valid JSON") from None
+        raise not_ours(where, "not valid JSON") from None
+    if openai:
+        return check_line(row, where)
     if type(row) is not dict or "id" not in row:
-        raise not_ours(f"{path}:{number}", 'not an object with an "id"')
+        raise not_ours(where, 'not an object with an "id"')
+    if "custom_id" in row and "response" in row:
+        raise OutputError(
+            f"{where}: an OpenAI batch output line; resume it with --output-format openai"
+        )
     return row
 
 
@@ -159,7 +180,8 @@ def _result_from_row(index: int, row: dict[str, Any], where: str) -> Result:
         prompt_tokens=row.get("prompt_tokens"),
         completion_tokens=row.get("completion_tokens"),
         error=row_error,
-        kept={key: value for key, value in row.items() if key not in FIXED_COLUMNS},
+        kept={key: value for key, value in row.items() if key not in _OWN_COLUMNS},
+        logprobs=row.get("logprobs"),
     )
 
 

@@ -17,6 +17,8 @@ from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import UsageError
 from batching.jsonl_source import JsonlSource
+from batching.openai_batch import same_custom_id
+from batching.output_format import output_format
 from batching.pipeline import run_rows
 from batching.prefetch import LiveSupply, PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
@@ -87,7 +89,13 @@ def run(
         done = 0
         if existing is not None and existing.rows:
             done = existing.rows
-            supply = ResumedSupply(supply, done=done, ids=existing.ids(), output=writer.name)
+            supply = ResumedSupply(
+                supply,
+                done=done,
+                ids=existing.ids(),
+                output=writer.name,
+                same_id=same_custom_id if existing.format == "openai" else None,
+            )
         if isinstance(source, JsonlSource) and source.live:
             # A pipe (stdin): rows go to the engine as they arrive, not at EOF.
             if config.max_wait_ms < 0:
@@ -164,8 +172,13 @@ def _open_errors_file(config: RunConfig, existing: ExistingOutput | None) -> Ite
     the two can never disagree whatever moment the earlier run died at.
     """
     output = config.output
+    # OpenAI output gets an OpenAI errors file, as OpenAI's batch API writes one.
+    openai = output_format(output.path, output.format) == "openai"
     errors_config = OutputConfig(
-        path=config.errors_path, overwrite=output.overwrite or output.resume
+        path=config.errors_path,
+        format="openai" if openai else None,
+        overwrite=output.overwrite or output.resume,
+        model=output.model,
     )
     with open_writer(errors_config) as errors:
         if existing is not None and existing.rows:

@@ -15,6 +15,7 @@ import orjson
 from batching.config import InputConfig
 from batching.errors import InputError
 from batching.id_registry import IdRegistry
+from batching.openai_batch import CustomIdRegistry, is_openai_line, parse_openai_row
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import invalid_row, missing_kept, parse_row
@@ -192,6 +193,11 @@ class JsonlSource(RowSource):
         line = 0
         index = 0
         chunk: list[Row] = []
+        # OpenAI batch lines: forced, or decided by the first row that decodes.
+        openai: CustomIdRegistry | None = None
+        if fields.format == "openai":
+            openai = CustomIdRegistry(name)
+        decided = openai is not None
         while raw := readline(limit):
             line += 1
             consumed += len(raw)
@@ -221,8 +227,17 @@ class JsonlSource(RowSource):
                     message = _undecodable(raw, exc, where)
                     row = invalid_row(index, line, message, kept=missing_kept(fields))
                 else:
-                    row = parse_row(obj, index=index, line=line, fields=fields, where=where)
-                    row = check_id(obj, row, where)
+                    if not decided:
+                        decided = True
+                        openai = _openai_lines(obj, fields, name)
+                    if openai is not None:
+                        row = parse_openai_row(
+                            obj, index=index, line=line, fields=fields, where=where
+                        )
+                        openai.check(row)
+                    else:
+                        row = parse_row(obj, index=index, line=line, fields=fields, where=where)
+                        row = check_id(obj, row, where)
             chunk.append(row)
             index += 1
             if len(chunk) >= chunk_size or (ready is not None and not ready()):
@@ -232,6 +247,8 @@ class JsonlSource(RowSource):
                 chunk = []
         self._line = line
         self._progress(index, consumed)
+        if openai is not None:
+            openai.finish()
         if chunk:
             yield chunk
 
@@ -262,6 +279,16 @@ class JsonlSource(RowSource):
             if block[-1:] == b"\n":
                 break
         return skipped
+
+
+def _openai_lines(obj: object, fields: InputConfig, name: str) -> CustomIdRegistry | None:
+    """A registry if the first row is an OpenAI batch line (and not a plain row)."""
+    if not is_openai_line(obj):
+        return None
+    assert isinstance(obj, dict)
+    if fields.prompt_field in obj or fields.messages_field in obj:
+        return None
+    return CustomIdRegistry(name)
 
 
 def _undecodable(raw: bytes, exc: orjson.JSONDecodeError, where: str) -> str:

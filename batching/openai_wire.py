@@ -15,7 +15,7 @@ import httpx
 import orjson
 
 from batching.engine import EngineOutput, EngineRequest
-from batching.records import Sampling
+from batching.records import Sample, Sampling
 
 __all__ = ["error_message", "parse_output", "request_body", "retry_after_s"]
 
@@ -65,17 +65,21 @@ def _sampling_fields(sampling: Sampling, chat: bool) -> dict[str, Any]:
 
 def parse_output(request: EngineRequest, data: Any) -> EngineOutput:
     choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-    # One text per row for now: with n > 1 the first sample is kept.
-    choice = choices[0]
-    message = choice.get("message")
-    text = (message.get("content") or "") if message is not None else choice["text"]
+    # Every sample is kept (n > 1); the server counts tokens only in total, so a
+    # sample's own count is unknown (0). Logprobs are not read back yet.
+    samples = []
+    for choice in choices:
+        message = choice.get("message")
+        text = (message.get("content") or "") if message is not None else choice["text"]
+        samples.append(Sample(text, choice.get("finish_reason"), 0))
     usage = data.get("usage") or {}
     return EngineOutput(
         key=request.key,
-        text=text,
-        finish_reason=choice.get("finish_reason"),
+        text=samples[0].text,
+        finish_reason=samples[0].finish_reason,
         prompt_tokens=int(usage.get("prompt_tokens", len(request.prompt_token_ids))),
         completion_tokens=int(usage.get("completion_tokens", 0)),
+        samples=tuple(samples) if len(samples) > 1 else (),
     )
 
 

@@ -16,10 +16,19 @@ import orjson
 from batching.config import STDIO, OutputFormat
 from batching.errors import OutputError
 
-__all__ = ["FIXED_COLUMNS", "dumps", "not_ours", "output_format", "read_error"]
+__all__ = [
+    "FIXED_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "dumps",
+    "not_ours",
+    "output_format",
+    "read_error",
+]
 
-# Every row's first columns, in this order; any further ones are kept input fields.
+# Every row's first columns, in this order; any further ones are kept input fields,
+# after the optional columns a run may add (`logprobs`, when asked for).
 FIXED_COLUMNS = ("id", "output", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+OPTIONAL_COLUMNS = ("logprobs",)
 
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -28,7 +37,8 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 def output_format(path: str | None, override: OutputFormat | None = None) -> OutputFormat:
     """The format to write `path` as: `override`, else from the extension.
 
-    stdout (None or "-") is JSONL unless `override` says otherwise.
+    stdout (None or "-") is JSONL unless `override` says otherwise; OpenAI batch
+    lines ("openai", also JSON Lines) are only ever asked for.
 
     >>> output_format("results.pq")
     'parquet'
@@ -45,7 +55,7 @@ def output_format(path: str | None, override: OutputFormat | None = None) -> Out
     suffix = os.path.splitext(name)[1] or "(none)"
     raise OutputError(
         f"{path}: unknown output format for extension {suffix}; name the file .jsonl or "
-        ".parquet, or pass --output-format jsonl or --output-format parquet"
+        ".parquet, or pass --output-format jsonl, parquet or openai"
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from batching.errors import OutputError
-from batching.output_format import FIXED_COLUMNS, dumps, not_ours, read_error
+from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, dumps, not_ours, read_error
 from batching.records import Result
 
 __all__ = [
@@ -39,6 +39,9 @@ PARQUET_ROW_GROUP_ROWS = 65_536
 
 # A Parquet file output is built in `<out>` + this, one sealed part per durable flush.
 PARTS_SUFFIX = ".parts"
+
+# The columns the writer owns; the rest are kept input fields.
+_OWN_COLUMNS = frozenset((*FIXED_COLUMNS, *OPTIONAL_COLUMNS))
 
 _PART_NAME = re.compile(r"part-(\d{6,})\.parquet")
 
@@ -68,6 +71,11 @@ class ParquetLayout:
     `OutputError`: write JSONL for inputs whose fields change type. The kept columns
     are those of the first row group; the reader gives every row the same ones.
     A resumed output keeps the layout of the rows it continues.
+
+    Samples: `output` and `finish_reason` are lists of strings when any row of the
+    first row group has n > 1 samples (a later single sample is then a list of
+    one), else strings (a later row with several samples raises `OutputError`).
+    `logprobs` follows `error`, as JSON text, when the first row group has any.
     """
 
     def __init__(self, pa: Any, schema: Any = None) -> None:
@@ -76,33 +84,39 @@ class ParquetLayout:
         self._kept_names: list[str] = []
         self._json_columns: set[str] = set()
         if schema is not None:
-            self._kept_names = [name for name in schema.names if name not in FIXED_COLUMNS]
+            self._kept_names = [name for name in schema.names if name not in _OWN_COLUMNS]
             json_columns = (schema.metadata or {}).get(JSON_COLUMNS_KEY, b"[]")
             self._json_columns = set(orjson.loads(json_columns))
 
     def start(self, first: Sequence[Result]) -> None:
         pa = self._pa
         ints = bool(first) and all(type(result.id) is int for result in first)
+        text = (
+            pa.list_(pa.string()) if any(isinstance(r.output, list) for r in first) else pa.string()
+        )
         fields = [
             pa.field("id", pa.int64() if ints else pa.string()),
-            pa.field("output", pa.string()),
-            pa.field("finish_reason", pa.string()),
+            pa.field("output", text),
+            pa.field("finish_reason", text),
             pa.field("prompt_tokens", pa.int64()),
             pa.field("completion_tokens", pa.int64()),
             pa.field("error", pa.struct([("type", pa.string()), ("message", pa.string())])),
         ]
+        if any(result.logprobs is not None for result in first):
+            fields.append(pa.field("logprobs", pa.string()))
+            self._json_columns.add("logprobs")
         names: dict[str, None] = {}
         for result in first:
             names.update(dict.fromkeys(result.kept))
         # Result.to_dict lets a fixed field win over a kept one of the same name.
-        self._kept_names = [name for name in names if name not in FIXED_COLUMNS]
+        self._kept_names = [name for name in names if name not in _OWN_COLUMNS]
         for name in self._kept_names:
             arrow_type = self._infer_type([result.kept.get(name) for result in first])
             if arrow_type is None:
                 self._json_columns.add(name)
                 arrow_type = pa.string()
             fields.append(pa.field(name, arrow_type))
-        json_columns = [name for name in self._kept_names if name in self._json_columns]
+        json_columns = [f.name for f in fields if f.name in self._json_columns]
         self.schema = pa.schema(fields, metadata={JSON_COLUMNS_KEY: orjson.dumps(json_columns)})
 
     def _infer_type(self, values: list[Any]) -> Any:
@@ -133,14 +147,26 @@ class ParquetLayout:
         elif not all(type(i) is str for i in ids):
             json_ids = [n for n, i in enumerate(ids) if not isinstance(i, str)]
             ids = [i if isinstance(i, str) else dumps(i).decode() for i in ids]
+        many = pa.types.is_list(schema.field("output").type)
         columns: list[Any] = [
             ids,
-            [result.output for result in results],
-            [result.finish_reason for result in results],
+            [_as_kind(result.output, many, result, name) for result in results],
+            [_as_kind(result.finish_reason, many, result, name) for result in results],
             [result.prompt_tokens for result in results],
             [result.completion_tokens for result in results],
             [None if result.error is None else result.error.to_dict() for result in results],
         ]
+        if "logprobs" in schema.names:
+            columns.append(
+                [None if r.logprobs is None else dumps(r.logprobs).decode() for r in results]
+            )
+        else:
+            lost = next((r for r in results if r.logprobs is not None), None)
+            if lost is not None:
+                raise OutputError(
+                    f"{name}: row {lost.index + 1} has logprobs but the first rows had none, "
+                    "so the Parquet file has no logprobs column; write JSONL instead"
+                )
         for kept in self._kept_names:
             values = [result.kept.get(kept) for result in results]
             if kept in self._json_columns:
@@ -156,6 +182,19 @@ class ParquetLayout:
                     f"rows, but a later value does not fit ({exc}); write JSONL instead"
                 ) from None
         return pa.Table.from_arrays(arrays, schema=schema), json_ids
+
+
+def _as_kind(value: Any, many: bool, result: Result, name: str) -> Any:
+    """An output or finish_reason value as its column stores it (see `ParquetLayout`)."""
+    if value is None or isinstance(value, list) == many:
+        return value
+    if many:
+        return [value]  # one sample in a column of lists: a list of one
+    raise OutputError(
+        f"{name}: row {result.index + 1} has {len(value)} samples (n > 1) but the first rows "
+        "had one each, so the Parquet output column holds one text; pass --n to give every "
+        "row several, or write JSONL"
+    )
 
 
 def part_path(parts_dir: str, number: int) -> str:

@@ -277,15 +277,14 @@ class _Runner:
         if output.error is not None:
             self._finish(Result.failed(request, output.error))
             return
+        n = request.sampling.n or self.config.sampling.n or 1
         self._finish(
-            Result(
-                index=request.index,
-                id=request.id,
-                output=output.text,
-                finish_reason=output.finish_reason,
+            Result.completed(
+                request,
+                output.all_samples(),
                 prompt_tokens=output.prompt_tokens,
                 completion_tokens=output.completion_tokens,
-                kept=request.kept,
+                multiple=n > 1,
                 latency_s=self.clock() - item.submitted_at,
             )
         )

@@ -1,5 +1,7 @@
 """Stream input rows from JSONL, gzipped JSONL, Parquet or stdin, in chunks.
 
+JSONL whose first row is an OpenAI batch request line (`custom_id`, `url`, `body`)
+is read as that format (`batching.openai_batch`); `--input-format openai` forces it.
 Every input row becomes exactly one `Request` or `InvalidRow`, in file order, with
 memory bounded by the chunk size (Parquet: by the row group) whatever the file size.
 A row that cannot be read (bad JSON, not UTF-8, over-long, duplicate id) becomes an
@@ -53,7 +55,7 @@ def open_source(
         raise UsageError(f"max_line_bytes must be at least 1, got {max_line_bytes}")
     fmt = input_format(cfg.path, cfg.format)
     if cfg.path == STDIO:
-        if fmt != "jsonl":
+        if fmt == "parquet":
             raise InputError(
                 "stdin: Parquet cannot be streamed from stdin; pass the file's path instead"
             )
@@ -92,5 +94,5 @@ def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
     suffix = os.path.splitext(name)[1] or "(none)"
     raise InputError(
         f"{path}: unknown input format for extension {suffix}; name the file .jsonl, "
-        ".jsonl.gz or .parquet, or pass --input-format jsonl or --input-format parquet"
+        ".jsonl.gz or .parquet, or pass --input-format jsonl, parquet or openai"
     )

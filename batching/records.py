@@ -8,7 +8,7 @@ place in the output.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -22,7 +22,9 @@ __all__ = [
     "Result",
     "Row",
     "RowError",
+    "Sample",
     "Sampling",
+    "TokenLogprob",
 ]
 
 # Error types written into `error.type`; users filter on them, so they are stable.
@@ -65,6 +67,37 @@ class Sampling:
 
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Sampling))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's log-probability, and the `top` alternatives at its place.
+
+    >>> TokenLogprob("Hi", -0.5, (("Hi", -0.5), ("Ho", -1.2))).to_dict()["top_logprobs"][1]
+    {'token': 'Ho', 'logprob': -1.2}
+    """
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's chat form (`choices[].logprobs.content[]`), so one shape serves both."""
+        return {
+            "token": self.token,
+            "logprob": self.logprob,
+            "top_logprobs": [{"token": token, "logprob": lp} for token, lp in self.top],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One completion of a prompt; a request with `n` > 1 has `n` of them."""
+
+    text: str
+    finish_reason: str | None
+    tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +144,25 @@ Row = Request | InvalidRow
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """One output row. `latency_s` is submission-to-completion inside the engine."""
+    """One output row. `latency_s` is submission-to-completion inside the engine.
+
+    With `n` > 1 samples, `output` and `finish_reason` are lists (one item a sample)
+    and `completion_tokens` is their total, as OpenAI counts usage. `logprobs` is
+    JSON-ready (a list of `TokenLogprob.to_dict()`, a list of such lists for n > 1),
+    None unless asked for. `chat` says the row was a chat (for OpenAI output).
+    """
 
     index: int
     id: Any
-    output: str | None = None
-    finish_reason: str | None = None
+    output: str | list[str] | None = None
+    finish_reason: str | list[str | None] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: RowError | None = None
     kept: Mapping[str, Any] = field(default_factory=dict)
     latency_s: float | None = None
+    logprobs: list[Any] | None = None
+    chat: bool = False
 
     @property
     def ok(self) -> bool:
@@ -132,8 +173,50 @@ class Result:
         """The output row for a row that ends in `error`."""
         return cls(index=row.index, id=row.id, error=error, kept=row.kept)
 
+    @classmethod
+    def completed(
+        cls,
+        request: Request,
+        samples: Sequence[Sample],
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        multiple: bool,
+        latency_s: float | None = None,
+    ) -> Result:
+        """The output row of a request that finished with `samples`.
+
+        `multiple` (the request asked for n > 1) makes `output` a list even if the
+        engine gave one sample, so a row's shape depends on what was asked, not got.
+
+        >>> row = Request(index=0, id="a", line=1, prompt="Hi")
+        >>> Result.completed(row, [Sample("yo", "stop", 1)], prompt_tokens=2,
+        ...                  completion_tokens=1, multiple=True).output
+        ['yo']
+        """
+        logprobs: list[Any] | None = None
+        if any(sample.logprobs is not None for sample in samples):
+            per_sample = [[t.to_dict() for t in sample.logprobs or ()] for sample in samples]
+            logprobs = per_sample if multiple else per_sample[0]
+        first = samples[0]
+        return cls(
+            index=request.index,
+            id=request.id,
+            output=[s.text for s in samples] if multiple else first.text,
+            finish_reason=[s.finish_reason for s in samples] if multiple else first.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            kept=request.kept,
+            latency_s=latency_s,
+            logprobs=logprobs,
+            chat=request.messages is not None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """The output schema: fixed fields first, then the kept input fields."""
+        """The output schema: fixed fields first, then the kept input fields.
+
+        `logprobs` follows `error` on the rows that have them.
+        """
         out: dict[str, Any] = {
             "id": self.id,
             "output": self.output,
@@ -142,6 +225,8 @@ class Result:
             "completion_tokens": self.completion_tokens,
             "error": None if self.error is None else self.error.to_dict(),
         }
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
         for key, value in self.kept.items():
             out.setdefault(key, value)
         return out

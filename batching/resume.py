@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -83,11 +83,21 @@ class ResumedSupply:
     ... # doctest: +SKIP
     """
 
-    def __init__(self, inner: RowSupply, *, done: int, ids: Iterator[Any], output: str) -> None:
+    def __init__(
+        self,
+        inner: RowSupply,
+        *,
+        done: int,
+        ids: Iterator[Any],
+        output: str,
+        same_id: Callable[[Any, Any], bool] | None = None,
+    ) -> None:
         self.inner = inner
         self.done = done
         self.ids = ids
         self.output = output
+        # (written id, input id) -> whether they match; OpenAI lines hold ids as text.
+        self.same_id = same_id or _same_id
 
     def chunks(self) -> Iterator[list[Row]]:
         checked = 0
@@ -108,7 +118,7 @@ class ResumedSupply:
             )
 
     def _check(self, row: Row, written_id: Any) -> None:
-        if written_id is _MISSING or not _same_id(written_id, row.id):
+        if written_id is _MISSING or not self.same_id(written_id, row.id):
             raise UsageError(
                 f"{self.output}: row {row.index + 1} has id {written_id!r} but input row "
                 f"{row.index + 1} has id {row.id!r}; the output belongs to another input: "

@@ -12,7 +12,8 @@ Rules, per row (an object):
 - the id field, if present and not null, is a string, integer, finite number or
   boolean; absent or null, the id is the row's 0-based index;
 - optional sampling overrides at the top level: `max_tokens`, `temperature`,
-  `top_p`, `top_k`, `seed`, `stop`; null means "not set";
+  `top_p`, `top_k`, `seed`, `stop`, `n`, `logprobs`, and structured output as
+  `json_schema` (a JSON Schema) or OpenAI's `response_format`; null means "not set";
 - every keep field appears in `kept`, with None where the row lacks it, so every
   output row has the same columns (a Parquet writer needs that, and so does anyone
   loading the JSONL into a data frame).
@@ -21,9 +22,11 @@ Rules, per row (an object):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
+
+import orjson
 
 from batching.config import InputConfig
 from batching.records import (
@@ -35,7 +38,14 @@ from batching.records import (
     Sampling,
 )
 
-__all__ = ["describe", "invalid_row", "missing_kept", "parse_row"]
+__all__ = [
+    "check_messages",
+    "describe",
+    "invalid_row",
+    "missing_kept",
+    "parse_row",
+    "parse_sampling",
+]
 
 # A float is accepted where an integer is expected when it is integral and exact:
 # JSON Schema counts 16.0 as an integer, and pandas writes an integer column with
@@ -47,7 +57,6 @@ _MAX_EXACT_FLOAT_INT = 2**53
 # one object instead of one per row. Read-only, so sharing is safe.
 _NO_SAMPLING = Sampling()
 _NOTHING_KEPT: Mapping[str, Any] = MappingProxyType({})
-_SAMPLING_KEYS = frozenset(SAMPLING_FIELDS)
 
 # How much of a string value an error message quotes: enough to recognise it, never
 # a whole prompt in a log line.
@@ -101,14 +110,14 @@ def parse_row(
         if not isinstance(prompt, str) or not prompt:
             problem = _message(where, fields.prompt_field, "a non-empty string", prompt)
     elif messages is not None:
-        problem = _check_messages(messages, fields.messages_field, where)
+        problem = check_messages(messages, fields.messages_field, where)
     else:
         problem = (
             f"{where}: no {fields.prompt_field!r} or {fields.messages_field!r} field; "
             "set --prompt-field or --messages-field if the text is under another name"
         )
     if problem is None:
-        sampling, problem = _parse_sampling(obj, where)
+        sampling, problem = parse_sampling(obj, where)
     if problem is not None:
         return invalid_row(index, line, problem, row_id=row_id, kept=kept)
     return Request(
@@ -196,7 +205,8 @@ def _is_id(value: object) -> bool:
     return isinstance(value, (str, int))
 
 
-def _check_messages(messages: object, name: str, where: str) -> str | None:
+def check_messages(messages: object, name: str, where: str) -> str | None:
+    """None if `messages` is a valid chat, else a message naming the bad part."""
     if not isinstance(messages, list) or not messages:
         return _message(where, name, "a non-empty list of messages", messages)
     for position, message in enumerate(messages):
@@ -220,67 +230,103 @@ def _check_messages(messages: object, name: str, where: str) -> str | None:
     return None
 
 
-def _parse_sampling(row: Mapping[str, Any], where: str) -> tuple[Sampling, str | None]:
-    if _SAMPLING_KEYS.isdisjoint(row):
-        return _NO_SAMPLING, None
-    max_tokens = row.get("max_tokens")
-    temperature = row.get("temperature")
-    top_p = row.get("top_p")
-    top_k = row.get("top_k")
-    seed = row.get("seed")
-    stop = row.get("stop")
-    if (
-        max_tokens is None
-        and temperature is None
-        and top_p is None
-        and top_k is None
-        and seed is None
-        and stop is None
-    ):
-        return _NO_SAMPLING, None
+def parse_sampling(
+    row: Mapping[str, Any], where: str, prefix: str = ""
+) -> tuple[Sampling, str | None]:
+    """The sampling overrides in `row`, or a message naming the first bad field.
 
-    if max_tokens is not None:
-        max_tokens = _as_int(max_tokens)
-        if max_tokens is None or max_tokens < 1:
-            return _NO_SAMPLING, _message(where, "max_tokens", "an integer >= 1", row["max_tokens"])
-    if temperature is not None:
-        temperature = _as_float(temperature)
-        if temperature is None or temperature < 0:
-            return _NO_SAMPLING, _message(
-                where, "temperature", "a finite number >= 0", row["temperature"]
+    `prefix` goes before field names in messages (the OpenAI reader passes "body.").
+
+    >>> parse_sampling({"n": 0}, "p:1")[1]
+    "p:1: field 'n': expected an integer >= 1, found integer 0"
+    """
+    if _ROW_SAMPLING_KEY_SET.isdisjoint(row):
+        return _NO_SAMPLING, None
+    values: dict[str, Any] = {}
+    for name in _ROW_SAMPLING_KEYS:
+        value = row.get(name)
+        if value is None:
+            continue
+        checked = _SAMPLING_CHECKS[name](value)
+        if checked is None:
+            return _NO_SAMPLING, _message(where, prefix + name, _EXPECTED[name], value)
+        values[name] = checked
+    if not values:
+        return _NO_SAMPLING, None
+    response_format = values.pop("response_format", None)
+    if response_format is not None:
+        if "json_schema" in values:
+            return _NO_SAMPLING, (
+                f"{where}: fields {prefix}json_schema and {prefix}response_format are both "
+                "set; give one of them"
             )
-    if top_p is not None:
-        top_p = _as_float(top_p)
-        if top_p is None or not 0 < top_p <= 1:
-            return _NO_SAMPLING, _message(where, "top_p", "a number in (0, 1]", row["top_p"])
-    if top_k is not None:
-        top_k = _as_int(top_k)
-        if top_k is None or top_k < -1:
-            return _NO_SAMPLING, _message(
-                where, "top_k", "an integer >= 1, or -1 or 0 for no limit", row["top_k"]
-            )
-    if seed is not None:
-        seed = _as_int(seed)
-        if seed is None:
-            return _NO_SAMPLING, _message(where, "seed", "an integer", row["seed"])
-    stops: tuple[str, ...] | None = None
-    if stop is not None:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            return _NO_SAMPLING, _message(
-                where, "stop", "a non-empty string or a list of them", row["stop"]
-            )
-        stops = tuple(stop)
-    sampling = Sampling(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        stop=stops,
-    )
-    return sampling, None
+        if response_format:  # "" is {"type": "text"}: no constraint
+            values["json_schema"] = response_format
+    return Sampling(**values), None
+
+
+def _check_stop(value: object) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        return None
+    if not all(isinstance(item, str) and item for item in value):
+        return None
+    return tuple(value)
+
+
+def _check_json_schema(value: object) -> str | None:
+    """A JSON Schema (an object, or its JSON text) as compact JSON text."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+    if not isinstance(value, dict):
+        return None
+    # Key order is kept: the grammar generates properties in the order given.
+    return orjson.dumps(value).decode()
+
+
+def _check_response_format(value: object) -> str | None:
+    """OpenAI's response_format as schema text; "" for {"type": "text"}."""
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    if kind == "text":
+        return ""
+    if kind == "json_object":
+        return _ANY_JSON_OBJECT
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if isinstance(spec, dict):
+            return _check_json_schema(spec.get("schema"))
+    return None
+
+
+def _check_positive_int(value: object) -> int | None:
+    number = _as_int(value)
+    return number if number is not None and number >= 1 else None
+
+
+def _check_non_negative_int(value: object) -> int | None:
+    number = _as_int(value)
+    return number if number is not None and number >= 0 else None
+
+
+def _check_temperature(value: object) -> float | None:
+    number = _as_float(value)
+    return number if number is not None and number >= 0 else None
+
+
+def _check_top_p(value: object) -> float | None:
+    number = _as_float(value)
+    return number if number is not None and 0 < number <= 1 else None
+
+
+def _check_top_k(value: object) -> int | None:
+    number = _as_int(value)
+    return number if number is not None and number >= -1 else None
 
 
 def _as_int(value: object) -> int | None:
@@ -303,3 +349,36 @@ def _as_float(value: object) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+# The schema OpenAI's {"type": "json_object"} asks for: any JSON object.
+_ANY_JSON_OBJECT = '{"type":"object"}'
+
+_SAMPLING_CHECKS: dict[str, Callable[[object], Any]] = {
+    "max_tokens": _check_positive_int,
+    "temperature": _check_temperature,
+    "top_p": _check_top_p,
+    "top_k": _check_top_k,
+    "seed": _as_int,
+    "stop": _check_stop,
+    "n": _check_positive_int,
+    "logprobs": _check_non_negative_int,
+    "json_schema": _check_json_schema,
+    "response_format": _check_response_format,
+}
+_EXPECTED = {
+    "max_tokens": "an integer >= 1",
+    "temperature": "a finite number >= 0",
+    "top_p": "a number in (0, 1]",
+    "top_k": "an integer >= 1, or -1 or 0 for no limit",
+    "seed": "an integer",
+    "stop": "a non-empty string or a list of them",
+    "n": "an integer >= 1",
+    "logprobs": "an integer >= 0 (top tokens per position)",
+    "json_schema": "a JSON Schema object (or its JSON text)",
+    "response_format": 'an object with "type" text, json_object, or json_schema (with '
+    '"json_schema": {"schema": {...}})',
+}
+# Checked in this order, so the first bad field in Sampling's order is named.
+_ROW_SAMPLING_KEYS = (*SAMPLING_FIELDS, "response_format")
+_ROW_SAMPLING_KEY_SET = frozenset(_ROW_SAMPLING_KEYS)

@@ -6,7 +6,9 @@ own pipelines around bizra-batch without a model.
 Its "model" reverses the prompt: the output for prompt text T is T reversed, cut to
 `max_tokens` characters; one character is one token. That makes every output a
 checkable function of its input, so a test can tell a row that got its neighbour's
-result from a correct one.
+result from a correct one. With `n` > 1, sample k > 0 is the reversal followed by
+"#k"; with `logprobs`, each character is a token of log-probability 0; with a JSON
+schema, the output is the schema's smallest instance (`schema_instance`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from batching.engine import (
     EngineDeadError,
     EngineOutOfMemoryError,
@@ -23,9 +27,9 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
-from batching.records import ERROR_PROMPT_TOO_LONG
+from batching.records import ERROR_PROMPT_TOO_LONG, Sample, TokenLogprob
 
-__all__ = ["FakeEngine", "FakeEngineFactory", "expected_output"]
+__all__ = ["FakeEngine", "FakeEngineFactory", "expected_output", "schema_instance"]
 
 
 def expected_output(text: str, max_tokens: int | None) -> str:
@@ -139,14 +143,66 @@ class FakeEngine:
     @staticmethod
     def _finish(request: EngineRequest) -> EngineOutput:
         text = _decode(request.prompt_token_ids)
-        output = expected_output(text, request.sampling.max_tokens)
-        return EngineOutput(
-            key=request.key,
-            text=output,
-            finish_reason="length" if len(output) < len(text) else "stop",
-            prompt_tokens=len(request.prompt_token_ids),
-            completion_tokens=len(output),
-        )
+        sampling = request.sampling
+        samples = []
+        for number in range(sampling.n or 1):
+            if sampling.json_schema is not None:
+                output = orjson.dumps(schema_instance(orjson.loads(sampling.json_schema))).decode()
+                finish_reason = "stop"
+            else:
+                # Sample k > 0 is the reversal of the prompt followed by "#k", so the
+                # samples of one prompt differ and each can be checked.
+                full = text[::-1] + (f"#{number}" if number else "")
+                output = full if sampling.max_tokens is None else full[: sampling.max_tokens]
+                finish_reason = "length" if len(output) < len(full) else "stop"
+            logprobs = None
+            if sampling.logprobs is not None:
+                logprobs = tuple(_token_logprob(ch, sampling.logprobs) for ch in output)
+            samples.append(Sample(output, finish_reason, len(output), logprobs))
+        return EngineOutput.of_samples(request.key, samples, len(request.prompt_token_ids))
+
+
+def _token_logprob(token: str, top: int) -> TokenLogprob:
+    """The fake model is sure of its token; alternatives are the next code points."""
+    alternatives = tuple((chr(ord(token) + k), float(-k)) for k in range(top))
+    return TokenLogprob(token, 0.0, alternatives)
+
+
+def schema_instance(schema: Any) -> Any:
+    """The smallest value of a JSON Schema's type (required properties only).
+
+    What the fake engine "generates" under structured output; enough for the
+    schemas tests and dry runs use (type, properties, required, items, enum, const).
+
+    >>> schema_instance({"type": "object", "properties": {"a": {"type": "integer"}},
+    ...                  "required": ["a"]})
+    {'a': 0}
+    """
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = kind[0] if kind else None
+    if kind == "object" or (kind is None and "properties" in schema):
+        properties = schema.get("properties") or {}
+        return {
+            name: schema_instance(properties.get(name, {})) for name in schema.get("required") or []
+        }
+    if kind == "array":
+        count = schema.get("minItems", 0)
+        return [schema_instance(schema.get("items", {})) for _ in range(count)]
+    minimal = {
+        "string": "a" * schema.get("minLength", 0),
+        "integer": 0,
+        "number": 0,
+        "boolean": False,
+        "null": None,
+    }
+    return minimal.get(kind) if isinstance(kind, str) else {}
 
 
 def _decode(token_ids: Sequence[int]) -> str:

@@ -30,7 +30,13 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
-from batching.records import ERROR_INVALID_REQUEST, ERROR_PROMPT_TOO_LONG, Sampling
+from batching.records import (
+    ERROR_INVALID_REQUEST,
+    ERROR_PROMPT_TOO_LONG,
+    Sample,
+    Sampling,
+    TokenLogprob,
+)
 from batching.vllm_setup import (
     DEBUG_ENV,
     QuietVllmFilter,
@@ -81,6 +87,40 @@ def _error_type(error: BaseException) -> str:
     return ERROR_INVALID_REQUEST
 
 
+def _token_logprobs(completion: Any, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    """A completion's logprobs (vLLM: one {token id: Logprob} per position) as ours.
+
+    Each position holds the `top` best-ranked tokens, plus the sampled one when it
+    ranks below them.
+    """
+    positions = completion.logprobs
+    if positions is None or top is None:
+        return None
+    tokens: list[TokenLogprob] = []
+    for token_id, position in zip(completion.token_ids, positions, strict=False):
+        chosen = position.get(token_id) if position else None
+        if chosen is None:
+            continue
+        best = sorted(
+            (lp for lp in position.values() if lp.rank is not None and lp.rank <= top),
+            key=lambda lp: lp.rank,
+        )
+        alternatives = tuple((lp.decoded_token or "", _finite(lp.logprob)) for lp in best)
+        tokens.append(
+            TokenLogprob(chosen.decoded_token or "", _finite(chosen.logprob), alternatives)
+        )
+    return tuple(tokens)
+
+
+# Tokens structured output masks out have logprob -inf, which JSON cannot hold (it
+# would be written as null); vLLM's server clamps to this value, and so do we.
+_MIN_LOGPROB = -9999.0
+
+
+def _finite(logprob: float) -> float:
+    return max(float(logprob), _MIN_LOGPROB)
+
+
 class VllmEngine:
     """`Engine` over a started `vllm.LLM`, driving its engine as `LLM.generate` does.
 
@@ -107,6 +147,8 @@ class VllmEngine:
         self._vllm_dead = _vllm_dead_error()
         self._chat_params: Any = None
         self._dead: str | None = None
+        # Top logprobs asked for, by request key: vLLM's output does not say.
+        self._top_logprobs: dict[int, int] = {}
 
     @property
     def llm(self) -> Any:
@@ -248,9 +290,18 @@ class VllmEngine:
             "top_k": sampling.top_k,
             "seed": sampling.seed,
             "stop": None if sampling.stop is None else list(sampling.stop),
+            "n": sampling.n,
+            "logprobs": sampling.logprobs,
         }
         kwargs = {**self._default_sampling}
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        if sampling.json_schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            # vLLM 0.32's name for guided decoding. (Its per-request
+            # disable_any_whitespace is ignored; the engine-wide
+            # structured_outputs_config one is what the backends read.)
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=sampling.json_schema)
         try:
             # As LLM.get_default_sampling_params builds them, so unset fields match.
             params = SamplingParams.from_optional(**kwargs) if kwargs else SamplingParams()
@@ -291,6 +342,8 @@ class VllmEngine:
             raise PermanentRequestError(str(error), _error_type(error)) from error
         except Exception as error:
             raise self._engine_failure(error) from error
+        if request.sampling.logprobs is not None:
+            self._top_logprobs[request.key] = request.sampling.logprobs
 
     def step(self) -> list[EngineOutput]:
         """Run one engine step; return the requests that finished in it.
@@ -309,14 +362,20 @@ class VllmEngine:
         for output in request_outputs:
             if not output.finished:
                 continue
-            completion = output.outputs[0]
-            finished.append(
-                EngineOutput(
-                    key=int(output.request_id),
+            top = self._top_logprobs.pop(int(output.request_id), None)
+            samples = [
+                Sample(
                     text=completion.text,
                     finish_reason=completion.finish_reason,
-                    prompt_tokens=len(output.prompt_token_ids or ()),
-                    completion_tokens=len(completion.token_ids),
+                    tokens=len(completion.token_ids),
+                    logprobs=_token_logprobs(completion, top),
+                )
+                # With n > 1 vLLM may finish the samples in any order.
+                for completion in sorted(output.outputs, key=lambda c: c.index)
+            ]
+            finished.append(
+                EngineOutput.of_samples(
+                    int(output.request_id), samples, len(output.prompt_token_ids or ())
                 )
             )
         return finished
@@ -326,7 +385,10 @@ class VllmEngine:
 
         >>> engine.abort([7])
         """
-        request_ids = [str(key) for key in keys]
+        request_ids = []
+        for key in keys:
+            request_ids.append(str(key))
+            self._top_logprobs.pop(key, None)
         if request_ids and self._dead is None:
             self._engine.abort_request(request_ids, internal=False)
 

@@ -1,4 +1,4 @@
-"""Write results, in input order, as JSONL or Parquet, to a file or stdout; resume them.
+"""Write results, in input order, as JSONL, OpenAI batch lines or Parquet; resume them.
 
 Results are written as they come, and a crash (even kill -9) leaves an output that
 `--resume` continues after its last complete row:
@@ -28,12 +28,13 @@ This module opens writers and writes JSONL; `parquet_output` writes Parquet, and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import BinaryIO
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 from batching.config import STDIO, OutputConfig
 from batching.errors import OutputError
 from batching.existing_output import ExistingOutput, scan_output
+from batching.openai_batch import OpenAIBatchLines
 from batching.output_format import dumps, output_format
 from batching.parquet_format import PARQUET_ROW_GROUP_ROWS, PARTS_SUFFIX
 from batching.parquet_output import ParquetPartsWriter, ParquetStreamWriter
@@ -71,22 +72,29 @@ def open_writer(
     """
     fmt = output_format(cfg.path, cfg.format)
     rows = row_group_rows or PARQUET_ROW_GROUP_ROWS
+    to_line: Callable[[Result], dict[str, Any]] = Result.to_dict
+    if fmt == "openai":
+        to_line = OpenAIBatchLines(cfg.model)
     if cfg.path is None or cfg.path == STDIO:
         sink = Sink.for_stdout(stdout)
-        return ParquetStreamWriter(sink, rows) if fmt == "parquet" else _JsonlWriter(sink)
+        return ParquetStreamWriter(sink, rows) if fmt == "parquet" else _JsonlWriter(sink, to_line)
     if cfg.overwrite and cfg.resume:
         raise OutputError(f"{cfg.path}: pass --resume or --overwrite, not both")
     if fmt == "parquet":
         return ParquetPartsWriter.open(
             cfg.path, overwrite=cfg.overwrite, resume=cfg.resume, row_group_rows=rows
         )
-    return _JsonlWriter(Sink.for_file(cfg.path, overwrite=cfg.overwrite, resume=cfg.resume))
+    sink = Sink.for_file(cfg.path, overwrite=cfg.overwrite, resume=cfg.resume)
+    return _JsonlWriter(sink, to_line)
 
 
 class _JsonlWriter(ResultWriter):
-    def __init__(self, sink: Sink) -> None:
+    """JSON Lines of `to_line(result)`: our own rows, or OpenAI batch output lines."""
+
+    def __init__(self, sink: Sink, to_line: Callable[[Result], dict[str, Any]]) -> None:
         super().__init__(sink.name)
         self._sink = sink
+        self._to_line = to_line
 
     def write(self, results: Sequence[Result]) -> None:
         if not results:
@@ -96,8 +104,9 @@ class _JsonlWriter(ResultWriter):
         # to one bytearray as it is made measured 4.5x faster (0.75 vs 3.4 µs a row)
         # than joining a list of them: the allocator reuses a freed line's memory.
         buffer = bytearray()
+        to_line = self._to_line
         for result in results:
-            buffer += dumps(result.to_dict())
+            buffer += dumps(to_line(result))
             buffer += b"\n"
         self._sink.write(buffer)
         self._sink.flush()  # a given stdout may buffer; rows should reach a pipe now

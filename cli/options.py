@@ -23,12 +23,15 @@ FIELDS = "Input fields"
 class InputFormatChoice(str, Enum):
     jsonl = "jsonl"
     parquet = "parquet"
+    openai = "openai"
 
 
 InputFormatOption = Annotated[
     InputFormatChoice | None,
     typer.Option(
-        help="Input format; default from the extension (stdin: jsonl).", rich_help_panel=FIELDS
+        help="Input format; default from the extension (stdin: jsonl). JSONL whose first "
+        "line is an OpenAI batch request (custom_id, url, body) is read as openai.",
+        rich_help_panel=FIELDS,
     ),
 ]
 PromptField = Annotated[str, typer.Option(rich_help_panel=FIELDS)]

@@ -55,6 +55,12 @@ class OnInvalidChoice(str, Enum):
     abort = "abort"
 
 
+class OutputFormatChoice(str, Enum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+    openai = "openai"
+
+
 class OrderChoice(str, Enum):
     input = "input"
     ascending = "ascending"
@@ -112,6 +118,20 @@ def _parse_engine_args(pairs: list[str]) -> dict[str, Any]:
     return parsed
 
 
+def _read_json_schema(path: str) -> str:
+    """The schema file's JSON, compact; a usage error names what is wrong with it."""
+    try:
+        with open(path, "rb") as file:
+            schema = orjson.loads(file.read())
+    except OSError as exc:
+        raise UsageError(f"--json-schema {path}: cannot read ({exc.strerror or exc})") from None
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"--json-schema {path}: not valid JSON ({exc})") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--json-schema {path}: expected a JSON Schema object")
+    return orjson.dumps(schema).decode()
+
+
 def _check_sampling(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and (math.isnan(value) or not low <= value <= high):
         raise UsageError(f"--{name} {value}: must be between {low} and {high}")
@@ -137,6 +157,14 @@ def run(
             "--output",
             "-o",
             help="Results file (.jsonl or .parquet); - or none writes JSONL to stdout.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    output_format: Annotated[
+        OutputFormatChoice | None,
+        typer.Option(
+            help="jsonl, parquet, or openai (OpenAI batch output lines); default from the "
+            "output's extension (stdout: jsonl).",
             rich_help_panel=OUTPUT,
         ),
     ] = None,
@@ -166,6 +194,32 @@ def run(
         typer.Option(
             help="Engine seed, and each row's sampling seed unless the row sets one, so "
             "sampled outputs do not depend on batching.",
+            rich_help_panel=SAMPLING,
+        ),
+    ] = None,
+    n: Annotated[
+        int | None,
+        typer.Option(
+            "--n",
+            min=1,
+            help="Samples per prompt; with more than one, output is a list of them all.",
+            rich_help_panel=SAMPLING,
+        ),
+    ] = None,
+    logprobs: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Log-probabilities of the N most likely tokens at each output position.",
+            rich_help_panel=SAMPLING,
+        ),
+    ] = None,
+    json_schema: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="JSON Schema file every output must match (guided decoding); a row's "
+            "json_schema or response_format wins.",
             rich_help_panel=SAMPLING,
         ),
     ] = None,
@@ -347,7 +401,13 @@ def run(
                 keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
                 chunk_size=chunk_size,
             ),
-            output=OutputConfig(path=output, overwrite=overwrite, resume=resume),
+            output=OutputConfig(
+                path=output,
+                format=output_format.value if output_format else None,
+                overwrite=overwrite,
+                resume=resume,
+                model=model,
+            ),
             sampling=Sampling(
                 max_tokens=max_tokens,
                 temperature=temperature,
@@ -355,6 +415,9 @@ def run(
                 top_k=top_k,
                 seed=seed,
                 stop=tuple(stop) if stop else None,
+                n=n,
+                logprobs=logprobs,
+                json_schema=None if json_schema is None else _read_json_schema(json_schema),
             ),
             order=order.value,
             max_retries=max_retries,

@@ -24,7 +24,7 @@ from batching.openai_engine import (
     ServerUnavailableError,
     create_openai_engine,
 )
-from batching.openai_wire import request_body
+from batching.openai_wire import parse_output, request_body
 from batching.records import Sampling
 from batching.retry import RetryPolicy
 from cli.app import app
@@ -397,3 +397,19 @@ engine.close()
 """
     done = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
     assert done.returncode == 0
+
+
+def test_every_choice_of_an_n_2_response_is_a_sample() -> None:
+    data = {
+        "choices": [
+            {"index": 1, "text": "second", "finish_reason": "length"},
+            {"index": 0, "text": "first", "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 9},
+    }
+    output = parse_output(plain(0, "p", n=2), data)
+    assert [(s.text, s.finish_reason) for s in output.all_samples()] == [
+        ("first", "stop"),
+        ("second", "length"),
+    ]
+    assert output.completion_tokens == 9
