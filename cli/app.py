@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli import bench as bench_command
 from cli import run as run_command
 from cli import validate as validate_command
 
@@ -69,6 +70,10 @@ app.command(
     short_help="Check an input file without running the model.",
     no_args_is_help=True,
 )(validate_command.validate)
+app.command(
+    "bench",
+    short_help="Measure batching on the real engine: serial, batch sizes, and run.",
+)(bench_command.bench)
 
 
 def main() -> None:
