@@ -33,6 +33,7 @@ __all__ = [
     "Order",
     "choose_order",
     "padding_tokens",
+    "plan_order",
     "prefix_groups",
     "submission_order",
 ]
@@ -55,10 +56,6 @@ PREFIX_TOKENS = 64
 PREFIX_SHARE = 0.25
 
 
-def _prefix_key(token_ids: Sequence[int], prefix_tokens: int) -> Hashable:
-    return tuple(token_ids[:prefix_tokens])
-
-
 def prefix_groups(
     prompts: Sequence[Sequence[int]], prefix_tokens: int = PREFIX_TOKENS
 ) -> list[list[int]]:
@@ -71,8 +68,29 @@ def prefix_groups(
     """
     groups: dict[Hashable, list[int]] = {}
     for position, token_ids in enumerate(prompts):
-        groups.setdefault(_prefix_key(token_ids, prefix_tokens), []).append(position)
+        key: Hashable = tuple(token_ids[:prefix_tokens])
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [position]
+        else:
+            group.append(position)
     return list(groups.values())
+
+
+def _groups_shared_enough(groups: list[list[int]], rows: int) -> bool:
+    shared = sum(len(g) for g in groups if len(g) > 1)
+    return rows > 0 and shared >= PREFIX_SHARE * rows
+
+
+def _fixed(order: Order) -> ChunkOrder | None:
+    """The concrete order `order` names; None for `auto`."""
+    if order == "ascending":
+        return "length"
+    if order in ("input", "length", "prefix", "descending"):
+        return order
+    if order == "auto":
+        return None
+    raise ValueError(f"unknown order {order!r}")
 
 
 def choose_order(
@@ -85,16 +103,7 @@ def choose_order(
     >>> choose_order([[1, 2, 3], [7, 2, 4], [9]], "auto", prefix_tokens=2)
     'length'
     """
-    if order == "ascending":
-        return "length"
-    if order != "auto":
-        if order not in ("input", "length", "prefix", "descending"):
-            raise ValueError(f"unknown order {order!r}")
-        return order
-    if not prompts:
-        return "length"
-    shared = sum(len(g) for g in prefix_groups(prompts, prefix_tokens) if len(g) > 1)
-    return "prefix" if shared >= PREFIX_SHARE * len(prompts) else "length"
+    return plan_order(prompts, order, prefix_tokens)[0]
 
 
 def submission_order(
@@ -109,18 +118,35 @@ def submission_order(
     >>> submission_order([[1, 1, 1], [2], [1, 1]], "prefix", prefix_tokens=1)
     [2, 0, 1]
     """
-    chosen = choose_order(prompts, order, prefix_tokens)
-    positions = list(range(len(prompts)))
+    return plan_order(prompts, order, prefix_tokens)[1]
+
+
+def plan_order(
+    prompts: Sequence[Sequence[int]], order: Order, prefix_tokens: int = PREFIX_TOKENS
+) -> tuple[ChunkOrder, list[int]]:
+    """`choose_order` and `submission_order` in one pass (the prefix keys once).
+
+    >>> plan_order([[1, 2], [1, 3], [9]], "auto", prefix_tokens=1)
+    ('prefix', [0, 1, 2])
+    """
+    chosen = _fixed(order)
+    groups: list[list[int]] | None = None
+    if chosen is None:
+        groups = prefix_groups(prompts, prefix_tokens)
+        chosen = "prefix" if _groups_shared_enough(groups, len(prompts)) else "length"
+    positions = range(len(prompts))
     if chosen == "input":
-        return positions
+        return chosen, list(positions)
     if chosen == "length":
-        return sorted(positions, key=lambda i: len(prompts[i]))
+        return chosen, sorted(positions, key=lambda i: len(prompts[i]))
     if chosen == "descending":
-        return sorted(positions, key=lambda i: -len(prompts[i]))
-    return [
+        return chosen, sorted(positions, key=lambda i: -len(prompts[i]))
+    if groups is None:
+        groups = prefix_groups(prompts, prefix_tokens)
+    return chosen, [
         position
-        for group in prefix_groups(prompts, prefix_tokens)
-        for position in sorted(group, key=lambda i: len(prompts[i]))
+        for group in groups
+        for position in (sorted(group, key=lambda i: len(prompts[i])) if len(group) > 1 else group)
     ]
 
 

@@ -23,7 +23,7 @@ from batching.engine import (
     PermanentRequestError,
 )
 from batching.errors import BatchError
-from batching.grouping import choose_order, padding_tokens, submission_order
+from batching.grouping import padding_tokens, plan_order
 from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
 from batching.protocols import ProgressSink, ResultSink, RowSupply
@@ -202,9 +202,8 @@ class _Runner:
                 prepared.append(_Pending(request, encoded))
         token_ids = [p.token_ids for p in prepared]
         lengths = [len(t) for t in token_ids]
-        chosen = choose_order(token_ids, self.config.order)
+        chosen, order = plan_order(token_ids, self.config.order)
         self.report.record_chunk_order(chosen)
-        order = submission_order(token_ids, chosen)
         self.report.add_padding_avoided(
             # Against input-order static batches of the engine's own batch size.
             padding_tokens(lengths, self.engine.max_num_seqs)
