@@ -1,0 +1,239 @@
+"""bizra-batch against vLLM's own batch runner on the same OpenAI-format file.
+
+Writes `--rows` short `/v1/completions` requests in the OpenAI batch format
+(`{"custom_id", "method", "url", "body"}` per line), then runs, as whole processes:
+
+  run-batch  python -m vllm.entrypoints.launchers.run_batch -i FILE -o OUT
+             --model MODEL --dtype float32 --enforce-eager
+  bizra      python -m cli run FILE -m MODEL -o OUT --max-tokens N --temperature 0 -q
+             --dtype float32 --engine-arg enforce_eager=true
+
+Each child's end-to-end wall time, and its peak memory: the summed RSS of the
+child and every process under it (run-batch starts a separate engine-core
+process), sampled with psutil every 0.2 s. Summing RSS counts pages two processes
+share twice, the same way for both. Both children get the same
+VLLM_CPU_KVCACHE_SPACE, so the KV cache does not differ.
+
+bizra reads the OpenAI file itself where this checkout's `run` has
+`--input-format openai`; otherwise (`--bizra-input native`, or an older checkout)
+the file is first converted to bizra's own JSONL (`{"id", "prompt"}`), outside
+the timing. The script prints which.
+
+Prints both raw figures and two ratios: run-batch wall / bizra wall (above 1:
+bizra finishes sooner) and bizra peak / run-batch peak (below 1: bizra needs less).
+
+    .venv/bin/python benchmarks/run_batch_compare.py                    # 100k requests
+    .venv/bin/python benchmarks/run_batch_compare.py --rows 2000        # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    REPO_ROOT,
+    TINY_MODEL,
+    checkout_description,
+    format_table,
+    make_prompt,
+)
+
+__all__ = ["main", "write_openai_file"]
+
+SAMPLE_INTERVAL_S = 0.2
+
+
+def write_openai_file(path: Path, rows: int, model: str, max_tokens: int) -> None:
+    """OpenAI batch-format completion requests (the prompts of `common.make_prompt`)."""
+    import random
+
+    rng = random.Random(20250303)
+    with path.open("wb") as out:
+        for i in range(rows):
+            body = {
+                "model": model,
+                "prompt": make_prompt(i, rng),
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
+            line = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/completions"}
+            out.write(orjson.dumps({**line, "body": body}) + b"\n")
+
+
+def to_native(openai_path: Path, native_path: Path) -> None:
+    """The same prompts as bizra's own input rows, id = custom_id."""
+    with openai_path.open("rb") as lines, native_path.open("wb") as out:
+        for line in lines:
+            row = orjson.loads(line)
+            out.write(orjson.dumps({"id": row["custom_id"], "prompt": row["body"]["prompt"]}))
+            out.write(b"\n")
+
+
+def bizra_reads_openai() -> bool:
+    from cli.options import InputFormatChoice
+
+    return "openai" in {choice.value for choice in InputFormatChoice}
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRun:
+    label: str
+    wall_s: float
+    peak_tree_rss_bytes: int
+    peak_processes: int
+
+
+def _tree_rss(process: object) -> tuple[int, int]:
+    import psutil
+
+    assert isinstance(process, psutil.Process)
+    total = 0
+    count = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+            count += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total, count
+
+
+def run_sampled(label: str, command: list[str], log_path: Path, env: dict[str, str]) -> TreeRun:
+    """Run `command`; sample its process tree's RSS until it exits."""
+    import psutil
+
+    print(f"  {label}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    with log_path.open("wb") as log:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log, env=env)
+        process = psutil.Process(child.pid)
+        peak = [0, 0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                try:
+                    rss, count = _tree_rss(process)
+                except psutil.NoSuchProcess:
+                    return
+                peak[0] = max(peak[0], rss)
+                peak[1] = max(peak[1], count)
+                done.wait(SAMPLE_INTERVAL_S)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = child.wait()
+        wall = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    if code != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"{label} exited {code}: {shlex.join(command)}\n{tail}")
+    return TreeRun(label, wall, peak[0], peak[1])
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as lines:
+        return sum(1 for _ in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--model", default=TINY_MODEL)
+    parser.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
+    parser.add_argument(
+        "--bizra-input",
+        choices=["auto", "openai", "native"],
+        default="auto",
+        help="auto: the OpenAI file where `run` reads it, else a converted copy",
+    )
+    parser.add_argument("--keep", type=Path, help="Work in this folder and keep its files.")
+    args = parser.parse_args(argv)
+
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print("checkout:", checkout_description())
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory(prefix="bizra-run-batch-") as scratch:
+        work = args.keep or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        requests = work / "requests.jsonl"
+        write_openai_file(requests, args.rows, args.model, args.max_tokens)
+        openai = args.bizra_input == "openai" or (
+            args.bizra_input == "auto" and bizra_reads_openai()
+        )
+        bizra_input = requests
+        if not openai:
+            bizra_input = work / "requests-native.jsonl"
+            to_native(requests, bizra_input)
+        print(
+            f"{args.rows} requests, max_tokens {args.max_tokens}, model {args.model}, "
+            f"VLLM_CPU_KVCACHE_SPACE={args.kv_cache_gib}; bizra reads "
+            + ("the OpenAI file (--input-format openai)" if openai else "a converted native copy")
+        )
+        out = {"run-batch": work / "run-batch-out.jsonl", "bizra": work / "bizra-out.jsonl"}
+        commands = {
+            "run-batch": [
+                sys.executable, "-m", "vllm.entrypoints.launchers.run_batch",
+                "-i", str(requests), "-o", str(out["run-batch"]),
+                "--model", args.model, "--dtype", "float32", "--enforce-eager",
+            ],
+            "bizra": [
+                sys.executable, "-m", "cli", "run", str(bizra_input),
+                "-m", args.model, "-o", str(out["bizra"]),
+                "--max-tokens", str(args.max_tokens), "--temperature", "0", "-q",
+                "--dtype", "float32", "--engine-arg", "enforce_eager=true",
+                *(["--input-format", "openai"] if openai else []),
+            ],
+        }  # fmt: skip
+        runs: list[TreeRun] = []
+        for label in ("run-batch", "bizra"):
+            out[label].unlink(missing_ok=True)
+            print(f"{label} command: {shlex.join(commands[label])}")
+            runs.append(run_sampled(label, commands[label], work / f"{label}.log", env))
+            lines = _count_lines(out[label])
+            print(f"{label} output: {lines} lines for {args.rows} requests")
+            if lines != args.rows:
+                raise SystemExit(f"{label}: {lines} output lines, expected {args.rows}")
+
+    print(
+        format_table(
+            ["", "wall s", "requests/s", "peak tree RSS MiB", "processes"],
+            [
+                [
+                    r.label,
+                    r.wall_s,
+                    args.rows / r.wall_s,
+                    r.peak_tree_rss_bytes / 2**20,
+                    r.peak_processes,
+                ]
+                for r in runs
+            ],
+        )
+    )
+    theirs, ours = runs
+    print(
+        f"run-batch wall / bizra wall: {theirs.wall_s / ours.wall_s:.3f} (above 1: bizra sooner); "
+        f"bizra peak RSS / run-batch peak RSS: "
+        f"{ours.peak_tree_rss_bytes / theirs.peak_tree_rss_bytes:.3f} (below 1: bizra less)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
