@@ -1,7 +1,8 @@
 """bizra-batch against vLLM's own batch runner on the same OpenAI-format file.
 
-Writes `--rows` short `/v1/completions` requests in the OpenAI batch format
-(`{"custom_id", "method", "url", "body"}` per line), then runs, as whole processes:
+Writes `--rows` short `/v1/chat/completions` requests (one user message each) in
+the OpenAI batch format (`{"custom_id", "method", "url", "body"}` per line; vLLM
+0.32's run-batch takes chat, not `/v1/completions`), then runs, as whole processes:
 
   run-batch  python -m vllm.entrypoints.launchers.run_batch -i FILE -o OUT
              --model MODEL --dtype float32 --enforce-eager
@@ -16,7 +17,7 @@ VLLM_CPU_KVCACHE_SPACE, so the KV cache does not differ.
 
 bizra reads the OpenAI file itself where this checkout's `run` has
 `--input-format openai`; otherwise (`--bizra-input native`, or an older checkout)
-the file is first converted to bizra's own JSONL (`{"id", "prompt"}`), outside
+the file is first converted to bizra's own JSONL (`{"id", "messages"}`), outside
 the timing. The script prints which.
 
 Prints both raw figures and two ratios: run-batch wall / bizra wall (above 1:
@@ -57,7 +58,7 @@ SAMPLE_INTERVAL_S = 0.2
 
 
 def write_openai_file(path: Path, rows: int, model: str, max_tokens: int) -> None:
-    """OpenAI batch-format completion requests (the prompts of `common.make_prompt`)."""
+    """OpenAI batch-format chat requests (the prompts of `common.make_prompt`)."""
     import random
 
     rng = random.Random(20250303)
@@ -65,20 +66,21 @@ def write_openai_file(path: Path, rows: int, model: str, max_tokens: int) -> Non
         for i in range(rows):
             body = {
                 "model": model,
-                "prompt": make_prompt(i, rng),
+                "messages": [{"role": "user", "content": make_prompt(i, rng)}],
                 "max_tokens": max_tokens,
                 "temperature": 0,
             }
-            line = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/completions"}
+            line = {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions"}
             out.write(orjson.dumps({**line, "body": body}) + b"\n")
 
 
 def to_native(openai_path: Path, native_path: Path) -> None:
-    """The same prompts as bizra's own input rows, id = custom_id."""
+    """The same conversations as bizra's own input rows, id = custom_id."""
     with openai_path.open("rb") as lines, native_path.open("wb") as out:
         for line in lines:
             row = orjson.loads(line)
-            out.write(orjson.dumps({"id": row["custom_id"], "prompt": row["body"]["prompt"]}))
+            native = {"id": row["custom_id"], "messages": row["body"]["messages"]}
+            out.write(orjson.dumps(native))
             out.write(b"\n")
 
 
@@ -145,9 +147,16 @@ def run_sampled(label: str, command: list[str], log_path: Path, env: dict[str, s
     return TreeRun(label, wall, peak[0], peak[1])
 
 
-def _count_lines(path: Path) -> int:
+def _count_lines(path: Path) -> tuple[int, int]:
+    """Output lines, and how many of them carry an error (either tool's format)."""
+    count = failed = 0
     with path.open("rb") as lines:
-        return sum(1 for _ in lines)
+        for line in lines:
+            row = orjson.loads(line)
+            count += 1
+            response = row.get("response") or {}
+            failed += row.get("error") is not None or response.get("status_code", 200) != 200
+    return count, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             out[label].unlink(missing_ok=True)
             print(f"{label} command: {shlex.join(commands[label])}")
             runs.append(run_sampled(label, commands[label], work / f"{label}.log", env))
-            lines = _count_lines(out[label])
-            print(f"{label} output: {lines} lines for {args.rows} requests")
-            if lines != args.rows:
-                raise SystemExit(f"{label}: {lines} output lines, expected {args.rows}")
+            lines, failed = _count_lines(out[label])
+            print(f"{label} output: {lines} lines for {args.rows} requests, {failed} errors")
+            if lines != args.rows or failed:
+                raise SystemExit(f"{label}: {lines} lines ({failed} errors), expected {args.rows}")
 
     print(
         format_table(
