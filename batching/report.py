@@ -459,7 +459,7 @@ def render_report(report: Report, console: Console) -> None:
             f"({format_duration(report.engine_wait_seconds)}) reading and tokenizing"
         )
         if report.between_steps_share is not None:
-            waited += f"; {report.between_steps_share:.1%} of it between engine steps in all"
+            waited += f"; {report.between_steps_share:.1%} of processing time outside engine steps"
         table.add_row("engine waited on us", waited)
     if report.chunks_by_order:
         orders = ", ".join(f"{order} {n:,}" for order, n in report.chunks_by_order.items())

@@ -20,11 +20,14 @@ bizra reads the OpenAI file itself where this checkout's `run` has
 the file is first converted to bizra's own JSONL (`{"id", "messages"}`), outside
 the timing. The script prints which.
 
-Prints both raw figures and two ratios: run-batch wall / bizra wall (above 1:
-bizra finishes sooner) and bizra peak / run-batch peak (below 1: bizra needs less).
+Both tools run on `--small` requests, then on `--rows`. Prints the raw figures
+and, at `--rows`, run-batch wall / bizra wall (above 1: bizra finishes sooner) and
+bizra peak / run-batch peak (below 1: bizra needs less); then each tool's peak at
+`--rows` over its peak at `--small` (bizra's should stay near 1.0, flat, while
+run-batch, which reads the whole file and holds every result, grows).
 
-    .venv/bin/python benchmarks/run_batch_compare.py                    # 100k requests
-    .venv/bin/python benchmarks/run_batch_compare.py --rows 2000        # a quick check
+    .venv/bin/python benchmarks/run_batch_compare.py                  # 10k, then 100k
+    .venv/bin/python benchmarks/run_batch_compare.py --rows 2000 --small 200   # quick
 """
 
 from __future__ import annotations
@@ -162,6 +165,12 @@ def _count_lines(path: Path) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument(
+        "--small",
+        type=int,
+        default=10_000,
+        help="also run this many requests, to show how each peak grows (0: skip)",
+    )
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--model", default=TINY_MODEL)
     parser.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE")
@@ -178,70 +187,93 @@ def main(argv: list[str] | None = None) -> int:
     print("checkout:", checkout_description())
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    openai = args.bizra_input == "openai" or (args.bizra_input == "auto" and bizra_reads_openai())
+    sizes = [args.small, args.rows] if args.small else [args.rows]
+    print(
+        f"max_tokens {args.max_tokens}, model {args.model}, "
+        f"VLLM_CPU_KVCACHE_SPACE={args.kv_cache_gib}; bizra reads "
+        + ("the OpenAI file (--input-format openai)" if openai else "a converted native copy")
+    )
+    runs: dict[tuple[str, int], TreeRun] = {}
     with tempfile.TemporaryDirectory(prefix="bizra-run-batch-") as scratch:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        requests = work / "requests.jsonl"
-        write_openai_file(requests, args.rows, args.model, args.max_tokens)
-        openai = args.bizra_input == "openai" or (
-            args.bizra_input == "auto" and bizra_reads_openai()
-        )
-        bizra_input = requests
-        if not openai:
-            bizra_input = work / "requests-native.jsonl"
-            to_native(requests, bizra_input)
-        print(
-            f"{args.rows} requests, max_tokens {args.max_tokens}, model {args.model}, "
-            f"VLLM_CPU_KVCACHE_SPACE={args.kv_cache_gib}; bizra reads "
-            + ("the OpenAI file (--input-format openai)" if openai else "a converted native copy")
-        )
-        out = {"run-batch": work / "run-batch-out.jsonl", "bizra": work / "bizra-out.jsonl"}
-        commands = {
-            "run-batch": [
-                sys.executable, "-m", "vllm.entrypoints.launchers.run_batch",
-                "-i", str(requests), "-o", str(out["run-batch"]),
-                "--model", args.model, "--dtype", "float32", "--enforce-eager",
-            ],
-            "bizra": [
-                sys.executable, "-m", "cli", "run", str(bizra_input),
-                "-m", args.model, "-o", str(out["bizra"]),
-                "--max-tokens", str(args.max_tokens), "--temperature", "0", "-q",
-                "--dtype", "float32", "--engine-arg", "enforce_eager=true",
-                *(["--input-format", "openai"] if openai else []),
-            ],
-        }  # fmt: skip
-        runs: list[TreeRun] = []
-        for label in ("run-batch", "bizra"):
-            out[label].unlink(missing_ok=True)
-            print(f"{label} command: {shlex.join(commands[label])}")
-            runs.append(run_sampled(label, commands[label], work / f"{label}.log", env))
-            lines, failed = _count_lines(out[label])
-            print(f"{label} output: {lines} lines for {args.rows} requests, {failed} errors")
-            if lines != args.rows or failed:
-                raise SystemExit(f"{label}: {lines} lines ({failed} errors), expected {args.rows}")
+        for rows in sizes:
+            for label, run in _compare(work, rows, openai, args, env).items():
+                runs[label, rows] = run
 
     print(
         format_table(
-            ["", "wall s", "requests/s", "peak tree RSS MiB", "processes"],
+            ["", "requests", "wall s", "requests/s", "peak tree RSS MiB", "processes"],
             [
                 [
-                    r.label,
+                    label,
+                    rows,
                     r.wall_s,
-                    args.rows / r.wall_s,
+                    rows / r.wall_s,
                     r.peak_tree_rss_bytes / 2**20,
                     r.peak_processes,
                 ]
-                for r in runs
+                for (label, rows), r in runs.items()
             ],
         )
     )
-    theirs, ours = runs
+    theirs, ours = runs["run-batch", args.rows], runs["bizra", args.rows]
     print(
-        f"run-batch wall / bizra wall: {theirs.wall_s / ours.wall_s:.3f} (above 1: bizra sooner); "
-        f"bizra peak RSS / run-batch peak RSS: "
+        f"{args.rows} requests: run-batch wall / bizra wall: {theirs.wall_s / ours.wall_s:.3f} "
+        f"(above 1: bizra sooner); bizra peak RSS / run-batch peak RSS: "
         f"{ours.peak_tree_rss_bytes / theirs.peak_tree_rss_bytes:.3f} (below 1: bizra less)"
     )
+    if args.small:
+        growth = {
+            label: runs[label, args.rows].peak_tree_rss_bytes
+            / runs[label, args.small].peak_tree_rss_bytes
+            for label in ("run-batch", "bizra")
+        }
+        print(
+            f"peak RSS {args.rows} / {args.small} requests: bizra {growth['bizra']:.3f}, "
+            f"run-batch {growth['run-batch']:.3f} (1.0 is flat)"
+        )
     return 0
+
+
+def _compare(
+    work: Path, rows: int, openai: bool, args: argparse.Namespace, env: dict[str, str]
+) -> dict[str, TreeRun]:
+    """Both tools on one file of `rows` requests; each output checked row for row."""
+    requests = work / f"requests-{rows}.jsonl"
+    write_openai_file(requests, rows, args.model, args.max_tokens)
+    bizra_input = requests
+    if not openai:
+        bizra_input = work / f"requests-{rows}-native.jsonl"
+        to_native(requests, bizra_input)
+    out = {"run-batch": work / f"run-batch-{rows}.jsonl", "bizra": work / f"bizra-{rows}.jsonl"}
+    commands = {
+        "run-batch": [
+            sys.executable, "-m", "vllm.entrypoints.launchers.run_batch",
+            "-i", str(requests), "-o", str(out["run-batch"]),
+            "--model", args.model, "--dtype", "float32", "--enforce-eager",
+        ],
+        "bizra": [
+            sys.executable, "-m", "cli", "run", str(bizra_input),
+            "-m", args.model, "-o", str(out["bizra"]),
+            "--max-tokens", str(args.max_tokens), "--temperature", "0", "-q",
+            "--dtype", "float32", "--engine-arg", "enforce_eager=true",
+            *(["--input-format", "openai"] if openai else []),
+        ],
+    }  # fmt: skip
+    runs: dict[str, TreeRun] = {}
+    for label in ("run-batch", "bizra"):
+        out[label].unlink(missing_ok=True)
+        print(f"{label} command ({rows} requests): {shlex.join(commands[label])}")
+        runs[label] = run_sampled(label, commands[label], work / f"{label}-{rows}.log", env)
+        lines, failed = _count_lines(out[label])
+        print(f"{label} output: {lines} lines for {rows} requests, {failed} errors")
+        if lines != rows or failed:
+            raise SystemExit(f"{label}: {lines} lines ({failed} errors), expected {rows}")
+        if args.keep is None:
+            out[label].unlink()
+    return runs
 
 
 if __name__ == "__main__":

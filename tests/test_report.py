@@ -336,7 +336,7 @@ def test_engine_wait_is_shown_as_a_share_of_wall_time() -> None:
     text = out.getvalue()
     assert "engine waited on us" in text
     assert "1.0% of wall time" in text
-    assert "25.0% of it between engine steps" in text
+    assert "25.0% of processing time outside engine steps" in text
     assert "prefix 3, length 1" in text
 
 
