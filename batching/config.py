@@ -114,3 +114,6 @@ class RunConfig:
     # How many requests the engine holds at once. Enough to keep vLLM's scheduler
     # full (it runs at most max_num_seqs at a time) without queueing a whole file.
     max_in_flight: int = 512
+    # Live input (a pipe that delivers rows slowly): a partial chunk goes to the
+    # engine once its first row has waited this long, instead of at end of input.
+    max_wait_ms: float = 50.0

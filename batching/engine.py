@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from batching.records import ERROR_INVALID_REQUEST, Sampling
+from batching.records import ERROR_INVALID_REQUEST, RowError, Sampling
 
 __all__ = [
     "Engine",
@@ -46,13 +46,18 @@ class EngineRequest:
 
 @dataclass(frozen=True, slots=True)
 class EngineOutput:
-    """A finished request."""
+    """A finished request; with `error` set, one that failed alone (its row's record).
+
+    An engine that runs requests independently (a remote server) reports a request
+    it gave up on this way, so its neighbours are not retried with it.
+    """
 
     key: int
     text: str
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    error: RowError | None = None
 
 
 class PermanentRequestError(Exception):

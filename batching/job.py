@@ -11,13 +11,14 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import UsageError
+from batching.jsonl_source import JsonlSource
 from batching.pipeline import run_rows
-from batching.prefetch import PrefetchedSupply
+from batching.prefetch import LiveSupply, PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.readers import RowSource, open_source
 from batching.records import InvalidRow, Result, Row
@@ -26,10 +27,27 @@ from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
-__all__ = ["run"]
+__all__ = ["RowsRunner", "run"]
 
 # How many bad rows `--on-invalid abort` lists before it stops.
 INVALID_ROWS_LISTED = 5
+
+
+class RowsRunner(Protocol):
+    """What turns the rows into results: `run_rows` here, or another runner (Ray)."""
+
+    def __call__(
+        self,
+        supply: RowSupply,
+        sink: ResultSink,
+        engine_factory: EngineFactory,
+        config: RunConfig,
+        *,
+        progress: ProgressSink | None = None,
+        retry: RetryPolicy | None = None,
+        report: ReportCollector | None = None,
+        start_index: int = 0,
+    ) -> Report: ...
 
 
 def run(
@@ -41,8 +59,12 @@ def run(
     report: ReportCollector | None = None,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
+    rows_runner: RowsRunner = run_rows,
 ) -> Report:
     """Read `config.input`, run it, write `config.output`; return the report.
+
+    `rows_runner` runs the rows between the files (`batching.ray_runner` on Ray); the
+    lock, resume checks, errors file and writers stay the same either way.
 
     >>> from batching.testing import FakeEngine
     >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
@@ -66,15 +88,22 @@ def run(
         if existing is not None and existing.rows:
             done = existing.rows
             supply = ResumedSupply(supply, done=done, ids=existing.ids(), output=writer.name)
-        if config.input.path != STDIO:
-            # Not stdin: a thread blocked reading a pipe cannot be stopped, and the
-            # interpreter aborts at exit on a stdin buffer such a thread holds.
+        if isinstance(source, JsonlSource) and source.live:
+            # A pipe (stdin): rows go to the engine as they arrive, not at EOF.
+            if config.max_wait_ms < 0:
+                raise UsageError(f"max wait must not be negative, got {config.max_wait_ms} ms")
+            supply = LiveSupply(
+                supply,
+                chunk_size=config.input.chunk_size,
+                max_wait_s=config.max_wait_ms / 1000.0,
+            )
+        else:
             supply = PrefetchedSupply(supply)
         sink: ResultSink = writer
         if config.errors_path:
             errors = stack.enter_context(_open_errors_file(config, existing))
             sink = _ErrorsTee(writer, errors)
-        return run_rows(
+        return rows_runner(
             supply,
             sink,
             engine_factory,

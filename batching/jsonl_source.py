@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +22,7 @@ from batching.schema import invalid_row, missing_kept, parse_row
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["JsonlSource", "open_jsonl_file"]
+__all__ = ["JsonlSource", "LiveLines", "open_jsonl_file"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -35,6 +37,60 @@ class _LineStream(Protocol):
     def readline(self, size: int = -1, /) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+class LiveLines:
+    """Lines of a pipe read straight from its descriptor, that can tell whether the
+    next line is already here: for input that arrives at its own pace (`tail -f`).
+
+    Reads with `os.read`, not through `sys.stdin.buffer`: a thread blocked in a
+    BufferedReader holds its lock, and the interpreter aborts at exit
+    ("_enter_buffered_busy") when it finds stdin's buffer locked by such a thread.
+    A thread blocked in `os.read` holds no Python lock, so a reader thread may stay
+    blocked on a quiet pipe while the run ends.
+
+    >>> lines = LiveLines(sys.stdin.fileno())  # doctest: +SKIP
+    >>> lines.readline(), lines.ready()  # doctest: +SKIP
+    (b'{"prompt": "Hi"}\\n', False)
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lines: deque[bytes] = deque()  # complete lines, each ending in a newline
+        self._tail = b""  # the start of the line after them
+        self._eof = False
+
+    def ready(self) -> bool:
+        """Whether `readline` would return at once (a whole line is here, or the end)."""
+        return bool(self._lines) or self._eof
+
+    def readline(self, size: int = -1, /) -> bytes:
+        """The next line, at most `size` bytes of it; b"" at the end of input."""
+        while True:
+            if self._lines:
+                line = self._lines.popleft()
+                if 0 < size < len(line):
+                    self._lines.appendleft(line[size:])
+                    return line[:size]
+                return line
+            if self._eof or 0 < size <= len(self._tail):
+                # An over-long line is handed out in pieces, so memory stays bounded.
+                cut = len(self._tail) if size < 0 else size
+                piece, self._tail = self._tail[:cut], self._tail[cut:]
+                return piece
+            self._fill()
+
+    def _fill(self) -> None:
+        block = os.read(self._fd, _READ_BUFFER_BYTES)
+        if not block:
+            self._eof = True
+            return
+        # One C-level split per block, not a Python step per byte.
+        *whole, self._tail = (self._tail + block).split(b"\n")
+        self._lines.extend([line + b"\n" for line in whole])
+
+    def close(self) -> None:
+        """The descriptor belongs to the caller (stdin): it stays open."""
 
 
 class _CountingReader(io.RawIOBase):
@@ -100,6 +156,8 @@ class JsonlSource(RowSource):
         self._max_line_bytes = max_line_bytes
         self._ids = IdRegistry(cfg.id_field, "line")
         self._line = 0  # of the last line read, for read errors
+        # Rows are handed over as they arrive, so chunks may be short (see LiveLines).
+        self.live = isinstance(stream, LiveLines)
 
     def close(self) -> None:
         if self._counter is not None:
@@ -127,6 +185,9 @@ class JsonlSource(RowSource):
         chunk_size = fields.chunk_size
         check_id = self._ids.check
         name = self.name
+        # Live input (a pipe read as it arrives): hand over what is here whenever the
+        # next line is not, instead of holding rows until a chunk fills.
+        ready = self._stream.ready if isinstance(self._stream, LiveLines) else None
         consumed = 0
         line = 0
         index = 0
@@ -151,6 +212,11 @@ class JsonlSource(RowSource):
                     obj = loads(raw)
                 except json_error as exc:
                     if not raw.strip():
+                        if ready is not None and chunk and not ready():
+                            self._line = line
+                            self._progress(index, consumed)
+                            yield chunk
+                            chunk = []
                         continue
                     message = _undecodable(raw, exc, where)
                     row = invalid_row(index, line, message, kept=missing_kept(fields))
@@ -159,7 +225,7 @@ class JsonlSource(RowSource):
                     row = check_id(obj, row, where)
             chunk.append(row)
             index += 1
-            if len(chunk) >= chunk_size:
+            if len(chunk) >= chunk_size or (ready is not None and not ready()):
                 self._line = line
                 self._progress(index, consumed)
                 yield chunk

@@ -26,6 +26,7 @@ from batching.errors import BatchError
 from batching.grouping import padding_tokens, plan_order
 from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
+from batching.prefetch import LiveChunks
 from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.records import (
     ERROR_ENGINE,
@@ -70,11 +71,14 @@ def run_rows(
     report: ReportCollector | None = None,
     start_index: int = 0,
     clock: Callable[[], float] = time.perf_counter,
+    on_result: Callable[[Result], None] | None = None,
 ) -> Report:
     """Run every row of `supply` through an engine and write one result per row, in order.
 
     Pass your own `report` collector to read a partial report after an interrupt.
     `start_index` is the first row `supply` yields (a resumed run skips the rest).
+    `on_result` sees each row's result as soon as it is known, before it waits for
+    the rows ahead of it (`batching.aio` answers each caller that way).
 
     >>> from batching.testing import FakeEngine
     >>> report = run_rows(rows, writer, FakeEngine, config)   # doctest: +SKIP
@@ -93,6 +97,7 @@ def run_rows(
         report=collector,
         start_index=start_index,
         clock=clock,
+        on_result=on_result,
     )
     try:
         runner.run()
@@ -114,6 +119,7 @@ class _Runner:
         report: ReportCollector,
         start_index: int,
         clock: Callable[[], float],
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         self.supply = supply
         self.sink = sink
@@ -123,6 +129,7 @@ class _Runner:
         self.retry = retry
         self.report = report
         self.clock = clock
+        self.on_result = on_result
         self.window = max(1, config.max_in_flight)
         chunk_size = config.input.chunk_size
         # Results may wait for one slow early row; past this many we stop reading
@@ -151,15 +158,19 @@ class _Runner:
     def run(self) -> None:
         chunks = self.supply.chunks()
         exhausted = False
-        while True:
-            exhausted = self._top_up(chunks, exhausted)
-            self._emit()
-            if not self.in_flight:
-                if exhausted and not self.pending:
-                    break
-                continue
-            self._step()
-            self._emit()
+        try:
+            while True:
+                exhausted = self._top_up(chunks, exhausted)
+                self._emit()
+                if not self.in_flight:
+                    if exhausted and not self.pending:
+                        break
+                    continue
+                self._step()
+                self._emit()
+        finally:
+            if isinstance(chunks, LiveChunks):
+                chunks.close()
 
     def _top_up(self, chunks: Iterator[list[Row]], exhausted: bool) -> bool:
         while len(self.in_flight) < self.window:
@@ -167,15 +178,24 @@ class _Runner:
                 if exhausted or len(self.reorder) > self.reorder_limit:
                     break
                 waited_from = self.clock()
-                rows = next(chunks, None)
+                rows = self._read(chunks)
                 if rows is None:
                     return True
+                if not rows:
+                    break  # live input, nothing due yet: step what the engine holds
                 self._load(rows)
                 if self.in_flight:
                     self.report.record_engine_wait(self.clock() - waited_from)
                 continue
             self._submit(self.pending.popleft())
         return exhausted
+
+    def _read(self, chunks: Iterator[list[Row]]) -> list[Row] | None:
+        """The next chunk; None at the end. Live input makes the run wait for rows
+        only while the engine has nothing to do, so results keep coming out."""
+        if isinstance(chunks, LiveChunks):
+            return chunks.poll(wait=not self.in_flight)
+        return next(chunks, None)
 
     def _load(self, rows: list[Row]) -> None:
         """Encode a chunk, record rows that fail up front, queue the rest in order."""
@@ -256,6 +276,9 @@ class _Runner:
             return
         self.deaths_in_a_row = self.lethal_in_a_row = 0
         request = item.request
+        if output.error is not None:
+            self._finish(Result.failed(request, output.error))
+            return
         self._finish(
             Result(
                 index=request.index,
@@ -271,6 +294,8 @@ class _Runner:
 
     def _finish(self, result: Result) -> None:
         self.reorder.push(result)
+        if self.on_result is not None:
+            self.on_result(result)
 
     def _emit(self) -> None:
         # Rows are counted in the report when written, not when finished: after an

@@ -13,13 +13,14 @@ Parquet, corrupt gzip) raises `InputError`.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import BinaryIO
 
 from batching.config import STDIO, InputConfig, InputFormat
 from batching.errors import InputError, UsageError
-from batching.jsonl_source import JsonlSource, open_jsonl_file
+from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
 from batching.parquet_source import ParquetSource
 from batching.row_source import RowSource
 
@@ -56,11 +57,21 @@ def open_source(
             raise InputError(
                 "stdin: Parquet cannot be streamed from stdin; pass the file's path instead"
             )
-        stream = sys.stdin.buffer if stdin is None else stdin
+        stream = _process_stdin() if stdin is None else stdin
         return JsonlSource(cfg, STDIN_NAME, stream, None, None, max_line_bytes)
     if fmt == "parquet":
         return ParquetSource(cfg)
     return open_jsonl_file(cfg, max_line_bytes)
+
+
+def _process_stdin() -> BinaryIO | LiveLines:
+    """The process's stdin, read from its descriptor as lines arrive where it has one."""
+    try:
+        fd = sys.stdin.buffer.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        # Replaced by a test runner or an embedding program: read what it gives.
+        return sys.stdin.buffer
+    return LiveLines(fd)
 
 
 def input_format(path: str, override: InputFormat | None = None) -> InputFormat:

@@ -31,6 +31,7 @@ from batching.records import Result
 
 __all__ = [
     "LatencyHistogram",
+    "ReplicaThroughput",
     "Report",
     "ReportCollector",
     "format_duration",
@@ -118,6 +119,41 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaThroughput:
+    """One engine replica's share of a distributed run (`--ray`).
+
+    `busy_seconds` is the time it spent running batches, start-up excluded, so its
+    rates say how fast that replica went while it had work.
+
+    >>> ReplicaThroughput("node-1:42", rows=100, busy_seconds=4.0).rows_per_second
+    25.0
+    """
+
+    name: str
+    rows: int = 0
+    output_tokens: int = 0
+    busy_seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float | None:
+        return _ratio(self.rows, self.busy_seconds)
+
+    @property
+    def output_tokens_per_second(self) -> float | None:
+        return _ratio(self.output_tokens, self.busy_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "output_tokens": self.output_tokens,
+            "busy_seconds": round(self.busy_seconds, 6),
+            "requests_per_second": _rounded(self.rows_per_second, 3),
+            "output_tokens_per_second": _rounded(self.output_tokens_per_second, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """What a run did, in figures. Absent figures are None (null in JSON), never 0.
 
@@ -149,6 +185,8 @@ class Report:
     - gpu_devices, gpu_samples, gpu_utilization_avg_pct, gpu_utilization_max_pct,
       gpu_memory_peak_mib, gpu_memory_total_mib: sampled while the engine ran (see
       `batching.gpu_monitor`); absent from `to_dict()` where there is no GPU.
+    - replicas: each engine replica's throughput (`ReplicaThroughput`); only in a
+      run on Ray, and only then a key of `to_dict()`.
 
     >>> report = Report(rows=10, rows_ok=10, wall_seconds=2.0, engine_startup_seconds=1.0)
     >>> report.requests_per_second
@@ -176,6 +214,7 @@ class Report:
     engine_wait_seconds: float = 0.0
     chunks_by_order: Mapping[str, int] = field(default_factory=dict)
     gpu: GpuUsage | None = None
+    replicas: tuple[ReplicaThroughput, ...] = ()
 
     @property
     def processing_seconds(self) -> float:
@@ -253,6 +292,8 @@ class Report:
                 gpu_memory_peak_mib=round(self.gpu.memory_peak_mib, 1),
                 gpu_memory_total_mib=round(self.gpu.memory_total_mib, 1),
             )
+        if self.replicas:
+            data["replicas"] = [replica.to_dict() for replica in self.replicas]
         return data
 
 
@@ -296,6 +337,7 @@ class ReportCollector:
         # Keyed by the stable error types in `records`: a handful of keys, not one per row.
         self._errors: dict[str, int] = {}
         self._engine_wait_s = 0.0
+        self._replicas: tuple[ReplicaThroughput, ...] = ()
 
     def start(self) -> None:
         """Start the wall clock; call before the engine is started."""
@@ -355,6 +397,28 @@ class ReportCollector:
         """The engine sat idle `seconds` waiting for our reading/tokenizing."""
         self._engine_wait_s += seconds
 
+    def add_engine_work(self, part: Report) -> None:
+        """Add the engine figures of a run done elsewhere (a replica's batch).
+
+        Rows, tokens and latencies are not added: they are counted here as the
+        rows are written, by `record_result`. Start-up is not either: replicas
+        start side by side, so the caller reports the longest with `engine_started`.
+        """
+        self._batches += part.batches
+        self._batch_requests += part.batch_requests
+        self._batch_seconds += part.batch_seconds
+        self._padding_avoided += part.padding_tokens_avoided
+        self._retries += part.retries
+        self._restarts += part.engine_restarts
+        self._oom_backoffs += part.oom_backoffs
+        if part.oom_window is not None:
+            self._oom_window = part.oom_window
+        self._engine_wait_s += part.engine_wait_seconds
+
+    def record_replicas(self, replicas: tuple[ReplicaThroughput, ...]) -> None:
+        """Each replica's throughput so far (replaces what was recorded before)."""
+        self._replicas = replicas
+
     def finish(self) -> Report:
         """The report as of now; may be called more than once.
 
@@ -389,6 +453,7 @@ class ReportCollector:
             engine_wait_seconds=self._engine_wait_s,
             chunks_by_order=dict(self._chunk_orders),
             gpu=self._gpu,
+            replicas=self._replicas,
         )
 
 
@@ -480,6 +545,12 @@ def render_report(report: Report, console: Console) -> None:
     ):
         if count:
             table.add_row(label, f"[yellow]{count:,}[/yellow]")
+    for number, replica in enumerate(report.replicas, 1):
+        table.add_row(
+            f"replica {number}",
+            f"{replica.rows:,} rows · {_rate(replica.rows_per_second, 'req/s')} · "
+            f"{_rate(replica.output_tokens_per_second, 'out tok/s')} ({replica.name})",
+        )
     if report.errors_by_type:
         errors = ", ".join(f"{kind} {n:,}" for kind, n in report.errors_by_type.items())
         table.add_row("errors", f"[red]{errors}[/red]")

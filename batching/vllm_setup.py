@@ -59,6 +59,9 @@ _NOISE_PREFIXES = (
     # torch 2.13 and it compiles again; nothing a user can do but --engine-arg
     # enforce_eager=true, which the README mentions.
     "%sCompiling model again due to a load failure",
+    # platforms/cpu: on CPUs with AVX-512 BF16 it resets the Mamba state dtype for
+    # every model, Mamba or not; nothing to act on for a Llama.
+    "Reset SSM cache type to float32",
 )
 # vLLM's CPU worker sets this variable itself, then warns about it ("unknown vLLM
 # environment variable") when the next engine in the same process starts.

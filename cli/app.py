@@ -10,6 +10,7 @@ import typer
 from cli import bench as bench_command
 from cli import run as run_command
 from cli import validate as validate_command
+from cli.config_file import CONTEXT_SETTINGS
 
 __all__ = ["app", "main"]
 
@@ -64,15 +65,19 @@ app.command(
     "run",
     short_help="Run prompts through a model: one result row per input row, in order.",
     no_args_is_help=True,
+    context_settings=CONTEXT_SETTINGS,
+    cls=run_command.RunCommand,
 )(run_command.run)
 app.command(
     "validate",
     short_help="Check an input file without running the model.",
     no_args_is_help=True,
+    context_settings=CONTEXT_SETTINGS,
 )(validate_command.validate)
 app.command(
     "bench",
     short_help="Measure batching on the real engine: serial, batch sizes, and run.",
+    context_settings=CONTEXT_SETTINGS,
 )(bench_command.bench)
 
 

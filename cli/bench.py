@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -10,17 +11,34 @@ from rich.console import Console
 
 from batching.bench import ALL, DEFAULT_BATCH_SIZES, Prompt
 from batching.config import EngineConfig, InputConfig
+from batching.engine import Engine
 from batching.errors import BatchError, UsageError
 from batching.records import InvalidRow, Sampling
 from cli.console import print_error, stderr_console
 from cli.options import MessagesField, PromptField
-from cli.run import EngineChoice, _engine_factory, _parse_engine_args
+from cli.run import _parse_engine_args
 
 __all__ = ["bench"]
 
 PROMPTS = "Prompts"
 ENGINE = "Engine (passed to vllm.LLM)"
 DEFAULT_SIZES = ",".join("all" if size == ALL else str(size) for size in DEFAULT_BATCH_SIZES)
+
+
+class BenchEngine(str, Enum):
+    vllm = "vllm"
+    fake = "fake"
+
+
+def _start_engine(choice: BenchEngine, config: EngineConfig, debug: bool) -> Engine:
+    if choice is BenchEngine.fake:
+        from batching.testing import FakeEngine
+
+        return FakeEngine()
+    # Imported here, so `--help` and usage errors never load vLLM and torch.
+    from batching.vllm_engine import create_vllm_engine
+
+    return create_vllm_engine(config, verbose=debug)
 
 
 def _parse_sizes(text: str) -> list[int]:
@@ -112,9 +130,9 @@ def bench(
         ),
     ] = None,
     engine: Annotated[
-        EngineChoice,
+        BenchEngine,
         typer.Option(help="vllm, or fake (instant, model-free).", rich_help_panel=ENGINE),
-    ] = EngineChoice.vllm,
+    ] = BenchEngine.vllm,
     dtype: Annotated[str, typer.Option(rich_help_panel=ENGINE)] = "auto",
     max_model_len: Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)] = None,
     max_num_seqs: Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)] = None,
@@ -168,7 +186,7 @@ def bench(
         raise typer.Exit(exc.exit_code) from None
 
     console.print(f"bizra-batch bench: starting {model} ...")
-    live = _engine_factory(engine, engine_config, debug)()
+    live = _start_engine(engine, engine_config, debug)
     try:
         if texts is None:
             texts = list(synthetic_prompts(live, prompts, lengths, seed=seed))

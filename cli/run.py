@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
+from typer.core import TyperCommand
 
 from batching import interrupts
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
@@ -16,6 +18,7 @@ from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
 from batching.readers import DEFAULT_MAX_LINE_BYTES
 from batching.records import Sampling
+from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
 from cli.options import (
     FIELDS,
@@ -26,16 +29,24 @@ from cli.options import (
     PromptField,
 )
 
-__all__ = ["run"]
+if TYPE_CHECKING:
+    from batching.openai_engine import OpenAIConfig
+    from batching.ray_runner import RayOptions
+
+__all__ = ["RunCommand", "run"]
 
 ENGINE = "Engine (passed to vllm.LLM)"
 SAMPLING = "Sampling defaults (a row's own field wins)"
 RUNNING = "Batching and retries"
 OUTPUT = "Output and report"
+REMOTE = "Remote engine (--engine openai)"
+CLUSTER = "Running on a Ray cluster"
+RAY_LOCAL = "local"
 
 
 class EngineChoice(str, Enum):
     vllm = "vllm"
+    openai = "openai"
     fake = "fake"
 
 
@@ -52,6 +63,42 @@ class OrderChoice(str, Enum):
     # Kept from before `length` existed: ascending is its alias.
     ascending = "ascending"
     descending = "descending"
+
+
+class RunCommand(TyperCommand):
+    """The `run` command; a bare `--ray` (no address after it) means `--ray local`.
+
+    Typer has no option whose value may be left out, so the arguments are completed
+    before parsing. The next argument is taken as the address only if it looks like
+    one (auto, local, HOST:PORT, a URL): `run --ray in.jsonl` still reads in.jsonl.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, bare_ray_means_local(args))
+
+
+def bare_ray_means_local(args: list[str]) -> list[str]:
+    """Insert the "local" address after a `--ray` that has none.
+
+    >>> bare_ray_means_local(["in.jsonl", "--ray", "-m", "m"])
+    ['in.jsonl', '--ray', 'local', '-m', 'm']
+    >>> bare_ray_means_local(["--ray", "auto"])
+    ['--ray', 'auto']
+    """
+    completed: list[str] = []
+    for position, arg in enumerate(args):
+        if arg == "--":
+            return completed + args[position:]
+        completed.append(arg)
+        if arg == "--ray":
+            following = args[position + 1] if position + 1 < len(args) else None
+            if following is None or not _looks_like_address(following):
+                completed.append(RAY_LOCAL)
+    return completed
+
+
+def _looks_like_address(arg: str) -> bool:
+    return arg in ("auto", RAY_LOCAL) or ":" in arg
 
 
 def _parse_engine_args(pairs: list[str]) -> dict[str, Any]:
@@ -129,8 +176,9 @@ def run(
     engine: Annotated[
         EngineChoice,
         typer.Option(
-            help="vllm, or fake: a model-free engine that echoes each prompt reversed, "
-            "for dry runs of a job's input and output.",
+            help="vllm: load the model here; openai: send rows to a running "
+            "OpenAI-compatible server (--base-url); fake: a model-free engine that echoes "
+            "each prompt reversed, for dry runs of a job's input and output.",
             rich_help_panel=ENGINE,
         ),
     ] = EngineChoice.vllm,
@@ -164,6 +212,34 @@ def run(
             help="Any other vllm.LLM argument as KEY=VALUE; repeatable.", rich_help_panel=ENGINE
         ),
     ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Server URL for --engine openai, e.g. http://127.0.0.1:8000/v1; --model "
+            "is then the served model name.",
+            rich_help_panel=REMOTE,
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VAR",
+            help="Name of the env var holding the server's API key (never the key itself).",
+            rich_help_panel=REMOTE,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(min=1, help="Requests sent to the server at once.", rich_help_panel=REMOTE),
+    ] = 16,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds one request may take before it is retried.",
+            rich_help_panel=REMOTE,
+        ),
+    ] = 600.0,
     chunk_size: Annotated[
         int,
         typer.Option(
@@ -183,6 +259,15 @@ def run(
         int,
         typer.Option(min=1, help="Requests inside the engine at once.", rich_help_panel=RUNNING),
     ] = 512,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Live input (a pipe delivering rows slowly): a partial chunk goes to the "
+            "engine after its first row has waited this long.",
+            rich_help_panel=RUNNING,
+        ),
+    ] = 50.0,
     max_retries: Annotated[int, typer.Option(min=0, rich_help_panel=RUNNING)] = 3,
     max_engine_restarts: Annotated[int, typer.Option(min=0, rich_help_panel=RUNNING)] = 3,
     resume: Annotated[
@@ -212,6 +297,26 @@ def run(
         ),
     ] = OnInvalidChoice.record,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Run on Ray: engine replicas in a Ray Data actor pool. Alone, starts Ray "
+            "here; auto joins the cluster of `ray start`; or ray://HOST:PORT. Needs "
+            "pip install 'bizra-batch[ray]'.",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Engines in the pool, each with --tensor-parallel-size GPUs. Default: as "
+            "many as the cluster's GPUs allow (1 without GPUs).",
+            rich_help_panel=CLUSTER,
+        ),
+    ] = None,
     report: Annotated[
         str | None,
         typer.Option(help="Also write the run report as JSON here.", rich_help_panel=OUTPUT),
@@ -225,6 +330,7 @@ def run(
     debug: Annotated[
         bool, typer.Option(help="Full tracebacks and engine logs.", rich_help_panel=OUTPUT)
     ] = False,
+    config_file: ConfigOption = None,
 ) -> None:
     """Run a file of prompts through the model; one ordered result row per input row.
 
@@ -261,6 +367,7 @@ def run(
             max_retries=max_retries,
             max_engine_restarts=max_engine_restarts,
             max_in_flight=max_in_flight,
+            max_wait_ms=max_wait_ms,
             report_path=report,
             errors_path=errors,
             on_invalid=on_invalid.value,
@@ -279,17 +386,82 @@ def run(
             trust_remote_code=trust_remote_code,
             extra=_parse_engine_args(engine_arg or []),
         )
+        remote = _remote_config(
+            engine,
+            base_url,
+            api_key_env,
+            model=model,
+            concurrency=concurrency,
+            timeout_s=request_timeout,
+            max_retries=max_retries,
+            max_model_len=max_model_len,
+        )
+        cluster = _ray_options(ray, replicas, engine, tensor_parallel_size)
     except BatchError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    raise typer.Exit(_execute(config, _engine_factory(engine, engine_config, debug), quiet, debug))
+    factory = _engine_factory(engine, engine_config, debug, remote)
+    raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
 
 
-def _engine_factory(choice: EngineChoice, config: EngineConfig, debug: bool) -> EngineFactory:
+def _ray_options(
+    address: str | None, replicas: int | None, engine: EngineChoice, tensor_parallel_size: int
+) -> RayOptions | None:
+    if address is None:
+        if replicas is not None:
+            raise UsageError("--replicas needs --ray; without it the run has one engine")
+        return None
+    # Imported only for --ray: it checks that the optional extra is installed.
+    from batching.ray_runner import RayOptions, require_ray
+
+    require_ray()
+    gpus = float(tensor_parallel_size) if engine is EngineChoice.vllm else 0.0
+    return RayOptions(address=address, replicas=replicas, gpus_per_replica=gpus)
+
+
+def _remote_config(
+    choice: EngineChoice,
+    base_url: str | None,
+    api_key_env: str | None,
+    **settings: Any,
+) -> OpenAIConfig | None:
+    if choice is not EngineChoice.openai:
+        if base_url is not None:
+            raise UsageError("--base-url is for --engine openai")
+        return None
+    if not base_url:
+        raise UsageError(
+            "--engine openai needs --base-url, e.g. --base-url http://127.0.0.1:8000/v1"
+        )
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise UsageError(f"--api-key-env {api_key_env}: that env var is not set or empty")
+    # Imported here: httpx is not needed for --help or the other engines.
+    from batching.openai_engine import OpenAIConfig
+
+    model = settings["model"]
+    tokenizer_dir = model if os.path.isdir(model) else None
+    return OpenAIConfig(base_url=base_url, api_key=api_key, tokenizer_dir=tokenizer_dir, **settings)
+
+
+def _engine_factory(
+    choice: EngineChoice, config: EngineConfig, debug: bool, remote: OpenAIConfig | None
+) -> EngineFactory:
     if choice is EngineChoice.fake:
         from batching.testing import FakeEngine
 
         return FakeEngine
+    if remote is not None:
+        remote_config = remote
+
+        def create_remote() -> Engine:
+            from batching.openai_engine import create_openai_engine
+
+            return create_openai_engine(remote_config)
+
+        return create_remote
 
     def create() -> Engine:
         # Imported when the engine starts, so `--help` and usage errors never load
@@ -301,7 +473,13 @@ def _engine_factory(choice: EngineChoice, config: EngineConfig, debug: bool) -> 
     return create
 
 
-def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debug: bool) -> int:
+def _execute(
+    config: RunConfig,
+    engine_factory: EngineFactory,
+    quiet: bool,
+    debug: bool,
+    cluster: RayOptions | None = None,
+) -> int:
     from batching.job import run as run_pipeline
     from batching.report import ReportCollector, render_report, write_report
 
@@ -311,12 +489,12 @@ def _execute(config: RunConfig, engine_factory: EngineFactory, quiet: bool, debu
     restore_signals = interrupts.install()
     exit_code = 0
     try:
-        run_pipeline(
-            config,
-            engine_factory,
-            progress=progress,
-            report=collector,
-        )
+        if cluster is None:
+            run_pipeline(config, engine_factory, progress=progress, report=collector)
+        else:
+            from batching.ray_runner import run_on_ray
+
+            run_on_ray(config, engine_factory, cluster, progress=progress, report=collector)
     except interrupts.Interrupted as exc:
         exit_code = exc.exit_code
     except BrokenPipeError:

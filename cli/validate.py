@@ -11,6 +11,7 @@ import typer
 from batching.config import InputConfig
 from batching.errors import BatchError
 from batching.readers import DEFAULT_MAX_LINE_BYTES
+from cli.config_file import ConfigOption
 from cli.console import print_error
 from cli.options import IdField, InputFormatOption, MaxLineBytes, MessagesField, PromptField
 
@@ -56,6 +57,7 @@ def validate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON (all figures).")
     ] = False,
+    config_file: ConfigOption = None,
 ) -> None:
     """Check every row of a file against the schema run uses, without running the model.
 

@@ -107,8 +107,8 @@ def _feed_some_then_stop(process: subprocess.Popen[bytes], out: Path) -> threadi
     if READ_SYSCALL is None or not Path(f"/proc/{os.getpid()}/syscall").exists():
         pytest.skip("needs Linux /proc/PID/syscall to see the run wait for input")
     assert process.stdin is not None
-    # More than the in-flight window (512 by default): the run reads until the
-    # window is full before it steps, so fewer rows would never come out.
+    # Several chunks' worth: rows are written as they finish, while the run waits
+    # for the rest of its input.
     process.stdin.write(b"".join(_row(i) + b"\n" for i in range(40 * CHUNK_SIZE + 3)))
     process.stdin.flush()
     _wait_for(

@@ -1,0 +1,344 @@
+"""Prompts submitted one at a time from asyncio code, run in batches on one engine.
+
+The live-pipe machinery, fed by `submit()` instead of a pipe: requests wait in a
+queue until `max_batch_size` of them are there or the first has waited
+`max_wait_ms`, then go to the engine together, and each caller's awaitable
+resolves as soon as its own request finishes. The engine loop is the pipeline's
+(`pipeline.run_rows`), run in one background thread, so requests get everything a
+file's rows get: grouping by length, retries, isolation of a request that fails
+its batch, engine restarts. A request that fails raises `RequestError` for its
+caller alone; the requests batched with it are unaffected.
+
+>>> async with BatchQueue(FakeEngine, max_batch_size=64, max_wait_ms=20) as batcher:
+...     result = await batcher.submit("Hello", max_tokens=16)   # doctest: +SKIP
+...     print(result.output, batcher.health()["avg_batch_size"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from batching.config import InputConfig, RunConfig
+from batching.engine import Engine, EngineFactory
+from batching.errors import BatchError
+from batching.grouping import Order
+from batching.pipeline import run_rows
+from batching.prefetch import Arrival, LiveChunks
+from batching.records import SAMPLING_FIELDS, Request, Result, Row, Sampling
+from batching.report import ReportCollector
+from batching.retry import RetryPolicy
+from batching.schema import parse_row
+
+__all__ = ["BatchQueue", "QueueClosedError", "RequestError"]
+
+# The fields a row may carry and `schema.parse_row` checks; other sampling fields
+# are taken as given.
+_ROW_SAMPLING = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
+_FIELDS = InputConfig(path="<submit>")
+
+
+class RequestError(Exception):
+    """One request ended in an error; `result.error` holds its type and message.
+
+    >>> try:
+    ...     await batcher.submit("", max_tokens=4)   # doctest: +SKIP
+    ... except RequestError as exc:
+    ...     print(exc.error_type)
+    invalid_input
+    """
+
+    def __init__(self, result: Result) -> None:
+        assert result.error is not None
+        super().__init__(f"{result.error.type}: {result.error.message}")
+        self.result = result
+        self.error_type = result.error.type
+
+
+class QueueClosedError(BatchError):
+    """The queue is closed, or its engine failed for good; nothing more can be run."""
+
+
+class BatchQueue:
+    """An asyncio front to one engine: `await submit(prompt, **sampling)` -> `Result`.
+
+    `max_batch_size` requests at most go to the engine at once, after waiting at
+    most `max_wait_ms` for others to join them; `max_in_flight` bounds what the
+    engine holds. `sampling` holds the defaults a request's own settings override.
+    Use it as `async with`, or call `start()` and `aclose()`.
+    """
+
+    def __init__(
+        self,
+        engine_factory: EngineFactory,
+        *,
+        max_batch_size: int = 256,
+        max_wait_ms: float = 50.0,
+        max_in_flight: int = 512,
+        sampling: Sampling | None = None,
+        order: Order = "ascending",
+        max_retries: int = 3,
+        max_engine_restarts: int = 3,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
+        self._factory = engine_factory
+        self._config = RunConfig(
+            input=dataclasses.replace(_FIELDS, chunk_size=max_batch_size),
+            sampling=sampling or Sampling(max_tokens=256),
+            order=order,
+            max_retries=max_retries,
+            max_engine_restarts=max_engine_restarts,
+            max_in_flight=max_in_flight,
+            max_wait_ms=max_wait_ms,
+        )
+        self._retry = retry
+        self._arrivals: queue.Queue[Arrival] = queue.Queue()
+        self._chunks = _CountingChunks(
+            self._arrivals, chunk_size=max_batch_size, max_wait_s=max_wait_ms / 1000.0
+        )
+        self._report = ReportCollector()
+        self._report.start()  # health() may be asked before the first request
+        self._lock = threading.Lock()  # new requests and their waiters, taken in order
+        self._waiters: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Result]]] = {}
+        self._submitted = 0
+        self._finished = 0
+        self._closing = False
+        self._failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> BatchQueue:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start the engine in the background thread; raises what starting it raised.
+
+        Starting here rather than on the first request means a wrong model path
+        fails at start-up, and the first caller does not wait for weights to load.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the queue was started already")
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(loop, started), name="bizra-batch-engine", daemon=True
+        )
+        self._thread.start()
+        await started
+
+    async def aclose(self) -> None:
+        """Finish every request submitted so far, then stop the engine."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._arrivals.put((0.0, LiveChunks.END))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    # -- requests --------------------------------------------------------------------
+
+    async def submit(self, prompt: str | Sequence[Mapping[str, Any]], **sampling: Any) -> Result:
+        """Run one prompt (a string, or chat messages) and return its result.
+
+        `sampling` takes `Sampling`'s fields (max_tokens, temperature, top_p, top_k,
+        seed, stop, n, logprobs, json_schema); unset ones take the queue's defaults.
+        Raises `RequestError` if this request fails, `QueueClosedError` if the
+        queue is closed or its engine failed for good.
+        """
+        unknown = set(sampling) - set(SAMPLING_FIELDS)
+        if unknown:
+            raise TypeError(f"submit() got unknown sampling settings: {', '.join(sorted(unknown))}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        with self._lock:
+            if self._thread is None:
+                raise QueueClosedError("the queue is not started; use `async with BatchQueue(...)`")
+            if self._failure is not None:
+                raise QueueClosedError(f"the engine failed: {self._failure}") from self._failure
+            if self._closing:
+                raise QueueClosedError("the queue is closed")
+            index = self._submitted
+            self._submitted += 1
+            self._waiters[index] = (loop, future)
+            # Under the lock: rows must reach the pipeline in index order.
+            self._arrivals.put((self._chunks.clock(), [_row(index, prompt, sampling)]))
+        result = await future
+        if result.error is not None:
+            raise RequestError(result)
+        return result
+
+    def health(self) -> dict[str, Any]:
+        """Figures for a health check, as of now.
+
+        total_batches: engine steps so far; avg_batch_size: requests running per step;
+        avg_batch_duration_ms: time per step; total_requests: requests finished (ok
+        or failed); queue_depth: requests waiting to go to the engine; in_flight:
+        requests in the engine; running: whether requests are still accepted.
+        """
+        report = self._report.finish()
+        taken = self._chunks.handed_over
+        return {
+            "total_batches": report.batches,
+            "total_requests": self._finished,
+            "avg_batch_size": report.avg_batch_size,
+            "avg_batch_duration_ms": report.avg_batch_duration_ms,
+            "queue_depth": self._submitted - taken,
+            "in_flight": taken - self._finished,
+            "running": self._thread is not None and not self._closing and self._failure is None,
+        }
+
+    # -- the engine thread -----------------------------------------------------------
+
+    def _serve(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future[None]) -> None:
+        try:
+            engine = self._factory()
+        except BaseException as exc:
+            self._failure = exc
+            _resolve(loop, started, error=exc)
+            return
+        _resolve(loop, started, value=None)
+        engines = _FirstThen(engine, self._factory)
+        try:
+            run_rows(
+                _Supply(self._chunks),
+                _NoSink(),
+                engines,
+                self._config,
+                retry=self._retry,
+                report=self._report,
+                on_result=self._answer,
+            )
+        except BaseException as exc:
+            with self._lock:
+                self._failure = exc
+                waiting = list(self._waiters.values())
+                self._waiters.clear()
+            error = QueueClosedError(f"the engine failed: {exc}")
+            error.__cause__ = exc
+            for waiter_loop, future in waiting:
+                _resolve(waiter_loop, future, error=error)
+        finally:
+            engines.close_unused()
+
+    def _answer(self, result: Result) -> None:
+        with self._lock:
+            waiter = self._waiters.pop(result.index, None)
+            self._finished += 1
+        if waiter is not None:
+            _resolve(*waiter, value=result)
+
+
+def _row(index: int, prompt: str | Sequence[Mapping[str, Any]], sampling: Mapping[str, Any]) -> Row:
+    """The request as a row, checked as a file's row would be (an error is its result)."""
+    obj: dict[str, Any] = {k: v for k, v in sampling.items() if k in _ROW_SAMPLING}
+    if isinstance(prompt, str):
+        obj["prompt"] = prompt
+    else:
+        obj["messages"] = list(prompt)
+    row = parse_row(obj, index=index, line=index + 1, fields=_FIELDS, where=f"request {index}")
+    extra = {k: v for k, v in sampling.items() if k not in _ROW_SAMPLING and v is not None}
+    if extra and isinstance(row, Request):
+        row = dataclasses.replace(row, sampling=dataclasses.replace(row.sampling, **extra))
+    return row
+
+
+def _resolve(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    *,
+    value: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    """Settle `future` from another thread, unless its caller gave up on it."""
+
+    def settle() -> None:
+        if future.done():  # cancelled by its caller
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    # A loop closed meanwhile has no one left to tell.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(settle)
+
+
+class _CountingChunks(LiveChunks):
+    """LiveChunks that count the requests handed to the engine (for queue_depth)."""
+
+    def __init__(self, arrivals: queue.Queue[Arrival], *, chunk_size: int, max_wait_s: float):
+        super().__init__(arrivals, chunk_size=chunk_size, max_wait_s=max_wait_s)
+        self.handed_over = 0
+
+    def clock(self) -> float:
+        return self._clock()
+
+    def poll(self, wait: bool) -> list[Row] | None:
+        rows = super().poll(wait)
+        if rows:
+            self.handed_over += len(rows)
+        return rows
+
+
+class _Supply:
+    def __init__(self, chunks: LiveChunks) -> None:
+        self._chunks = chunks
+
+    def chunks(self) -> LiveChunks:
+        return self._chunks
+
+    def estimated_total_rows(self) -> int | None:
+        return None
+
+
+class _NoSink:
+    """Results go to their callers through `on_result`; nothing is written."""
+
+    def write(self, results: Sequence[Result]) -> None:
+        pass
+
+    def flush(self, durable: bool = False) -> None:
+        pass
+
+
+class _FirstThen:
+    """The engine `start()` made, then new ones from `factory` for restarts."""
+
+    def __init__(self, first: Engine, factory: EngineFactory) -> None:
+        self._first: Engine | None = first
+        self._factory = factory
+
+    def __call__(self) -> Engine:
+        if self._first is not None:
+            engine, self._first = self._first, None
+            return engine
+        return self._factory()
+
+    def close_unused(self) -> None:
+        """Close the first engine if no request ever needed it (the pipeline starts
+        its engine on the first rows, and closes only engines it started)."""
+        if self._first is not None:
+            engine, self._first = self._first, None
+            engine.close()

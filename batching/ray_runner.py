@@ -1,0 +1,312 @@
+"""The same run on a Ray cluster: Ray Data reads, a pool of engine replicas runs.
+
+The pipeline is Ray Data's, not a scheduler of ours:
+
+    read (one Ray task, our reader)  ->  map_batches(EngineReplica, ActorPoolStrategy)
+        ->  iter_batches in the driver, in input order  ->  our writers
+
+Everything around the rows stays the single-process code (`job.run`): the output
+lock, the resume check, the errors file, the writers. So the output is the same
+file, row for row: one result per input row, in input order, same error records.
+
+Resources: each replica takes `gpus_per_replica` GPUs (its tensor-parallel size)
+and a fraction of a CPU. The fraction matters: an actor pool that reserved every
+CPU would leave none for the read task, and the run would wait forever for rows.
+
+Order: Ray Data is told to preserve order, and the driver checks that every index
+arrives once, in sequence, before it writes a row.
+
+>>> run_on_ray(config, FakeEngine, RayOptions(replicas=2))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from batching.config import STDIO, RunConfig
+from batching.engine import EngineFactory
+from batching.errors import BatchError, UsageError
+from batching.interrupts import protected
+from batching.job import run as run_job
+from batching.protocols import ProgressSink, ResultSink, RowSupply
+from batching.records import Result
+from batching.report import ReplicaThroughput, Report, ReportCollector
+from batching.retry import RetryPolicy
+
+__all__ = ["RAY_INSTALL_HINT", "RayOptions", "RayRowsRunner", "require_ray", "run_on_ray"]
+
+RAY_INSTALL_HINT = (
+    "--ray needs Ray Data, which is not installed; install it with pip install 'bizra-batch[ray]'"
+)
+LOCAL = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class RayOptions:
+    """Where and how wide to run.
+
+    `address`: "local" (or None) starts a Ray instance on this machine; "auto"
+    joins the cluster `ray start` made here; anything else is passed to `ray.init`
+    (`ray://head:10001`). `replicas`: engines in the pool; None is one per
+    `gpus_per_replica` GPUs in the cluster (1 without GPUs). `cpus_per_replica`:
+    None leaves one CPU (half of a 2-CPU cluster) for reading and splits the rest.
+    """
+
+    address: str | None = None
+    replicas: int | None = None
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float | None = None
+    # Extra keyword arguments for ray.init (tests pin num_cpus); local start only.
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def require_ray() -> None:
+    """Raise `UsageError` (exit 2) with the install hint unless Ray Data imports."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError(RAY_INSTALL_HINT) from None
+
+
+def run_on_ray(
+    config: RunConfig,
+    engine_factory: EngineFactory,
+    options: RayOptions,
+    *,
+    progress: ProgressSink | None = None,
+    retry: RetryPolicy | None = None,
+    report: ReportCollector | None = None,
+) -> Report:
+    """`job.run`, with the rows run by a pool of replicas on Ray.
+
+    >>> run_on_ray(RunConfig(InputConfig("in.jsonl"), OutputConfig("out.jsonl")),
+    ...            FakeEngine, RayOptions(replicas=2))  # doctest: +SKIP
+    """
+    require_ray()
+    if config.input.path == STDIO:
+        raise UsageError(
+            "--ray reads the input on the cluster, which cannot see this process's stdin; "
+            "pass the input file's path"
+        )
+    if options.replicas is not None and options.replicas < 1:
+        raise UsageError(f"--replicas {options.replicas}: must be at least 1")
+    return run_job(
+        config,
+        engine_factory,
+        progress=progress,
+        retry=retry,
+        report=report,
+        rows_runner=RayRowsRunner(options),
+    )
+
+
+class RayRowsRunner:
+    """A `job.RowsRunner` that runs the rows on a Ray Data actor pool."""
+
+    def __init__(self, options: RayOptions) -> None:
+        self.options = options
+
+    def __call__(
+        self,
+        supply: RowSupply,
+        sink: ResultSink,
+        engine_factory: EngineFactory,
+        config: RunConfig,
+        *,
+        progress: ProgressSink | None = None,
+        retry: RetryPolicy | None = None,
+        report: ReportCollector | None = None,
+        start_index: int = 0,
+    ) -> Report:
+        import ray
+
+        collector = report or ReportCollector()
+        collector.start()
+        if start_index:
+            _check_resumed_prefix(supply)
+        connect_started = time.perf_counter()
+        started_here = _connect(self.options)
+        replicas = _Replicas(connect_seconds=time.perf_counter() - connect_started)
+        try:
+            rows = self._dataset(engine_factory, config, retry, start_index)
+            _write_in_order(rows, sink, collector, replicas, progress, supply, start_index)
+        except ray.exceptions.RayError as exc:
+            cause = _batch_error(exc)
+            if cause is None:
+                raise
+            raise cause from None
+        finally:
+            replicas.report_to(collector)
+            if started_here:
+                ray.shutdown()
+        return collector.finish()
+
+    def _dataset(
+        self,
+        engine_factory: EngineFactory,
+        config: RunConfig,
+        retry: RetryPolicy | None,
+        start_index: int,
+    ) -> Any:
+        import ray.data
+
+        from batching.ray_replica import EngineReplica
+        from batching.ray_source import RowsDatasource
+
+        context = ray.data.DataContext.get_current()
+        # Ray Data may hand blocks on as they finish; the output must be in input order.
+        context.execution_options.preserve_order = True
+        # Our own progress bar is on stderr; Ray's would interleave with it.
+        context.enable_progress_bars = False
+        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        total_cpus = float(resources.get("CPU", 1.0))
+        total_gpus = float(resources.get("GPU", 0.0))
+        gpus = self.options.gpus_per_replica if total_gpus > 0 else 0.0
+        replicas = self.options.replicas or (max(1, int(total_gpus // gpus)) if gpus > 0 else 1)
+        reading_cpus = min(1.0, total_cpus / 2)
+        cpus = self.options.cpus_per_replica
+        if cpus is None:
+            cpus = min(1.0, (total_cpus - reading_cpus) / replicas)
+        source = RowsDatasource(
+            config.input, max_line_bytes=config.max_line_bytes, start=start_index
+        )
+        # One block per chunk as read; Ray Data would otherwise split them further.
+        dataset = ray.data.read_datasource(
+            source, num_cpus=_units(reading_cpus), override_num_blocks=1
+        )
+        return dataset.map_batches(
+            EngineReplica,
+            fn_constructor_args=(engine_factory, config, retry),
+            batch_size=config.input.chunk_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=replicas),
+            num_cpus=_units(cpus),
+            num_gpus=gpus,
+        )
+
+
+def _units(cpus: float) -> float:
+    # Ray accepts resource amounts in steps of 0.0001.
+    return max(0.0001, math.floor(cpus * 10_000) / 10_000)
+
+
+def _connect(options: RayOptions) -> bool:
+    """Join or start Ray; True when this call started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = None if options.address in (None, LOCAL) else options.address
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+    }
+    if address is None:
+        kwargs.update(options.init_kwargs)
+    # Ray Data logs each dataset's plan at INFO; the run's own report says enough.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # ...and warns that its progress bars are off: ours are on stderr instead.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise UsageError(
+            f"--ray {options.address}: cannot connect to a Ray cluster ({exc}); start one "
+            "with `ray start --head`, or pass --ray without an address to run locally"
+        ) from None
+    return True
+
+
+def _check_resumed_prefix(supply: RowSupply) -> None:
+    """Read the rows the output already holds, so `ResumedSupply` checks their ids."""
+    chunks = supply.chunks()
+    try:
+        next(chunks, None)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _write_in_order(
+    rows: Any,
+    sink: ResultSink,
+    collector: ReportCollector,
+    replicas: _Replicas,
+    progress: ProgressSink | None,
+    supply: RowSupply,
+    start_index: int,
+) -> None:
+    from batching.ray_replica import RESULT_COLUMN, STATS_COLUMN, BatchStats
+
+    expected = start_index
+    output_tokens = 0
+    for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for blob in batch.column(STATS_COLUMN).to_pylist():
+            if blob is not None:
+                stats: BatchStats = pickle.loads(blob)
+                collector.add_engine_work(stats.report)
+                replicas.add(stats.replica, stats.report)
+        results: list[Result] = [
+            pickle.loads(blob) for blob in batch.column(RESULT_COLUMN).to_pylist()
+        ]
+        for result in results:
+            if result.index != expected:
+                # A lost or repeated row would break one-row-in, one-row-out: a bug
+                # in this runner or in Ray, never the user's input.
+                raise RuntimeError(f"expected the result of row {expected}, got {result.index}")
+            expected += 1
+        with protected():
+            sink.write(results)
+            for result in results:
+                collector.record_result(result)
+                output_tokens += result.completion_tokens or 0
+            sink.flush(durable=True)
+        if progress is not None:
+            progress.update(expected, output_tokens, supply.estimated_total_rows())
+
+
+class _Replicas:
+    """Per-replica throughput, keyed by the replica's host:pid."""
+
+    def __init__(self, connect_seconds: float) -> None:
+        self.connect_seconds = connect_seconds
+        self.figures: dict[str, ReplicaThroughput] = {}
+        self.startup: dict[str, float] = {}
+
+    def add(self, name: str, part: Report) -> None:
+        seen = self.figures.get(name, ReplicaThroughput(name))
+        self.figures[name] = ReplicaThroughput(
+            name,
+            rows=seen.rows + part.rows,
+            output_tokens=seen.output_tokens + part.output_tokens,
+            busy_seconds=seen.busy_seconds + part.processing_seconds,
+        )
+        self.startup[name] = self.startup.get(name, 0.0) + (part.engine_startup_seconds or 0.0)
+
+    def report_to(self, collector: ReportCollector) -> None:
+        # Replicas start side by side: the run waited for the slowest, not the sum.
+        collector.engine_started(self.connect_seconds + max(self.startup.values(), default=0.0))
+        collector.record_replicas(tuple(self.figures.values()))
+
+
+def _batch_error(exc: BaseException) -> BatchError | None:
+    """The error of ours a Ray error carries, if any (a failed engine, a bad input)."""
+    # The deepest one: Ray's wrappers may also pass as instances of the cause's
+    # class, with a traceback in their message.
+    found: BatchError | None = None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BatchError):
+            found = current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    return found

@@ -1,0 +1,189 @@
+"""The asyncio API: concurrent submitters share batches, and each gets its own answer.
+
+Every await is bounded by `asyncio.wait_for`, so a request that is never answered
+fails the test instead of hanging it; no test sleeps to wait for a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+from batching.aio import BatchQueue, QueueClosedError, RequestError
+from batching.engine import EngineOutput, EngineRequest, PermanentRequestError
+from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, ERROR_PROMPT_TOO_LONG, Sampling
+from batching.retry import RetryPolicy
+from batching.testing import FakeEngine, FakeEngineFactory, expected_output
+
+if TYPE_CHECKING:
+    from batching.vllm_engine import VllmEngine
+
+T = TypeVar("T")
+DEADLINE_S = 60.0
+NO_SLEEP = RetryPolicy(max_retries=1, sleep=lambda _: None)
+
+
+def bounded(awaitable: Awaitable[T]) -> Awaitable[T]:
+    return asyncio.wait_for(awaitable, DEADLINE_S)
+
+
+def test_concurrent_submitters_share_batches_and_each_gets_its_own_output() -> None:
+    engine = FakeEngine(max_num_seqs=16)
+
+    async def main() -> tuple[list[str | None], dict[str, Any]]:
+        async with BatchQueue(lambda: engine, max_batch_size=32, max_wait_ms=20) as batcher:
+
+            async def one(i: int) -> str | None:
+                result = await batcher.submit(f"prompt number {i}", max_tokens=8)
+                assert result.ok and result.completion_tokens == 8
+                return result.output
+
+            outputs = await bounded(asyncio.gather(*(one(i) for i in range(100))))
+            return outputs, batcher.health()
+
+    outputs, health = asyncio.run(main())
+    assert outputs == [expected_output(f"prompt number {i}", 8) for i in range(100)]
+    assert health["total_requests"] == 100
+    assert health["queue_depth"] == 0 and health["in_flight"] == 0
+    # 100 requests submitted at once went to the engine together, not one by one.
+    assert health["total_batches"] == len(engine.steps) < 100
+    assert health["avg_batch_size"] > 1
+    assert health["avg_batch_duration_ms"] is not None
+    assert engine.closed
+
+
+def test_a_lone_request_is_answered_without_waiting_for_a_full_batch() -> None:
+    async def main() -> str | None:
+        async with BatchQueue(FakeEngine, max_batch_size=1000, max_wait_ms=5) as batcher:
+            return (await bounded(batcher.submit("alone"))).output
+
+    assert asyncio.run(main()) == "enola"
+
+
+def test_a_failing_request_raises_for_its_caller_alone() -> None:
+    factory = FakeEngineFactory([FakeEngine(poison=frozenset({"POISON"}))])
+
+    async def main() -> list[Any]:
+        async with BatchQueue(factory, max_batch_size=64, retry=NO_SLEEP) as batcher:
+            calls = [
+                batcher.submit("fine one"),
+                batcher.submit("POISON pill"),  # crashes any batch it runs in
+                batcher.submit(""),  # invalid: empty prompt
+                batcher.submit("bad temperature", temperature=-1),
+                batcher.submit([{"role": "user", "content": "a chat"}], max_tokens=3),
+                batcher.submit("fine two", max_tokens=2),
+            ]
+            return await bounded(asyncio.gather(*calls, return_exceptions=True))
+
+    fine, poison, empty, bad_temperature, chat, short = asyncio.run(main())
+    assert fine.output == "eno enif"
+    assert chat.output == expected_output("user: a chat", 3)
+    assert short.output == "ow"
+    assert isinstance(poison, RequestError) and poison.error_type == ERROR_ENGINE
+    assert isinstance(empty, RequestError) and empty.error_type == ERROR_INVALID_INPUT
+    assert isinstance(bad_temperature, RequestError)
+    assert "temperature" in str(bad_temperature)
+
+
+def test_unknown_sampling_settings_are_a_programming_error() -> None:
+    async def main() -> None:
+        async with BatchQueue(FakeEngine) as batcher:
+            await batcher.submit("x", max_token=3)
+
+    with pytest.raises(TypeError, match="max_token"):
+        asyncio.run(main())
+
+
+def test_an_engine_that_cannot_start_fails_at_start_up() -> None:
+    def broken() -> FakeEngine:
+        raise OSError("no such model: ./missing")
+
+    async def main() -> None:
+        async with BatchQueue(broken):
+            pass
+
+    with pytest.raises(OSError, match="missing"):
+        asyncio.run(main())
+
+
+def test_an_engine_that_dies_for_good_fails_waiting_and_later_requests() -> None:
+    factory = FakeEngineFactory([FakeEngine(die_at_step=1)])
+
+    async def main() -> tuple[BaseException | None, BaseException | None]:
+        async with BatchQueue(factory, max_engine_restarts=1, retry=NO_SLEEP) as batcher:
+            first = await bounded(asyncio.gather(batcher.submit("doomed"), return_exceptions=True))
+            later: BaseException | None = None
+            try:
+                await batcher.submit("after")
+            except QueueClosedError as exc:
+                later = exc
+            assert not batcher.health()["running"]
+            return first[0], later
+
+    first, later = asyncio.run(main())
+    assert isinstance(first, QueueClosedError) and "died" in str(first)
+    assert isinstance(later, QueueClosedError)
+
+
+# -- the tiny model --------------------------------------------------------------
+
+
+class _Shared:
+    """The session's engine, which the queue must not close when it stops."""
+
+    def __init__(self, engine: VllmEngine) -> None:
+        self._engine = engine
+        self.max_model_len = engine.max_model_len
+        self.max_num_seqs = engine.max_num_seqs
+
+    def encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        return self._engine.encode(prompts)
+
+    def add(self, request: EngineRequest) -> None:
+        self._engine.add(request)
+
+    def step(self) -> list[EngineOutput]:
+        return self._engine.step()
+
+    def abort(self, keys: Iterable[int]) -> None:
+        self._engine.abort(keys)
+
+    def has_unfinished(self) -> bool:
+        return self._engine.has_unfinished()
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.vllm
+def test_concurrent_submitters_on_the_tiny_model(vllm_engine: VllmEngine) -> None:
+    prompts = [f"The number {i} is" for i in range(12)]
+    too_long = "word " * (vllm_engine.max_model_len + 10)
+
+    async def main() -> tuple[list[Any], dict[str, Any]]:
+        greedy = Sampling(max_tokens=6, temperature=0.0)
+        async with BatchQueue(
+            lambda: _Shared(vllm_engine), max_batch_size=8, max_wait_ms=20, sampling=greedy
+        ) as batcher:
+            calls = [batcher.submit(p) for p in prompts]
+            calls.append(batcher.submit(too_long))
+            calls.append(batcher.submit(prompts[3]))  # the same prompt again
+            results = await bounded(asyncio.gather(*calls, return_exceptions=True))
+            return results, batcher.health()
+
+    results, health = asyncio.run(main())
+    *answers, long_error, again = results
+    for answer in answers:
+        assert answer.ok and answer.completion_tokens and answer.output is not None
+    assert isinstance(long_error, RequestError)
+    assert long_error.error_type == ERROR_PROMPT_TOO_LONG
+    # Greedy decoding: batched with others or not, a prompt gets the same output.
+    assert again.output == answers[3].output
+    assert health["total_requests"] == 14
+    assert health["avg_batch_size"] > 1
+    assert not vllm_engine.has_unfinished()

@@ -1,0 +1,159 @@
+"""`--config FILE` and BIZRA_BATCH_* env vars: flags > env > config file > defaults."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import orjson
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cli.app import app
+
+runner = CliRunner()
+
+# The fake engine reverses the prompt and cuts it to max_tokens characters, so the
+# output shows which max_tokens won.
+PROMPT = "abcdefghij"
+
+
+def outputs(stdout: str) -> list[str]:
+    return [orjson.loads(line)["output"] for line in stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(orjson.dumps({"prompt": PROMPT}) + b"\n")
+    return path
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bizra.toml"
+    path.write_text(text)
+    return path
+
+
+def run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["run", *args, "-q"], env=env)
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "file", "expected"),
+    [
+        (None, None, None, PROMPT[::-1]),  # default 256: the whole reversed prompt
+        (None, None, "2", "ji"),
+        (None, "3", "2", "jih"),
+        ("4", "3", "2", "jihg"),
+        ("4", None, "2", "jihg"),
+        ("4", "3", None, "jihg"),
+    ],
+)
+def test_precedence_is_flag_then_env_then_file_then_default(
+    tmp_path: Path,
+    prompts: Path,
+    flag: str | None,
+    env: str | None,
+    file: str | None,
+    expected: str,
+) -> None:
+    config = write_config(
+        tmp_path, 'engine = "fake"\nmodel = "m"\n' + (f"max-tokens = {file}\n" if file else "")
+    )
+    args = [str(prompts), "--config", str(config)]
+    if flag:
+        args += ["--max-tokens", flag]
+    result = run(*args, env={"BIZRA_BATCH_MAX_TOKENS": env} if env else None)
+    assert result.exit_code == 0, result.output
+    assert outputs(result.stdout) == [expected]
+
+
+def test_every_option_can_come_from_the_environment(prompts: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    env = {
+        "BIZRA_BATCH_ENGINE": "fake",
+        "BIZRA_BATCH_MODEL": "m",  # the long-standing explicit env var still works
+        "BIZRA_BATCH_MAX_TOKENS": "1",
+        "BIZRA_BATCH_REPORT": str(report),
+    }
+    result = run(str(prompts), env=env)
+    assert result.exit_code == 0, result.output
+    assert outputs(result.stdout) == ["j"]
+    assert orjson.loads(report.read_bytes())["rows_ok"] == 1
+
+
+def test_the_config_file_can_come_from_the_environment(tmp_path: Path, prompts: Path) -> None:
+    config = write_config(tmp_path, 'engine = "fake"\nmodel = "m"\nmax_tokens = 2\n')
+    result = run(str(prompts), env={"BIZRA_BATCH_CONFIG": str(config)})
+    assert result.exit_code == 0, result.output
+    assert outputs(result.stdout) == ["ji"]
+
+
+def test_a_command_table_wins_over_the_top_level(tmp_path: Path, prompts: Path) -> None:
+    config = write_config(
+        tmp_path,
+        'model = "m"\nmax-tokens = 2\n[run]\nengine = "fake"\nmax-tokens = 5\n'
+        "[validate]\njson = true\n",
+    )
+    result = run(str(prompts), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert outputs(result.stdout) == ["jihgf"]
+
+
+def test_validate_reads_its_own_table_and_skips_options_of_run(
+    tmp_path: Path, prompts: Path
+) -> None:
+    # engine is an option of run only: shared at the top level, validate skips it.
+    config = write_config(tmp_path, 'engine = "fake"\n[validate]\njson = true\n')
+    result = runner.invoke(app, ["validate", str(prompts), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout)["valid"] == 1
+
+
+def test_list_and_table_values(tmp_path: Path, prompts: Path) -> None:
+    config = write_config(
+        tmp_path,
+        'engine = "fake"\nmodel = "m"\nstop = ["x", "y"]\nengine-arg = { swap_space = 4 }\n',
+    )
+    result = run(str(prompts), "--config", str(config))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus = 1\n", "unknown key 'bogus'"),
+        ("[run]\njson = true\n", "unknown key 'run.json'"),
+        ("[validate]\nmaxtokens = 1\n", "unknown key 'validate.maxtokens'"),
+        ("max-tokens = \n", "not valid TOML"),
+    ],
+)
+def test_a_bad_config_file_is_a_usage_error_naming_file_and_key(
+    tmp_path: Path, prompts: Path, text: str, message: str
+) -> None:
+    config = write_config(tmp_path, text)
+    result = run(str(prompts), "--engine", "fake", "-m", "m", "--config", str(config))
+    assert result.exit_code == 2
+    assert str(config) in result.output
+    assert message in result.output
+
+
+def test_a_missing_config_file_is_a_usage_error(tmp_path: Path, prompts: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    result = run(str(prompts), "--engine", "fake", "-m", "m", "--config", str(missing))
+    assert result.exit_code == 2
+    assert f"{missing}: no such file" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_help_shows_each_options_env_var(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    shown = set(re.findall(r"BIZRA_BATCH_[A-Z_]+", result.output))
+    params = typer.main.get_command(app).commands[command].params  # type: ignore[attr-defined]
+    options = {p.name for p in params if p.param_type_name == "option" and p.name != "help"}
+    assert {"max_tokens", "config_file"} <= options
+    expected = {f"BIZRA_BATCH_{name.upper()}" for name in options - {"config_file"}}
+    assert expected | {"BIZRA_BATCH_CONFIG"} <= shown
