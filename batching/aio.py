@@ -82,7 +82,7 @@ class BatchQueue:
         max_wait_ms: float = 50.0,
         max_in_flight: int = 512,
         sampling: Sampling | None = None,
-        order: Order = "ascending",
+        order: Order = "auto",
         max_retries: int = 3,
         max_engine_restarts: int = 3,
         retry: RetryPolicy | None = None,

@@ -103,7 +103,7 @@ class RunConfig:
     input: InputConfig
     output: OutputConfig = field(default_factory=OutputConfig)
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=256))
-    order: Order = "ascending"
+    order: Order = "auto"
     max_retries: int = 3
     max_engine_restarts: int = 3
     report_path: str | None = None

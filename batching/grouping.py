@@ -1,37 +1,153 @@
-"""Submission order within a window of requests, and what it saves; pure functions.
+"""Submission order within a chunk of requests, and what it saves; pure functions.
 
-vLLM packs tokens without padding, so order matters for a different reason than on
-a padding engine: requests of similar length finish together, keeping the running
-batch full, and the measured effect is in the README. The padding figure in the
-report says what the same grouping would save an engine that does pad.
+Two things decide how fast vLLM gets through a chunk, and the order can help both:
+
+- **Length.** vLLM packs tokens without padding, but requests of similar length
+  finish together, keeping the running batch full; on the CPU backend a step also
+  costs more when its sequences differ in length (measured in the README).
+- **Shared prefixes.** vLLM's prefix cache is LRU. In input order, rows that share a
+  system prompt or few-shot preamble are spread out, and once the distinct preambles
+  outgrow the KV cache each is evicted before its next row comes round, so it is
+  prefilled again. Submitting the rows that share a prefix one after another
+  prefills it once per chunk.
+
+`prefix` groups rows whose first `PREFIX_TOKENS` tokens are equal (groups in order of
+first appearance, shortest row first within a group); `length` sorts the chunk by
+length; `auto` looks at the chunk and picks `prefix` when enough of its rows repeat
+a leading-token key (`PREFIX_SHARE`), else `length`. Results go back to input order
+in the reorder buffer whatever the order.
+
+The padding figure in the report says what the same order would save an engine
+that does pad.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Literal
 
-__all__ = ["Order", "padding_tokens", "submission_order"]
+__all__ = [
+    "PREFIX_SHARE",
+    "PREFIX_TOKENS",
+    "ChunkOrder",
+    "Order",
+    "choose_order",
+    "padding_tokens",
+    "plan_order",
+    "prefix_groups",
+    "submission_order",
+]
 
-Order = Literal["input", "ascending", "descending"]
+Order = Literal["auto", "input", "length", "prefix", "ascending", "descending"]
+"""`ascending` is `length` under its older name; `descending` is longest first."""
+
+ChunkOrder = Literal["input", "length", "prefix", "descending"]
+"""What a chunk is actually ordered by, once `auto` has chosen."""
+
+# Rows are grouped by their first 64 tokens. Shorter keys would group rows that share
+# only a chat template's header (~20 tokens, less than one KV block: nothing to
+# reuse); longer ones would split preambles a user varies near their end. 64 is four
+# 16-token KV blocks, half the CPU backend's 128-token block.
+PREFIX_TOKENS = 64
+
+# `auto` groups by prefix when at least this share of a chunk's rows have a key
+# another row of the chunk has too. Below it grouping gains little and costs the
+# length order its benefit for the rest of the chunk.
+PREFIX_SHARE = 0.25
 
 
-def submission_order(lengths: Sequence[int], order: Order) -> list[int]:
-    """Positions of `lengths` in the order they should go to the engine.
+def prefix_groups(
+    prompts: Sequence[Sequence[int]], prefix_tokens: int = PREFIX_TOKENS
+) -> list[list[int]]:
+    """Positions of `prompts` grouped by their first `prefix_tokens` tokens.
 
-    The sort is stable, so rows of equal length keep their input order.
+    Groups come in order of first appearance; positions within one in input order.
 
-    >>> submission_order([5, 1, 3], "ascending")
-    [1, 2, 0]
+    >>> prefix_groups([[1, 2, 9], [5], [1, 2, 7]], prefix_tokens=2)
+    [[0, 2], [1]]
     """
-    positions = list(range(len(lengths)))
-    if order == "input":
-        return positions
+    groups: dict[Hashable, list[int]] = {}
+    for position, token_ids in enumerate(prompts):
+        key: Hashable = tuple(token_ids[:prefix_tokens])
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [position]
+        else:
+            group.append(position)
+    return list(groups.values())
+
+
+def _groups_shared_enough(groups: list[list[int]], rows: int) -> bool:
+    shared = sum(len(g) for g in groups if len(g) > 1)
+    return rows > 0 and shared >= PREFIX_SHARE * rows
+
+
+def _fixed(order: Order) -> ChunkOrder | None:
+    """The concrete order `order` names; None for `auto`."""
     if order == "ascending":
-        return sorted(positions, key=lengths.__getitem__)
-    if order == "descending":
-        return sorted(positions, key=lambda i: -lengths[i])
+        return "length"
+    if order in ("input", "length", "prefix", "descending"):
+        return order
+    if order == "auto":
+        return None
     raise ValueError(f"unknown order {order!r}")
+
+
+def choose_order(
+    prompts: Sequence[Sequence[int]], order: Order, prefix_tokens: int = PREFIX_TOKENS
+) -> ChunkOrder:
+    """The order a chunk is submitted in: `order` itself, or `auto`'s choice.
+
+    >>> choose_order([[1, 2, 3], [1, 2, 4], [9]], "auto", prefix_tokens=2)
+    'prefix'
+    >>> choose_order([[1, 2, 3], [7, 2, 4], [9]], "auto", prefix_tokens=2)
+    'length'
+    """
+    return plan_order(prompts, order, prefix_tokens)[0]
+
+
+def submission_order(
+    prompts: Sequence[Sequence[int]], order: Order, prefix_tokens: int = PREFIX_TOKENS
+) -> list[int]:
+    """Positions of `prompts` (token ids) in the order they should go to the engine.
+
+    Every sort is stable, so rows that tie keep their input order.
+
+    >>> submission_order([[1] * 5, [2], [3] * 3], "length")
+    [1, 2, 0]
+    >>> submission_order([[1, 1, 1], [2], [1, 1]], "prefix", prefix_tokens=1)
+    [2, 0, 1]
+    """
+    return plan_order(prompts, order, prefix_tokens)[1]
+
+
+def plan_order(
+    prompts: Sequence[Sequence[int]], order: Order, prefix_tokens: int = PREFIX_TOKENS
+) -> tuple[ChunkOrder, list[int]]:
+    """`choose_order` and `submission_order` in one pass (the prefix keys once).
+
+    >>> plan_order([[1, 2], [1, 3], [9]], "auto", prefix_tokens=1)
+    ('prefix', [0, 1, 2])
+    """
+    chosen = _fixed(order)
+    groups: list[list[int]] | None = None
+    if chosen is None:
+        groups = prefix_groups(prompts, prefix_tokens)
+        chosen = "prefix" if _groups_shared_enough(groups, len(prompts)) else "length"
+    positions = range(len(prompts))
+    if chosen == "input":
+        return chosen, list(positions)
+    if chosen == "length":
+        return chosen, sorted(positions, key=lambda i: len(prompts[i]))
+    if chosen == "descending":
+        return chosen, sorted(positions, key=lambda i: -len(prompts[i]))
+    if groups is None:
+        groups = prefix_groups(prompts, prefix_tokens)
+    return chosen, [
+        position
+        for group in groups
+        for position in (sorted(group, key=lambda i: len(prompts[i])) if len(group) > 1 else group)
+    ]
 
 
 def padding_tokens(lengths: Sequence[int], batch_size: int) -> int:

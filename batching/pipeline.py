@@ -23,7 +23,7 @@ from batching.engine import (
     PermanentRequestError,
 )
 from batching.errors import BatchError
-from batching.grouping import padding_tokens, submission_order
+from batching.grouping import padding_tokens, plan_order
 from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
 from batching.prefetch import LiveChunks
@@ -220,8 +220,10 @@ class _Runner:
                 self._finish(Result.failed(request, error))
             else:
                 prepared.append(_Pending(request, encoded))
-        lengths = [len(p.token_ids) for p in prepared]
-        order = submission_order(lengths, self.config.order)
+        token_ids = [p.token_ids for p in prepared]
+        lengths = [len(t) for t in token_ids]
+        chosen, order = plan_order(token_ids, self.config.order)
+        self.report.record_chunk_order(chosen)
         self.report.add_padding_avoided(
             # Against input-order static batches of the engine's own batch size.
             padding_tokens(lengths, self.engine.max_num_seqs)

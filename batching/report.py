@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from batching.gpu_monitor import GpuSampler, GpuUsage, open_gpu_sampler
 from batching.records import Result
 
 __all__ = [
@@ -174,8 +175,16 @@ class Report:
     - retries, engine_restarts, oom_backoffs; oom_window: the engine's window after
       the last OOM back-off (None when there was none).
     - errors_by_type: failed rows per `error.type`, most frequent first.
-    - engine_wait_seconds: time the engine sat idle waiting on reading/tokenizing;
-      engine_wait_share: that over wall_seconds.
+    - engine_wait_seconds: time the engine sat idle, with requests in it, while we
+      read and tokenized the next chunk; engine_wait_share: that over wall_seconds:
+      the share of wall time the engine waited on our code.
+    - between_steps_share: 1 - (time inside engine steps / processing_seconds): an
+      upper bound of the same, which also counts submitting requests to the engine
+      (vLLM's own request processing), reordering and writing between steps.
+    - chunks_by_order: chunks per submission order used (`auto` shows its choices).
+    - gpu_devices, gpu_samples, gpu_utilization_avg_pct, gpu_utilization_max_pct,
+      gpu_memory_peak_mib, gpu_memory_total_mib: sampled while the engine ran (see
+      `batching.gpu_monitor`); absent from `to_dict()` where there is no GPU.
     - replicas: each engine replica's throughput (`ReplicaThroughput`); only in a
       run on Ray, and only then a key of `to_dict()`.
 
@@ -203,6 +212,8 @@ class Report:
     oom_window: int | None = None
     errors_by_type: Mapping[str, int] = field(default_factory=dict)
     engine_wait_seconds: float = 0.0
+    chunks_by_order: Mapping[str, int] = field(default_factory=dict)
+    gpu: GpuUsage | None = None
     replicas: tuple[ReplicaThroughput, ...] = ()
 
     @property
@@ -234,9 +245,16 @@ class Report:
     def engine_wait_share(self) -> float | None:
         return _ratio(self.engine_wait_seconds, self.wall_seconds)
 
+    @property
+    def between_steps_share(self) -> float | None:
+        if not self.batches:
+            return None
+        inside = _ratio(self.batch_seconds, self.processing_seconds)
+        return None if inside is None else max(0.0, 1.0 - inside)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; floats rounded to what is meaningful (µs, 0.001/s)."""
-        out: dict[str, Any] = {
+        data: dict[str, Any] = {
             "rows": self.rows,
             "rows_ok": self.rows_ok,
             "rows_failed": self.rows_failed,
@@ -261,10 +279,22 @@ class Report:
             "errors_by_type": dict(self.errors_by_type),
             "engine_wait_seconds": round(self.engine_wait_seconds, 6),
             "engine_wait_share": _rounded(self.engine_wait_share, 4),
+            "between_steps_share": _rounded(self.between_steps_share, 4),
+            "chunks_by_order": dict(self.chunks_by_order),
         }
+        if self.gpu is not None:
+            # Only where a GPU was sampled: on CPU the keys are absent, not 0.
+            data.update(
+                gpu_devices=self.gpu.devices,
+                gpu_samples=self.gpu.samples,
+                gpu_utilization_avg_pct=round(self.gpu.utilization_avg_pct, 1),
+                gpu_utilization_max_pct=round(self.gpu.utilization_max_pct, 1),
+                gpu_memory_peak_mib=round(self.gpu.memory_peak_mib, 1),
+                gpu_memory_total_mib=round(self.gpu.memory_total_mib, 1),
+            )
         if self.replicas:
-            out["replicas"] = [replica.to_dict() for replica in self.replicas]
-        return out
+            data["replicas"] = [replica.to_dict() for replica in self.replicas]
+        return data
 
 
 class ReportCollector:
@@ -279,8 +309,16 @@ class ReportCollector:
     2.0
     """
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.perf_counter,
+        gpu_sampler: Callable[[], GpuSampler | None] = open_gpu_sampler,
+    ) -> None:
         self._clock = clock
+        self._open_gpu_sampler: Callable[[], GpuSampler | None] | None = gpu_sampler
+        self._gpu_sampler: GpuSampler | None = None
+        self._gpu: GpuUsage | None = None
+        self._chunk_orders: dict[str, int] = {}
         self._started_at: float | None = None
         self._startup_s: float | None = None
         self._rows = 0
@@ -306,8 +344,21 @@ class ReportCollector:
         self._started_at = self._clock()
 
     def engine_started(self, seconds: float) -> None:
-        """The engine took `seconds` to start; restarts add to the same figure."""
+        """The engine took `seconds` to start; restarts add to the same figure.
+
+        The first start also starts GPU sampling (where there is a GPU), so the
+        figures cover the engine running, not loading.
+        """
         self._startup_s = (self._startup_s or 0.0) + seconds
+        if self._open_gpu_sampler is not None:
+            self._gpu_sampler = self._open_gpu_sampler()
+            self._open_gpu_sampler = None
+            if self._gpu_sampler is not None:
+                self._gpu_sampler.start()
+
+    def record_chunk_order(self, order: str) -> None:
+        """A chunk went to the engine in `order` (what `auto` chose, or the fixed one)."""
+        self._chunk_orders[order] = self._chunk_orders.get(order, 0) + 1
 
     def record_step(self, batch_size: int, duration_s: float) -> None:
         """One engine step ran `batch_size` requests and took `duration_s`."""
@@ -369,9 +420,15 @@ class ReportCollector:
         self._replicas = replicas
 
     def finish(self) -> Report:
-        """The report as of now; may be called more than once."""
+        """The report as of now; may be called more than once.
+
+        The first call ends GPU sampling: the run is over when its report is asked for.
+        """
         if self._started_at is None:
             raise RuntimeError("ReportCollector.finish() called before start()")
+        if self._gpu_sampler is not None:
+            self._gpu = self._gpu_sampler.stop()
+            self._gpu_sampler = None
         p50 = self._latency.quantile(0.50)
         p95 = self._latency.quantile(0.95)
         return Report(
@@ -394,6 +451,8 @@ class ReportCollector:
             oom_window=self._oom_window,
             errors_by_type=dict(sorted(self._errors.items(), key=lambda kv: (-kv[1], kv[0]))),
             engine_wait_seconds=self._engine_wait_s,
+            chunks_by_order=dict(self._chunk_orders),
+            gpu=self._gpu,
             replicas=self._replicas,
         )
 
@@ -459,10 +518,25 @@ def render_report(report: Report, console: Console) -> None:
         )
     table.add_row("latency", f"p50 {_ms(report.latency_p50_ms)} · p95 {_ms(report.latency_p95_ms)}")
     table.add_row("padding avoided", f"{report.padding_tokens_avoided:,} tokens")
-    if report.engine_wait_seconds > 0 and report.engine_wait_share is not None:
+    if report.engine_wait_share is not None and report.batches:
+        waited = (
+            f"{report.engine_wait_share:.1%} of wall time "
+            f"({format_duration(report.engine_wait_seconds)}) reading and tokenizing"
+        )
+        if report.between_steps_share is not None:
+            waited += f"; {report.between_steps_share:.1%} of processing time outside engine steps"
+        table.add_row("engine waited on us", waited)
+    if report.chunks_by_order:
+        orders = ", ".join(f"{order} {n:,}" for order, n in report.chunks_by_order.items())
+        table.add_row("chunk order", orders)
+    if report.gpu is not None:
+        gpu = report.gpu
         table.add_row(
-            "engine idle",
-            f"{format_duration(report.engine_wait_seconds)} ({report.engine_wait_share:.0%})",
+            "GPU",
+            f"utilisation avg {gpu.utilization_avg_pct:.0f}% (max {gpu.utilization_max_pct:.0f}%)"
+            f" · memory peak {gpu.memory_peak_mib / 1024:.1f} of "
+            f"{gpu.memory_total_mib / 1024:.1f} GiB ({gpu.devices} device"
+            f"{'s' if gpu.devices != 1 else ''})",
         )
     for label, count in (
         ("retries", report.retries),

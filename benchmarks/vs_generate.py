@@ -10,9 +10,10 @@ folder, then runs, as whole processes and alternating (bizra, raw, bizra, raw, .
 
 Each is timed from process start to exit (imports, engine start-up and writing
 included) with its CPU seconds and peak RSS from `wait4`. It prints the tables, the
-bizra/raw throughput ratio (target >= 0.95), and how many rows' greedy outputs differ.
+bizra/raw throughput ratio (target >= 0.98), and how many rows' greedy outputs differ.
 
-bizra submits each chunk shortest prompt first (`--order ascending`), and on vLLM's
+bizra submits each chunk shortest prompt first (`--order auto` picks length order
+for these prompts, which share no prefix), and on vLLM's
 CPU backend a step costs more when its sequences differ in length, so by default
 the ratio includes that gain; `--order input` submits in file order, as
 `LLM.generate` does, and leaves bizra's own overhead alone in the ratio.
@@ -47,7 +48,7 @@ from benchmarks.common import (
 
 __all__ = ["main", "raw_generate"]
 
-TARGET_RATIO = 0.95
+TARGET_RATIO = 0.98
 
 
 def raw_generate(input_path: Path, output_path: Path, model: str, max_tokens: int) -> None:
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="Work in this folder and keep its files.")
     parser.add_argument(
         "--order",
-        choices=["input", "ascending", "descending"],
-        help="Pass --order to bizra (default: bizra's own, ascending). `input` submits in "
+        choices=["auto", "input", "length", "prefix", "ascending", "descending"],
+        help="Pass --order to bizra (default: bizra's own, auto). `input` submits in "
         "file order as LLM.generate does, which isolates bizra's own overhead.",
     )
     parser.add_argument(

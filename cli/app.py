@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli import bench as bench_command
 from cli import run as run_command
 from cli import validate as validate_command
 from cli.config_file import CONTEXT_SETTINGS
@@ -73,6 +74,11 @@ app.command(
     no_args_is_help=True,
     context_settings=CONTEXT_SETTINGS,
 )(validate_command.validate)
+app.command(
+    "bench",
+    short_help="Measure batching on the real engine: serial, batch sizes, and run.",
+    context_settings=CONTEXT_SETTINGS,
+)(bench_command.bench)
 
 
 def main() -> None:

@@ -62,7 +62,11 @@ class OutputFormatChoice(str, Enum):
 
 
 class OrderChoice(str, Enum):
+    auto = "auto"
     input = "input"
+    length = "length"
+    prefix = "prefix"
+    # Kept from before `length` existed: ascending is its alias.
     ascending = "ascending"
     descending = "descending"
 
@@ -299,9 +303,12 @@ def run(
     order: Annotated[
         OrderChoice,
         typer.Option(
-            help="Submission order within a chunk (by prompt tokens).", rich_help_panel=RUNNING
+            help="Submission order within a chunk: auto (prefix when many rows share "
+            "their first 64 tokens, else length), input, length (shortest first; alias "
+            "ascending), prefix (rows sharing a prefix together), descending.",
+            rich_help_panel=RUNNING,
         ),
-    ] = OrderChoice.ascending,
+    ] = OrderChoice.auto,
     max_in_flight: Annotated[
         int,
         typer.Option(min=1, help="Requests inside the engine at once.", rich_help_panel=RUNNING),

@@ -96,7 +96,7 @@ def assert_complete_and_ordered(results: list[Result], rows: list[Row]) -> None:
 TEXTS = ["a", "bbbbbbbb", "cc", "dddddd", "e", "ffff", "ggggggggggg", "hh", "iii", "j"]
 
 
-@pytest.mark.parametrize("order", ["input", "ascending", "descending"])
+@pytest.mark.parametrize("order", ["auto", "input", "length", "prefix", "ascending", "descending"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 100])
 def test_every_row_comes_back_once_in_input_order_with_its_own_output(
     order: str, chunk_size: int
@@ -112,6 +112,25 @@ def test_ascending_order_submits_short_prompts_first_within_a_chunk() -> None:
     engine = FakeEngine()
     run(prompts(["ccc", "a", "bb", "dddd"]), lambda: engine, chunk_size=4)
     assert engine.added == [1, 2, 0, 3]
+
+
+def test_prefix_order_submits_rows_sharing_a_preamble_together_and_auto_picks_it() -> None:
+    # The fake engine's tokens are characters: a 64-character preamble is a prefix key.
+    a, b = "A" * 64, "B" * 64
+    texts = [a + "xx", b + "y", a + "z", "short", b + "yyy", a + "w"]
+    for order in ("prefix", "auto"):
+        engine = FakeEngine()
+        results, report = run(prompts(texts), lambda e=engine: e, chunk_size=6, order=order)
+        assert engine.added == [2, 5, 0, 1, 4, 3]
+        assert [r.output for r in results] == [t[::-1] for t in texts]  # input order
+        assert report.chunks_by_order == {"prefix": 1}
+
+
+def test_auto_sorts_by_length_when_rows_share_no_prefix() -> None:
+    engine = FakeEngine()
+    _, report = run(prompts(["ccc", "a", "bb", "dddd"]), lambda: engine, order="auto")
+    assert engine.added == [1, 2, 0, 3]
+    assert report.chunks_by_order == {"length": 1}
 
 
 def test_engine_is_topped_up_across_chunk_boundaries_without_draining() -> None:
@@ -262,7 +281,7 @@ def row_lists(draw: st.DrawFn) -> list[Row]:
     # At most max_retries transient faults: a row may meet all of them alone.
     flaky=st.frozensets(st.integers(1, 30), max_size=3),
     die_at=st.one_of(st.none(), st.integers(1, 20)),
-    order=st.sampled_from(["input", "ascending", "descending"]),
+    order=st.sampled_from(["auto", "input", "length", "prefix", "descending"]),
 )
 def test_any_input_and_fault_schedule_gives_one_ordered_row_per_input_row(
     rows: list[Row],

@@ -53,6 +53,8 @@ REQUIRED_KEYS = {
     "errors_by_type",
     "engine_wait_seconds",
     "engine_wait_share",
+    "between_steps_share",
+    "chunks_by_order",
 }
 
 
@@ -313,3 +315,34 @@ def test_render_leaves_out_zero_problems_and_shows_missing_figures() -> None:
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_engine_wait_is_shown_as_a_share_of_wall_time() -> None:
+    report = Report(
+        rows=10,
+        rows_ok=10,
+        wall_seconds=10.0,
+        engine_startup_seconds=2.0,
+        batches=4,
+        batch_requests=10,
+        batch_seconds=6.0,
+        engine_wait_seconds=0.1,
+        chunks_by_order={"prefix": 3, "length": 1},
+    )
+    assert report.engine_wait_share == pytest.approx(0.01)
+    assert report.between_steps_share == pytest.approx(0.25)  # 2 of 8 processing seconds
+    out = io.StringIO()
+    render_report(report, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "engine waited on us" in text
+    assert "1.0% of wall time" in text
+    assert "25.0% of processing time outside engine steps" in text
+    assert "prefix 3, length 1" in text
+
+
+def test_chunk_orders_are_counted() -> None:
+    c = ReportCollector(clock=FakeClock(), gpu_sampler=lambda: None)
+    c.start()
+    for order in ("prefix", "length", "prefix"):
+        c.record_chunk_order(order)
+    assert c.finish().to_dict()["chunks_by_order"] == {"prefix": 2, "length": 1}

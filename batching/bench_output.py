@@ -1,0 +1,111 @@
+"""What `bench` shows: a rich table, a JSON file, and (with matplotlib) a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from batching.bench import BenchResult, BenchRow
+from batching.errors import UsageError
+
+__all__ = ["check_plotting", "plot_bench", "render_bench", "write_bench_json"]
+
+PLOT_HINT = "--plot needs matplotlib: pip install 'bizra-batch[plot]'"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def render_bench(result: BenchResult, console: Console) -> None:
+    """The results table: one line per batch size, then the pipeline.
+
+    >>> render_bench(result, Console())  # doctest: +SKIP
+    """
+    table = Table(
+        title=(
+            f"bizra-batch bench: {result.prompts} prompts, "
+            f"{result.prompt_tokens_mean:.0f} prompt tokens on average, "
+            f"max_tokens {result.max_tokens}, engine max_num_seqs {result.max_num_seqs}"
+        ),
+        title_justify="left",
+    )
+    for header in (
+        "run",
+        "requests/s",
+        "output tok/s",
+        "p50 latency ms",
+        "p95 latency ms",
+        "speed-up",
+        "efficiency",
+    ):
+        table.add_column(header, justify="left" if header == "run" else "right")
+    for row in result.rows:
+        table.add_row(
+            row.label,
+            _num(row.requests_per_second, 2),
+            _num(row.output_tokens_per_second),
+            _num(row.latency_p50_ms),
+            _num(row.latency_p95_ms),
+            "-" if row.speedup is None else f"{row.speedup:.2f}x",
+            "-" if row.efficiency is None else f"{row.efficiency:.0%}",
+        )
+    console.print(table)
+
+
+def write_bench_json(result: BenchResult, path: str | os.PathLike[str]) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(result.to_dict(), out, indent=2)
+        out.write("\n")
+
+
+def check_plotting() -> None:
+    """Fail before the benchmark runs, not after, if --plot cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(PLOT_HINT) from None
+
+
+def plot_bench(result: BenchResult, path: str | os.PathLike[str]) -> None:
+    """Throughput and p50/p95 latency against batch size, the pipeline as a line.
+
+    >>> plot_bench(result, "bench.png")  # doctest: +SKIP
+    """
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    sweep: list[BenchRow] = [r for r in result.rows if r.batch_size is not None]
+    pipeline = [r for r in result.rows if r.batch_size is None]
+    sizes = [r.batch_size for r in sweep]
+    figure: Any
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    throughput.plot(
+        sizes, [r.output_tokens_per_second for r in sweep], "o-", label="static batches"
+    )
+    latency.plot(sizes, [r.latency_p50_ms for r in sweep], "o-", label="p50")
+    latency.plot(sizes, [r.latency_p95_ms for r in sweep], "s--", label="p95")
+    for row in pipeline:
+        throughput.axhline(row.output_tokens_per_second, color="C2", label=row.label)
+        if row.latency_p50_ms is not None:
+            latency.axhline(row.latency_p50_ms, color="C2", label=f"{row.label} p50")
+    for axis, ylabel in ((throughput, "output tokens/s"), (latency, "request latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("batch size")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    figure.suptitle(
+        f"{result.prompts} prompts, ~{result.prompt_tokens_mean:.0f} tokens, "
+        f"max_tokens {result.max_tokens}"
+    )
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=100)
+    plt.close(figure)
