@@ -248,3 +248,18 @@ def test_remote_parquet_has_the_local_files_row_groups(tmp_path: Path, memory_st
     remote = memory_store.cat("/bucket/out.parquet")
     assert remote == local.read_bytes()
     assert pq.ParquetFile(local).metadata.num_row_groups == 6  # 5 of 4 rows, then 3
+
+
+def test_a_remote_output_keeps_the_rows_finished_before_a_failure(memory_store: Any) -> None:
+    rows = [orjson.dumps({"id": i, "prompt": f"p{i}"}) for i in range(5000)]
+    whole = gzip.compress(b"\n".join(rows) + b"\n", mtime=0)
+    memory_store.pipe("/bucket/in.jsonl.gz", whole[: len(whole) * 3 // 4])  # cut short
+
+    result = invoke("memory://bucket/in.jsonl.gz", "-o", "memory://bucket/out.parquet",
+                    "--chunk-size", "100")  # fmt: skip
+
+    assert result.exit_code == 2
+    assert "memory://bucket/in.jsonl.gz: cannot read after line" in result.output
+    written = pq.read_table(pa.BufferReader(memory_store.cat("/bucket/out.parquet")))
+    assert 0 < written.num_rows < 5000
+    assert written.column("id").to_pylist() == list(range(written.num_rows))
