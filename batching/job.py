@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import BinaryIO, Protocol
 
 from batching.config import STDIO, OutputConfig, RunConfig
@@ -27,6 +28,7 @@ from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
+from batching.uri import check_remote_output, is_remote, local_path
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
 __all__ = ["RowsRunner", "run"]
@@ -72,11 +74,13 @@ def run(
     >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
     ...     FakeEngine)   # doctest: +SKIP
     """
+    config = _file_uris_as_paths(config)
     output = config.output
     with contextlib.ExitStack() as stack:
         # Everything that can fail on the user's files fails here, before the engine
         # starts: a wrong path should cost milliseconds, not a minute of model loading.
-        if _is_file(output.path):
+        _check_remote_outputs(config)
+        if _is_file(output.path) and not is_remote(output.path):
             stack.enter_context(OutputLock(str(output.path)))
         existing = scan_output(output) if output.resume else None
         if config.on_invalid == "abort":
@@ -125,6 +129,29 @@ def run(
 
 def _is_file(path: str | None) -> bool:
     return path is not None and path != STDIO
+
+
+def _file_uris_as_paths(config: RunConfig) -> RunConfig:
+    """`file://` outputs as the local paths they name: the lock, fsync, `--resume`
+    and Parquet's parts directory all work on the path."""
+    output, errors = config.output, config.errors_path
+    if output.path is not None:
+        output = replace(output, path=local_path(output.path))
+    if errors is not None:
+        errors = local_path(errors)
+    return replace(config, output=output, errors_path=errors)
+
+
+def _check_remote_outputs(config: RunConfig) -> None:
+    """Refuse a remote output (or errors file) that exists, or `--resume` of one,
+    before any output is opened: a refused errors file must not leave the output
+    written, since an object store has no way to take it back."""
+    output = config.output
+    if is_remote(output.path):
+        check_remote_output(str(output.path), overwrite=output.overwrite, resume=output.resume)
+    if is_remote(config.errors_path):
+        overwrite = output.overwrite or output.resume
+        check_remote_output(str(config.errors_path), overwrite=overwrite, resume=False)
 
 
 class _SourceSupply:

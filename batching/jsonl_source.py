@@ -19,6 +19,7 @@ from batching.openai_batch import CustomIdRegistry, is_openai_line, parse_openai
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import invalid_row, missing_kept, parse_row
+from batching.uri import suffix_name
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -97,7 +98,7 @@ class LiveLines:
 class _CountingReader(io.RawIOBase):
     """A file seen through a byte counter: how far into the file on disk we are."""
 
-    def __init__(self, raw: io.FileIO) -> None:
+    def __init__(self, raw: io.RawIOBase) -> None:
         self._raw = raw
         self.count = 0
 
@@ -126,7 +127,7 @@ def open_jsonl_file(cfg: InputConfig, max_line_bytes: int) -> JsonlSource:
         stream: _LineStream
         if buffered.peek(2)[:2] == _GZIP_MAGIC:
             stream = gzip.GzipFile(fileobj=buffered, mode="rb")
-        elif cfg.path.lower().endswith(".gz"):
+        elif suffix_name(cfg.path).lower().endswith(".gz"):
             raise InputError(f"{cfg.path}: named .gz but not gzip-compressed; rename it to .jsonl")
         else:
             stream = buffered

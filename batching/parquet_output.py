@@ -85,15 +85,34 @@ class _ParquetRows(ResultWriter):
 
 
 class ParquetStreamWriter(_ParquetRows):
-    """Parquet as one stream (stdout): a row group per flush, the footer at close."""
+    """Parquet as one stream: a row group per flush, the footer at close.
 
-    def __init__(self, sink: Sink, row_group_rows: int) -> None:
+    `whole_row_groups` (a remote file, whose object appears only at close anyway):
+    a flush writes no short row group, so the row groups are those of a local
+    output, `row_group_rows` each but the last.
+    """
+
+    def __init__(self, sink: Sink, row_group_rows: int, *, whole_row_groups: bool = False) -> None:
         super().__init__(sink.name, row_group_rows)
         self._sink = sink
         self._writer: Any = None
+        self._whole_row_groups = whole_row_groups
+
+    def write(self, results: Sequence[Result]) -> None:
+        if not self._whole_row_groups:
+            super().write(results)
+            return
+        self._pending.extend(results)
+        size = self._row_group_rows
+        while len(self._pending) >= size:
+            rest = self._pending[size:]
+            del self._pending[size:]
+            self._write_row_group()
+            self._pending = rest
 
     def flush(self, durable: bool = False) -> None:
-        self._write_row_group()
+        if not self._whole_row_groups:
+            self._write_row_group()
         self._sink.flush(durable=durable)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from batching.config import InputConfig
 from batching.errors import InputError
@@ -10,6 +11,7 @@ from batching.id_registry import IdRegistry
 from batching.records import SAMPLING_FIELDS, Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import parse_row
+from batching.uri import is_remote, local_path, open_remote_parquet
 
 __all__ = ["ParquetSource"]
 
@@ -21,12 +23,20 @@ class ParquetSource(RowSource):
         import pyarrow.parquet as pq
 
         path = cfg.path
-        raw = open_binary(path)  # for the same clear messages as JSONL
-        total_bytes = size_if_regular(raw)
-        raw.close()
+        source: Any
+        if is_remote(path):
+            source, total_bytes = open_remote_parquet(path)
+        else:
+            raw = open_binary(path)  # for the same clear messages as JSONL
+            total_bytes = size_if_regular(raw)
+            raw.close()
+            source = local_path(path)
+        # A file we opened is ours to close; ParquetFile closes only what it opened.
+        self._opened = None if isinstance(source, str) else source
         try:
-            self._file = pq.ParquetFile(path)
+            self._file = pq.ParquetFile(source)
         except (pa.ArrowException, OSError) as exc:
+            self.close_opened()
             raise InputError(
                 f"{path}: not a readable Parquet file ({exc}); if it is JSON Lines, pass "
                 "--input-format jsonl"
@@ -35,6 +45,7 @@ class ParquetSource(RowSource):
         names = set(self._file.schema_arrow.names)
         if cfg.prompt_field not in names and cfg.messages_field not in names:
             columns = ", ".join(sorted(names)) or "(none)"
+            self.close()
             raise InputError(
                 f"{path}: no {cfg.prompt_field!r} or {cfg.messages_field!r} column (columns: "
                 f"{columns}); set --prompt-field or --messages-field"
@@ -54,6 +65,11 @@ class ParquetSource(RowSource):
 
     def close(self) -> None:
         self._file.close()
+        self.close_opened()
+
+    def close_opened(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
 
     def _chunks(self) -> Iterator[list[Row]]:
         cfg = self._cfg

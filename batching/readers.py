@@ -25,6 +25,7 @@ from batching.errors import InputError, UsageError
 from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
 from batching.parquet_source import ParquetSource
 from batching.row_source import RowSource
+from batching.uri import suffix_name
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "STDIN_NAME", "RowSource", "input_format", "open_source"]
 
@@ -86,7 +87,7 @@ def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
         return override
     if path == STDIO:
         return "jsonl"
-    name = path.lower().removesuffix(".gz")
+    name = suffix_name(path).lower().removesuffix(".gz")
     if name.endswith(_JSONL_SUFFIXES):
         return "jsonl"
     if name.endswith(_PARQUET_SUFFIXES):

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from batching.gpu_monitor import GpuSampler, GpuUsage, open_gpu_sampler
 from batching.records import Result
+from batching.uri import is_remote, local_path, open_remote_output
 
 __all__ = [
     "LatencyHistogram",
@@ -563,10 +564,16 @@ def write_report(report: Report, path: str | os.PathLike[str]) -> None:
     >>> write_report(Report(rows=1, rows_ok=1), "report.json")  # doctest: +SKIP
     """
     target = os.fspath(path)
+    data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
+    if is_remote(target):
+        # An object store writes the object whole when the stream closes.
+        with open_remote_output(target, overwrite=True) as stream:
+            stream.write(data)
+        return
+    target = local_path(target)
     directory = os.path.dirname(target) or "."
     # Same directory so os.replace is a rename on one filesystem, hence atomic.
     tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")
-    data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
     # os.open with 0o666 (not tempfile's 0o600) so the report gets the usual umask mode.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

@@ -15,6 +15,7 @@ from types import TracebackType
 
 from batching.errors import InputError
 from batching.records import Row
+from batching.uri import RemoteInput, is_remote, local_path, open_remote_input
 
 __all__ = ["RowSource", "open_binary", "size_if_regular"]
 
@@ -65,10 +66,15 @@ class RowSource(ABC):
         self.close()
 
 
-def open_binary(path: str) -> io.FileIO:
-    """Open `path` unbuffered for reading; `InputError` with a next step if it cannot be."""
+def open_binary(path: str) -> io.RawIOBase:
+    """Open `path` unbuffered for reading; `InputError` with a next step if it cannot be.
+
+    `path` may be a URI (`file://`, `s3://`, ...); messages name it as given.
+    """
+    if is_remote(path):
+        return open_remote_input(path)
     try:
-        return io.FileIO(path, "r")
+        return io.FileIO(local_path(path), "r")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file; check the path (use - to read stdin)") from None
     except IsADirectoryError:
@@ -79,7 +85,9 @@ def open_binary(path: str) -> io.FileIO:
         raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
 
 
-def size_if_regular(raw: io.FileIO) -> int | None:
+def size_if_regular(raw: io.RawIOBase) -> int | None:
     """The size on disk of a regular file; None for a pipe or device, which has none."""
+    if isinstance(raw, RemoteInput):
+        return raw.size
     info = os.fstat(raw.fileno())
     return info.st_size if stat.S_ISREG(info.st_mode) else None

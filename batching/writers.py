@@ -41,6 +41,7 @@ from batching.parquet_output import ParquetPartsWriter, ParquetStreamWriter
 from batching.records import Result
 from batching.result_writer import ResultWriter
 from batching.sink import Sink
+from batching.uri import is_remote, local_path, open_remote_output
 
 # The public names of the output side live here, whichever module owns them.
 __all__ = [
@@ -80,11 +81,20 @@ def open_writer(
         return ParquetStreamWriter(sink, rows) if fmt == "parquet" else _JsonlWriter(sink, to_line)
     if cfg.overwrite and cfg.resume:
         raise OutputError(f"{cfg.path}: pass --resume or --overwrite, not both")
+    if is_remote(cfg.path):
+        # An object store takes one stream: Parquet goes out a whole row group at a
+        # time, so the file matches a local output's, footer at close.
+        stream = open_remote_output(cfg.path, overwrite=cfg.overwrite, resume=cfg.resume)
+        sink = Sink(stream, cfg.path, owned=True)
+        if fmt == "parquet":
+            return ParquetStreamWriter(sink, rows, whole_row_groups=True)
+        return _JsonlWriter(sink, to_line)
+    path = local_path(cfg.path)  # file:// is the local file
     if fmt == "parquet":
         return ParquetPartsWriter.open(
-            cfg.path, overwrite=cfg.overwrite, resume=cfg.resume, row_group_rows=rows
+            path, overwrite=cfg.overwrite, resume=cfg.resume, row_group_rows=rows
         )
-    sink = Sink.for_file(cfg.path, overwrite=cfg.overwrite, resume=cfg.resume)
+    sink = Sink.for_file(path, overwrite=cfg.overwrite, resume=cfg.resume)
     return _JsonlWriter(sink, to_line)
 
 

@@ -143,7 +143,10 @@ def _check_sampling(name: str, value: float | None, low: float, high: float) -> 
 
 def run(
     input_path: Annotated[
-        str, typer.Argument(metavar="INPUT", help="JSONL, JSONL.gz or Parquet file; - for stdin.")
+        str,
+        typer.Argument(
+            metavar="INPUT", help="JSONL, JSONL.gz or Parquet file or URI (s3://...); - for stdin."
+        ),
     ],
     model: Annotated[
         str,
@@ -160,7 +163,7 @@ def run(
         typer.Option(
             "--output",
             "-o",
-            help="Results file (.jsonl or .parquet); - or none writes JSONL to stdout.",
+            help="Results file or URI (.jsonl or .parquet); - or none writes JSONL to stdout.",
             rich_help_panel=OUTPUT,
         ),
     ] = None,

@@ -135,6 +135,28 @@ def test_ray_output_equals_the_single_process_output(
     assert report.batches > 0
 
 
+def test_file_uris_read_on_the_cluster_and_write_in_the_driver(tmp_path: Path) -> None:
+    """The read task resolves the input URI as the single-process reader does."""
+    source = tmp_path / "in.jsonl"
+    write_input(source)
+    single, distributed = tmp_path / "single.parquet", tmp_path / "ray.parquet"
+
+    def uri_config(out: Path) -> RunConfig:
+        return RunConfig(
+            input=InputConfig(path=source.as_uri(), chunk_size=16),
+            output=OutputConfig(path=out.as_uri()),
+            sampling=Sampling(max_tokens=6),
+        )
+
+    run_single(uri_config(single), short_model)
+    report = run_on_ray(uri_config(distributed), short_model, RayOptions(replicas=2))
+
+    assert single.read_bytes() == distributed.read_bytes()
+    assert report.rows == 120
+    bad_line = pq.read_table(distributed).to_pylist()[5]["error"]["message"]
+    assert bad_line.startswith(f"{source.as_uri()}:6: not valid JSON")
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_a_replica_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, suffix: str) -> None:
     source = tmp_path / f"in{suffix}"
