@@ -57,7 +57,10 @@ def served_tiny_model(tiny_model: Path) -> Iterator[str]:
         "--port",
         str(port),
     ]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # Not the logging settings an in-process engine of an earlier test left in our
+    # environment: they would hide the server's start-up line this fixture waits for.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LOGGING")}
+    env = {**inherited, "VLLM_CPU_KVCACHE_SPACE": "1"}
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
