@@ -4,6 +4,7 @@ CLI's errors, and one short run on the real engine."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -164,18 +165,18 @@ def test_plot_without_matplotlib_exits_2_with_the_install_hint(tmp_path: Path) -
 
 
 @pytest.mark.vllm
-def test_bench_on_the_real_engine(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+def test_bench_on_the_real_engine(tiny_model: Path, tmp_path: Path) -> None:
+    # A child process, as a user runs it: an engine started and closed inside the
+    # test process would tear down the process group the session's engine uses.
     out_json = tmp_path / "bench.json"
-    result = runner.invoke(
-        app,
-        ["bench", "-m", str(tiny_model), "--dtype", "float32", "--engine-arg", "enforce_eager=true",
-         "--prompts", "8", "--prompt-tokens", "16", "--max-tokens", "4",
-         "--batch-sizes", "1,all", "--json", str(out_json)],
+    child = subprocess.run(
+        [sys.executable, "-m", "cli", "bench", "-m", str(tiny_model), "--dtype", "float32",
+         "--engine-arg", "enforce_eager=true", "--prompts", "8", "--prompt-tokens", "16",
+         "--max-tokens", "4", "--batch-sizes", "1,all", "--json", str(out_json)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=600, check=False,
     )  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert child.returncode == 0, child.stderr
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["label"] for r in rows] == ["serial", "batch 8", "run pipeline"]
     assert all(r["output_tokens"] == 8 * 4 for r in rows)  # random weights rarely stop early
