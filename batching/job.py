@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def run(
         # Everything that can fail on the user's files fails here, before the engine
         # starts: a wrong path should cost milliseconds, not a minute of model loading.
         _check_remote_outputs(config)
+        _check_distinct_files(config)
         if _is_file(output.path) and not is_remote(output.path):
             stack.enter_context(OutputLock(str(output.path)))
         existing = scan_output(output) if output.resume else None
@@ -140,6 +142,28 @@ def _file_uris_as_paths(config: RunConfig) -> RunConfig:
     if errors is not None:
         errors = local_path(errors)
     return replace(config, output=output, errors_path=errors)
+
+
+def _check_distinct_files(config: RunConfig) -> None:
+    """Refuse an output or errors file that is the input, or each other: writing
+    over the file being read truncates it, and appending to it feeds the run its
+    own output without end (12 GB in ten minutes, seen)."""
+    given = config.input.path
+    source = local_path(given) if _is_file(given) and not is_remote(given) else None
+    output = config.output.path if _is_file(config.output.path) else None
+    errors = config.errors_path if _is_file(config.errors_path) else None
+    if output and errors and not is_remote(errors) and _same_file(output, errors):
+        raise UsageError(f"{errors}: the errors file is the output; give --errors another path")
+    for path, what in ((output, "output"), (errors, "errors file")):
+        if source and path and not is_remote(path) and _same_file(path, source):
+            raise UsageError(f"{path}: the {what} is the input file; write it to another path")
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)  # links and hard links too
+    except OSError:  # one does not exist yet
+        return os.path.realpath(first) == os.path.realpath(second)
 
 
 def _check_remote_outputs(config: RunConfig) -> None:
