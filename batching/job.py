@@ -17,7 +17,7 @@ from typing import BinaryIO, Protocol
 
 from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
-from batching.errors import UsageError
+from batching.errors import OutputError, UsageError
 from batching.jsonl_source import JsonlSource
 from batching.openai_batch import same_custom_id
 from batching.output_format import output_format
@@ -29,6 +29,7 @@ from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
+from batching.sink import exists_message
 from batching.uri import check_remote_output, is_remote, local_path
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
@@ -82,6 +83,7 @@ def run(
         # starts: a wrong path should cost milliseconds, not a minute of model loading.
         _check_remote_outputs(config)
         _check_distinct_files(config)
+        _check_errors_file_free(config)
         if _is_file(output.path) and not is_remote(output.path):
             stack.enter_context(OutputLock(str(output.path)))
         existing = scan_output(output) if output.resume else None
@@ -157,6 +159,16 @@ def _check_distinct_files(config: RunConfig) -> None:
     for path, what in ((output, "output"), (errors, "errors file")):
         if source and path and not is_remote(path) and _same_file(path, source):
             raise UsageError(f"{path}: the {what} is the input file; write it to another path")
+
+
+def _check_errors_file_free(config: RunConfig) -> None:
+    """Refuse an existing local errors file before the output is made: found only
+    when it is opened, after the output, it left an empty output behind that the
+    next try was refused for."""
+    errors, output = config.errors_path, config.output
+    local = _is_file(errors) and not is_remote(errors)
+    if local and not (output.overwrite or output.resume) and os.path.lexists(str(errors)):
+        raise OutputError(exists_message(str(errors)))
 
 
 def _same_file(first: str, second: str) -> bool:

@@ -181,3 +181,13 @@ def test_errors_file_that_is_the_output_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"out\.jsonl: .*is the output"):
         run(config(source, out, errors_path=str(out)), FakeEngine)
     assert not out.exists()
+
+
+def test_an_existing_errors_file_is_refused_before_the_output_is_made(tmp_path: Path) -> None:
+    # Otherwise the refused run leaves an empty output that the next try trips on.
+    source, out, errors = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    write_prompts(source, 5)
+    errors.write_bytes(b"old\n")
+    with pytest.raises(OutputError, match=r"err\.jsonl: already exists"):
+        run(config(source, out, errors_path=str(errors)), FakeEngine)
+    assert not out.exists()
