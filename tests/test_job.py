@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -191,3 +192,15 @@ def test_an_existing_errors_file_is_refused_before_the_output_is_made(tmp_path: 
     with pytest.raises(OutputError, match=r"err\.jsonl: already exists"):
         run(config(source, out, errors_path=str(errors)), FakeEngine)
     assert not out.exists()
+
+
+def test_errors_on_stdout_beside_results_on_stdout_is_refused(tmp_path: Path) -> None:
+    # Both on stdout, each failed row would appear twice in the one stream.
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 5, bad={1})
+    cfg = config(source, tmp_path / "unused.jsonl", errors_path="-")
+    cfg = replace(cfg, output=replace(cfg.output, path="-"))
+    stdout = io.BytesIO()
+    with pytest.raises(UsageError, match="--errors -"):
+        run(cfg, FakeEngine, stdout=stdout)
+    assert stdout.getvalue() == b""
