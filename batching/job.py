@@ -19,7 +19,7 @@ from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import OutputError, UsageError
 from batching.jsonl_source import JsonlSource
-from batching.openai_batch import same_custom_id
+from batching.openai_batch import OpenAIBatchLines, same_custom_id
 from batching.output_format import output_format
 from batching.pipeline import run_rows
 from batching.prefetch import LiveSupply, PrefetchedSupply
@@ -92,7 +92,10 @@ def run(
         source = stack.enter_context(
             open_source(config.input, max_line_bytes=config.max_line_bytes, stdin=stdin)
         )
-        writer = stack.enter_context(open_writer(output, stdout=stdout))
+        openai_lines = None
+        if output_format(output.path, output.format) == "openai":
+            openai_lines = OpenAIBatchLines(output.model)
+        writer = stack.enter_context(open_writer(output, stdout=stdout, openai_lines=openai_lines))
         supply: RowSupply = _SourceSupply(source)
         done = 0
         if existing is not None and existing.rows:
@@ -117,7 +120,7 @@ def run(
             supply = PrefetchedSupply(supply)
         sink: ResultSink = writer
         if config.errors_path:
-            errors = stack.enter_context(_open_errors_file(config, existing))
+            errors = stack.enter_context(_open_errors_file(config, existing, openai_lines))
             sink = _ErrorsTee(writer, errors)
         return rows_runner(
             supply,
@@ -229,7 +232,9 @@ class _ErrorsTee:
 
 
 @contextlib.contextmanager
-def _open_errors_file(config: RunConfig, existing: ExistingOutput | None) -> Iterator[ResultWriter]:
+def _open_errors_file(
+    config: RunConfig, existing: ExistingOutput | None, openai_lines: OpenAIBatchLines | None
+) -> Iterator[ResultWriter]:
     """The errors file, replaced whenever the output is replaced or continued.
 
     On resume it is rewritten from the failed rows the output already holds
@@ -245,7 +250,7 @@ def _open_errors_file(config: RunConfig, existing: ExistingOutput | None) -> Ite
         overwrite=output.overwrite or output.resume,
         model=output.model,
     )
-    with open_writer(errors_config) as errors:
+    with open_writer(errors_config, openai_lines=openai_lines) as errors:
         if existing is not None and existing.rows:
             for batch in existing.failed_rows():
                 errors.write(batch)
