@@ -6,7 +6,7 @@ A row's own failure is never one of these: it becomes an error record in the out
 
 from __future__ import annotations
 
-__all__ = ["BatchError", "InputError", "OutputError", "UsageError"]
+__all__ = ["BatchError", "EngineStartError", "InputError", "OutputError", "UsageError"]
 
 
 class BatchError(Exception):
@@ -30,3 +30,7 @@ class InputError(UsageError):
 
 class OutputError(UsageError):
     """The output cannot be written as asked (exists, unwritable, unknown format)."""
+
+
+class EngineStartError(BatchError):
+    """The engine could not start (no such model, a bad engine argument); no row ran."""

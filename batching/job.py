@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -16,9 +17,9 @@ from typing import BinaryIO, Protocol
 
 from batching.config import STDIO, OutputConfig, RunConfig
 from batching.engine import EngineFactory
-from batching.errors import UsageError
+from batching.errors import OutputError, UsageError
 from batching.jsonl_source import JsonlSource
-from batching.openai_batch import same_custom_id
+from batching.openai_batch import OpenAIBatchLines, same_custom_id
 from batching.output_format import output_format
 from batching.pipeline import run_rows
 from batching.prefetch import LiveSupply, PrefetchedSupply
@@ -28,6 +29,7 @@ from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
+from batching.sink import exists_message
 from batching.uri import check_remote_output, is_remote, local_path
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
@@ -80,6 +82,8 @@ def run(
         # Everything that can fail on the user's files fails here, before the engine
         # starts: a wrong path should cost milliseconds, not a minute of model loading.
         _check_remote_outputs(config)
+        _check_distinct_files(config)
+        _check_errors_file_free(config)
         if _is_file(output.path) and not is_remote(output.path):
             stack.enter_context(OutputLock(str(output.path)))
         existing = scan_output(output) if output.resume else None
@@ -88,7 +92,10 @@ def run(
         source = stack.enter_context(
             open_source(config.input, max_line_bytes=config.max_line_bytes, stdin=stdin)
         )
-        writer = stack.enter_context(open_writer(output, stdout=stdout))
+        openai_lines = None
+        if output_format(output.path, output.format) == "openai":
+            openai_lines = OpenAIBatchLines(output.model)
+        writer = stack.enter_context(open_writer(output, stdout=stdout, openai_lines=openai_lines))
         supply: RowSupply = _SourceSupply(source)
         done = 0
         if existing is not None and existing.rows:
@@ -113,7 +120,7 @@ def run(
             supply = PrefetchedSupply(supply)
         sink: ResultSink = writer
         if config.errors_path:
-            errors = stack.enter_context(_open_errors_file(config, existing))
+            errors = stack.enter_context(_open_errors_file(config, existing, openai_lines))
             sink = _ErrorsTee(writer, errors)
         return rows_runner(
             supply,
@@ -140,6 +147,40 @@ def _file_uris_as_paths(config: RunConfig) -> RunConfig:
     if errors is not None:
         errors = local_path(errors)
     return replace(config, output=output, errors_path=errors)
+
+
+def _check_distinct_files(config: RunConfig) -> None:
+    """Refuse an output or errors file that is the input, or each other: writing
+    over the file being read truncates it, and appending to it feeds the run its
+    own output without end (12 GB in ten minutes, seen)."""
+    given = config.input.path
+    source = local_path(given) if _is_file(given) and not is_remote(given) else None
+    if config.errors_path == STDIO and not _is_file(config.output.path):
+        raise UsageError("--errors - writes to stdout, where the results go; give --errors a file")
+    output = config.output.path if _is_file(config.output.path) else None
+    errors = config.errors_path if _is_file(config.errors_path) else None
+    if output and errors and not is_remote(errors) and _same_file(output, errors):
+        raise UsageError(f"{errors}: the errors file is the output; give --errors another path")
+    for path, what in ((output, "output"), (errors, "errors file")):
+        if source and path and not is_remote(path) and _same_file(path, source):
+            raise UsageError(f"{path}: the {what} is the input file; write it to another path")
+
+
+def _check_errors_file_free(config: RunConfig) -> None:
+    """Refuse an existing local errors file before the output is made: found only
+    when it is opened, after the output, it left an empty output behind that the
+    next try was refused for."""
+    errors, output = config.errors_path, config.output
+    local = _is_file(errors) and not is_remote(errors)
+    if local and not (output.overwrite or output.resume) and os.path.lexists(str(errors)):
+        raise OutputError(exists_message(str(errors)))
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)  # links and hard links too
+    except OSError:  # one does not exist yet
+        return os.path.realpath(first) == os.path.realpath(second)
 
 
 def _check_remote_outputs(config: RunConfig) -> None:
@@ -191,7 +232,9 @@ class _ErrorsTee:
 
 
 @contextlib.contextmanager
-def _open_errors_file(config: RunConfig, existing: ExistingOutput | None) -> Iterator[ResultWriter]:
+def _open_errors_file(
+    config: RunConfig, existing: ExistingOutput | None, openai_lines: OpenAIBatchLines | None
+) -> Iterator[ResultWriter]:
     """The errors file, replaced whenever the output is replaced or continued.
 
     On resume it is rewritten from the failed rows the output already holds
@@ -207,7 +250,7 @@ def _open_errors_file(config: RunConfig, existing: ExistingOutput | None) -> Ite
         overwrite=output.overwrite or output.resume,
         model=output.model,
     )
-    with open_writer(errors_config) as errors:
+    with open_writer(errors_config, openai_lines=openai_lines) as errors:
         if existing is not None and existing.rows:
             for batch in existing.failed_rows():
                 errors.write(batch)

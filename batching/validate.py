@@ -103,7 +103,7 @@ class ValidationReport:
     """What `validate` found; `ok` when every row is valid.
 
     `max_new_tokens` is the most the run can generate: each valid row's
-    `max_tokens`, or `default_max_tokens` where the row sets none.
+    `max_tokens`, or `default_max_tokens` where the row sets none, times its `n`.
     """
 
     source: str
@@ -198,7 +198,8 @@ def validate(
                     chat += 1
                 if row.sampling != _NO_SAMPLING:
                     overrides += 1
-                max_new_tokens += row.sampling.max_tokens or default_max_tokens
+                samples = row.sampling.n or 1
+                max_new_tokens += samples * (row.sampling.max_tokens or default_max_tokens)
                 requests.append(row)
             if tally is not None:
                 tally.add(requests)

@@ -30,6 +30,7 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
+from batching.errors import EngineStartError
 from batching.records import (
     ERROR_INVALID_REQUEST,
     ERROR_PROMPT_TOO_LONG,
@@ -471,5 +472,12 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
                 raise EngineOutOfMemoryError(
                     f"vLLM ran out of memory at start-up: {error}"
                 ) from error
-            raise
+            # A wrong model path or engine argument fails deep in vLLM or
+            # transformers; the user needs one line, not 90 of traceback.
+            detail = " ".join(str(error).split())[:400]
+            raise EngineStartError(
+                f"cannot start vLLM with model {config.model!r}: {type(error).__name__}: "
+                f"{detail}; check --model (a local directory or a Hugging Face id) and "
+                "the engine options (--debug shows vLLM's traceback)"
+            ) from error
         return VllmEngine(llm)

@@ -56,13 +56,19 @@ __all__ = [
 
 
 def open_writer(
-    cfg: OutputConfig, *, stdout: BinaryIO | None = None, row_group_rows: int | None = None
+    cfg: OutputConfig,
+    *,
+    stdout: BinaryIO | None = None,
+    row_group_rows: int | None = None,
+    openai_lines: OpenAIBatchLines | None = None,
 ) -> ResultWriter:
     """Open the output `cfg` names; raises `OutputError` at once if it cannot be.
 
     `stdout` replaces the process's stdout when the path is None or "-" (tests pass a
     BytesIO). An existing output is refused unless `cfg.overwrite` (replace it) or
     `cfg.resume` (continue it after its last complete row, see `scan_output`) is set.
+    `openai_lines` makes OpenAI lines for the run (the errors file shares the
+    output's, so a failed line has the same id in both).
 
     >>> import io
     >>> out = io.BytesIO()
@@ -75,7 +81,7 @@ def open_writer(
     rows = row_group_rows or PARQUET_ROW_GROUP_ROWS
     to_line: Callable[[Result], dict[str, Any]] = Result.to_dict
     if fmt == "openai":
-        to_line = OpenAIBatchLines(cfg.model)
+        to_line = openai_lines or OpenAIBatchLines(cfg.model)
     if cfg.path is None or cfg.path == STDIO:
         sink = Sink.for_stdout(stdout)
         return ParquetStreamWriter(sink, rows) if fmt == "parquet" else _JsonlWriter(sink, to_line)

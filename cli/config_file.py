@@ -78,11 +78,14 @@ def _as_param_value(param: Any, value: Any) -> Any:
     return [value]
 
 
-def load_config(path: str, command: Any, siblings: Mapping[str, Any]) -> dict[str, Any]:
+def load_config(
+    path: str, command: Any, siblings: Mapping[str, Any], ctx: Any = None
+) -> dict[str, Any]:
     """The `default_map` for `command` from the TOML file at `path`.
 
     Top-level keys that belong to another command (`siblings`) are skipped; a key
-    no command knows is a usage error naming the file and the key.
+    no command knows is a usage error naming the file and the key; with `ctx`, so
+    is a value the option would refuse.
 
     >>> load_config("bizra.toml", run_command, {"run": run_command})  # doctest: +SKIP
     {'max_tokens': 128}
@@ -117,7 +120,7 @@ def load_config(path: str, command: Any, siblings: Mapping[str, Any]) -> dict[st
                         raise _unknown_key(path, f"{key}.{sub_key}", other)
             continue
         if key in own:
-            defaults[own[key]] = _as_param_value(params.get(own[key]), value)
+            defaults[own[key]] = _checked(ctx, path, key, params.get(own[key]), value)
         elif key not in known_elsewhere:
             raise _unknown_key(path, key, command)
     section = data.get(command.name or "")
@@ -125,8 +128,21 @@ def load_config(path: str, command: Any, siblings: Mapping[str, Any]) -> dict[st
         for key, value in section.items():
             if key not in own:
                 raise _unknown_key(path, f"{command.name}.{key}", command)
-            defaults[own[key]] = _as_param_value(params.get(own[key]), value)
+            label = f"{command.name}.{key}"
+            defaults[own[key]] = _checked(ctx, path, label, params.get(own[key]), value)
     return defaults
+
+
+def _checked(ctx: Any, path: str, key: str, param: Any, value: Any) -> Any:
+    """The option's value for `key`, refused here if the option would refuse it:
+    Click's own message names a flag the command line does not have."""
+    value = _as_param_value(param, value)
+    if ctx is not None and param is not None and param.callback is None:
+        try:
+            param.process_value(ctx, value)
+        except typer.BadParameter as exc:
+            raise _config_error(f"{path}: key {key!r}: {exc.message}") from None
+    return value
 
 
 def _config_error(message: str) -> typer.BadParameter:
@@ -146,7 +162,7 @@ def _config_callback(ctx: typer.Context, param: typer.CallbackParam, value: Path
         return
     group = ctx.parent.command if ctx.parent is not None else None
     siblings: Mapping[str, Any] = getattr(group, "commands", {})
-    loaded = load_config(str(value), ctx.command, siblings)
+    loaded = load_config(str(value), ctx.command, siblings, ctx)
     ctx.default_map = {**(ctx.default_map or {}), **loaded}
 
 

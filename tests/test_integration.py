@@ -149,3 +149,18 @@ def test_parquet_in_and_out_with_chat_rows(reference: dict[str, Any], tiny_model
     assert [r["id"] for r in written] == [r["id"] for r in expected]
     assert [r["output"] for r in written] == [r["output"] for r in expected]
     assert [r["error"] for r in written] == [r["error"] for r in expected]
+
+
+def test_a_model_that_is_not_there_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # The most common typo: vLLM raises from deep in transformers' hub code.
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"prompt": "hi"}\n')
+    missing = tmp_path / "no-such-model"
+    result = bizra(str(source), "-q", model=missing)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("bizra-batch: error:")]
+    assert len(errors) == 1
+    assert str(missing) in errors[0] and "--model" in errors[0]
+    assert result.stdout == b""

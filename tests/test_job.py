@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -153,3 +154,53 @@ def test_on_invalid_abort_on_stdin_still_runs_a_clean_input(tmp_path: Path) -> N
     assert [orjson.loads(line)["output"] for line in out.getvalue().splitlines()] == [
         f"p{i}"[::-1] for i in range(5)
     ]
+
+
+@pytest.mark.parametrize("target", ["output", "errors"])
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(
+    tmp_path: Path, target: str
+) -> None:
+    # Writing over the file being read would truncate it, or, appended to, feed the
+    # run its own output forever.
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 5)
+    before = source.read_bytes()
+    same = str(tmp_path / "." / "in.jsonl")
+    if target == "output":
+        cfg = config(source, Path(same), overwrite=True)
+    else:
+        cfg = config(source, tmp_path / "out.jsonl", errors_path=same)
+    with pytest.raises(UsageError, match=r"in\.jsonl: .*is the input"):
+        run(cfg, FakeEngine)
+    assert source.read_bytes() == before
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_errors_file_that_is_the_output_is_refused(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 5)
+    with pytest.raises(UsageError, match=r"out\.jsonl: .*is the output"):
+        run(config(source, out, errors_path=str(out)), FakeEngine)
+    assert not out.exists()
+
+
+def test_an_existing_errors_file_is_refused_before_the_output_is_made(tmp_path: Path) -> None:
+    # Otherwise the refused run leaves an empty output that the next try trips on.
+    source, out, errors = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    write_prompts(source, 5)
+    errors.write_bytes(b"old\n")
+    with pytest.raises(OutputError, match=r"err\.jsonl: already exists"):
+        run(config(source, out, errors_path=str(errors)), FakeEngine)
+    assert not out.exists()
+
+
+def test_errors_on_stdout_beside_results_on_stdout_is_refused(tmp_path: Path) -> None:
+    # Both on stdout, each failed row would appear twice in the one stream.
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 5, bad={1})
+    cfg = config(source, tmp_path / "unused.jsonl", errors_path="-")
+    cfg = replace(cfg, output=replace(cfg.output, path="-"))
+    stdout = io.BytesIO()
+    with pytest.raises(UsageError, match="--errors -"):
+        run(cfg, FakeEngine, stdout=stdout)
+    assert stdout.getvalue() == b""

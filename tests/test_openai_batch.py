@@ -315,6 +315,16 @@ def test_resume_continues_an_openai_output_and_rewrites_its_errors_file(tmp_path
     assert output_lines(errors)[0]["error"] == expected[2]["error"]
 
 
+def test_errors_file_lines_are_the_outputs_failed_lines(tmp_path: Path) -> None:
+    # Same ids in both files, so a failed line can be found in the output by its id.
+    lines: list[Any] = [chat_line(f"q{i}", f"prompt {i}") for i in range(4)]
+    lines[1] = {**lines[1], "url": "/v1/embeddings"}
+    source = write_lines(tmp_path / "batch.jsonl", lines)
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    run(openai_config(source, out, errors_path=str(errors)), FakeEngine)
+    assert output_lines(errors) == [output_lines(out)[1]]
+
+
 def test_resume_of_another_inputs_openai_output_is_refused(tmp_path: Path) -> None:
     source = write_lines(tmp_path / "batch.jsonl", [chat_line(f"q{i}", "x") for i in range(3)])
     other = write_lines(tmp_path / "other.jsonl", [chat_line(f"z{i}", "x") for i in range(3)])

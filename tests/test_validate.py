@@ -86,6 +86,13 @@ def test_counts_rows_by_kind_and_sums_max_new_tokens(prompts_file: Path) -> None
     assert report.token_stats is None and report.token_stats_skipped is None
 
 
+def test_max_new_tokens_counts_every_sample_of_a_row(tmp_path: Path) -> None:
+    # n samples of max_tokens each: the most the run can generate for the row.
+    path = tmp_path / "n.jsonl"
+    path.write_bytes(jsonl([{"prompt": "a", "n": 3, "max_tokens": 10}, {"prompt": "b"}]))
+    assert check(path).max_new_tokens == 3 * 10 + 256
+
+
 def test_invalid_rows_are_listed_with_file_line_and_field(mixed_file: Path) -> None:
     report = check(mixed_file)
     assert (report.rows, report.valid, report.invalid) == (6, 1, 5)
