@@ -236,7 +236,7 @@ class JsonlSource(RowSource):
                 consumed += self._skip_to_newline()
                 message = (
                     f"{where}: line is longer than the limit of {_size(self._max_line_bytes)}; "
-                    "shorten the row"
+                    "shorten the row or raise --max-line-bytes"
                 )
                 row = invalid_row(index, line, message, kept=missing_kept(fields))
             else:

@@ -151,6 +151,7 @@ def test_over_long_line_becomes_an_error_row_and_the_next_line_is_read(
 
     assert [type(r) for r in rows] == [Request, InvalidRow, Request]
     assert ":2: line is longer than the limit of 64 bytes" in error_of(rows[1])
+    assert "--max-line-bytes" in error_of(rows[1])  # how to raise the limit
     assert (rows[2].line, rows[2].prompt) == (3, "b")  # type: ignore[union-attr]
 
 
