@@ -252,7 +252,7 @@ def _write_in_order(
             if blob is not None:
                 stats: BatchStats = pickle.loads(blob)
                 collector.add_engine_work(stats.report)
-                replicas.add(stats.replica, stats.report)
+                replicas.add(stats.replica, stats.report, rows=stats.rows_run)
         results: list[Result] = [
             pickle.loads(blob) for blob in batch.column(RESULT_COLUMN).to_pylist()
         ]
@@ -280,11 +280,11 @@ class _Replicas:
         self.figures: dict[str, ReplicaThroughput] = {}
         self.startup: dict[str, float] = {}
 
-    def add(self, name: str, part: Report) -> None:
+    def add(self, name: str, part: Report, *, rows: int) -> None:
         seen = self.figures.get(name, ReplicaThroughput(name))
         self.figures[name] = ReplicaThroughput(
             name,
-            rows=seen.rows + part.rows,
+            rows=seen.rows + rows,
             output_tokens=seen.output_tokens + part.output_tokens,
             busy_seconds=seen.busy_seconds + part.processing_seconds,
         )
