@@ -68,9 +68,10 @@ class QueueClosedError(BatchError):
 class BatchQueue:
     """An asyncio front to one engine: `await submit(prompt, **sampling)` -> `Result`.
 
-    `max_batch_size` requests at most go to the engine at once, after waiting at
-    most `max_wait_ms` for others to join them; `max_in_flight` bounds what the
-    engine holds. `sampling` holds the defaults a request's own settings override.
+    `max_batch_size` requests at most are in the engine at once (new ones wait in
+    the queue until running ones finish), after waiting at most `max_wait_ms` for
+    others to join them; `max_in_flight`, if smaller, lowers that cap.
+    `sampling` holds the defaults a request's own settings override.
     Use it as `async with`, or call `start()` and `aclose()`.
     """
 
@@ -98,7 +99,9 @@ class BatchQueue:
             order=order,
             max_retries=max_retries,
             max_engine_restarts=max_engine_restarts,
-            max_in_flight=max_in_flight,
+            # The pipeline tops the engine up to max_in_flight from several chunks;
+            # without the min, max_batch_size capped a chunk, not the engine's batch.
+            max_in_flight=min(max_in_flight, max_batch_size),
             max_wait_ms=max_wait_ms,
         )
         self._retry = retry

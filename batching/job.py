@@ -84,6 +84,7 @@ def run(
         _check_remote_outputs(config)
         _check_distinct_files(config)
         _check_errors_file_free(config)
+        _check_formats(config)
         if _is_file(output.path) and not is_remote(output.path):
             stack.enter_context(OutputLock(str(output.path)))
         existing = scan_output(output) if output.resume else None
@@ -174,6 +175,15 @@ def _check_errors_file_free(config: RunConfig) -> None:
     local = _is_file(errors) and not is_remote(errors)
     if local and not (output.overwrite or output.resume) and os.path.lexists(str(errors)):
         raise OutputError(exists_message(str(errors)))
+
+
+def _check_formats(config: RunConfig) -> None:
+    """Refuse an output or errors file whose format cannot be written to its name
+    before either is made (the errors file is opened after the output)."""
+    output = config.output
+    openai = output_format(output.path, output.format) == "openai"
+    if config.errors_path is not None:
+        output_format(config.errors_path, "openai" if openai else None)
 
 
 def _same_file(first: str, second: str) -> bool:

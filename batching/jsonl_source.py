@@ -7,7 +7,7 @@ import io
 import os
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
@@ -19,7 +19,7 @@ from batching.openai_batch import CustomIdRegistry, is_openai_line, parse_openai
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import invalid_row, missing_kept, parse_row
-from batching.uri import suffix_name
+from batching.uri import RemoteInput, suffix_name
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -56,11 +56,17 @@ class LiveLines:
     (b'{"prompt": "Hi"}\\n', False)
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(
+        self, fd: int, *, head: bytes = b"", on_close: Callable[[], None] | None = None
+    ) -> None:
+        """`head`: bytes read from `fd` already; `on_close`: closes `fd` if ours."""
         self._fd = fd
         self._lines: deque[bytes] = deque()  # complete lines, each ending in a newline
         self._tail = b""  # the start of the line after them
         self._eof = False
+        self._on_close = on_close
+        if head:
+            self._split(head)
 
     def ready(self) -> bool:
         """Whether `readline` would return at once (a whole line is here, or the end)."""
@@ -83,16 +89,25 @@ class LiveLines:
             self._fill()
 
     def _fill(self) -> None:
-        block = os.read(self._fd, _READ_BUFFER_BYTES)
+        # Closed under a reader thread (the run ended with the pipe still open): the
+        # descriptor's number may belong to another file by now.
+        block = b"" if self._eof else os.read(self._fd, _READ_BUFFER_BYTES)
         if not block:
             self._eof = True
             return
+        self._split(block)
+
+    def _split(self, block: bytes) -> None:
         # One C-level split per block, not a Python step per byte.
         *whole, self._tail = (self._tail + block).split(b"\n")
         self._lines.extend([line + b"\n" for line in whole])
 
     def close(self) -> None:
-        """The descriptor belongs to the caller (stdin): it stays open."""
+        """Close the descriptor if it is ours (a named pipe); stdin stays open."""
+        if self._on_close is not None:
+            self._eof = True
+            on_close, self._on_close = self._on_close, None
+            on_close()
 
 
 class _CountingReader(io.RawIOBase):
@@ -129,6 +144,14 @@ def open_jsonl_file(cfg: InputConfig, max_line_bytes: int) -> JsonlSource:
             stream = gzip.GzipFile(fileobj=buffered, mode="rb")
         elif suffix_name(cfg.path).lower().endswith(".gz"):
             raise InputError(f"{cfg.path}: named .gz but not gzip-compressed; rename it to .jsonl")
+        elif total_bytes is None and not isinstance(raw, RemoteInput):
+            # A named pipe or device (`run <(tail -f q.jsonl)`, `mkfifo`): read live,
+            # as stdin is, not a chunk at a time (a quiet pipe would hold its rows).
+            # read1 hands over what peek buffered without reading the pipe again;
+            # `buffered` closes the pipe (held here: collected, it would close it).
+            head = buffered.read1(_READ_BUFFER_BYTES)
+            live = LiveLines(raw.fileno(), head=head, on_close=buffered.close)
+            return JsonlSource(cfg, cfg.path, live, None, None, max_line_bytes)
         else:
             stream = buffered
     except OSError as exc:
@@ -165,6 +188,8 @@ class JsonlSource(RowSource):
         if self._counter is not None:
             self._stream.close()
             self._counter.close()
+        elif isinstance(self._stream, LiveLines):
+            self._stream.close()  # closes a named pipe, not stdin
 
     def _chunks(self) -> Iterator[list[Row]]:
         try:
@@ -211,7 +236,7 @@ class JsonlSource(RowSource):
                 consumed += self._skip_to_newline()
                 message = (
                     f"{where}: line is longer than the limit of {_size(self._max_line_bytes)}; "
-                    "shorten the row"
+                    "shorten the row or raise --max-line-bytes"
                 )
                 row = invalid_row(index, line, message, kept=missing_kept(fields))
             else:

@@ -44,6 +44,12 @@ def output_format(path: str | None, override: OutputFormat | None = None) -> Out
     'parquet'
     """
     if override is not None:
+        if override != "parquet" and path is not None and path.lower().endswith(_PARQUET_SUFFIXES):
+            # JSON Lines in a .parquet file: no Parquet reader could open it.
+            raise OutputError(
+                f"{path}: --output-format {override} writes JSON Lines, not Parquet; "
+                f"name the file .jsonl (or drop --output-format {override})"
+            )
         return override
     if path is None or path == STDIO:
         return "jsonl"

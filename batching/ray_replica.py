@@ -32,7 +32,7 @@ from batching.engine import (
 )
 from batching.pipeline import run_rows
 from batching.ray_source import INDEX_COLUMN, decode_rows, pickled
-from batching.records import Result, Row
+from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
 
@@ -48,6 +48,9 @@ class BatchStats:
 
     replica: str
     report: Report
+    # Rows the replica ran: the report's rows also count invalid ones, which never
+    # reach an engine (they only pass through to keep their place in the output).
+    rows_run: int = 0
 
 
 class EngineReplica:
@@ -81,7 +84,8 @@ class EngineReplica:
                 report=collector,
                 start_index=run[0].index,
             )
-        stats = BatchStats(self._name, collector.finish())
+        ran = sum(not isinstance(row, InvalidRow) for row in rows)
+        stats = BatchStats(self._name, collector.finish(), rows_run=ran)
         # The stats ride on the first row, so the driver reads them once per batch.
         blobs: list[bytes | None] = [None] * len(results)
         if blobs:

@@ -21,10 +21,12 @@ arrives once, in sequence, before it writes a row.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,7 @@ RAY_INSTALL_HINT = (
     "--ray needs Ray Data, which is not installed; install it with pip install 'bizra-batch[ray]'"
 )
 LOCAL = "local"
+_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ class RayOptions:
     cpus_per_replica: float | None = None
     # Extra keyword arguments for ray.init (tests pin num_cpus); local start only.
     init_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Ray's own notices on stderr (--debug); off, they are ones a user can do nothing about.
+    verbose: bool = False
 
 
 def require_ray() -> None:
@@ -214,13 +219,36 @@ def _connect(options: RayOptions) -> bool:
     # ...and warns that its progress bars are off: ours are on stderr instead.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     try:
-        ray.init(address=address, **kwargs)
+        with _quiet_ray(not options.verbose):
+            ray.init(address=address, **kwargs)
     except ConnectionError as exc:
         raise UsageError(
             f"--ray {options.address}: cannot connect to a Ray cluster ({exc}); start one "
             "with `ray start --head`, or pass --ray without an address to run locally"
         ) from None
     return True
+
+
+@contextlib.contextmanager
+def _quiet_ray(quiet: bool) -> Iterator[None]:
+    """Silence the notices Ray prints on every run that ask nothing of a user (cron
+    mails them); errors still surface, as our own one-line errors."""
+    if not quiet:
+        yield
+        return
+    # "Token authentication is enabled for this Ray cluster": a local start's
+    # default, announced on each start.
+    auth = logging.getLogger(_TOKEN_AUTH_LOGGER)
+    level = auth.level
+    auth.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        auth.setLevel(level)
+    # Not silenced: the driver's core worker logs an error line for every Ray Data
+    # actor pool ("constructor arguments in the object store and max_restarts > 0",
+    # ray#57733). Only RAY_BACKEND_LOG_LEVEL turns it off, which would hide real
+    # errors and makes every Ray process announce the level it read.
 
 
 def _check_resumed_prefix(supply: RowSupply) -> None:
@@ -252,7 +280,7 @@ def _write_in_order(
             if blob is not None:
                 stats: BatchStats = pickle.loads(blob)
                 collector.add_engine_work(stats.report)
-                replicas.add(stats.replica, stats.report)
+                replicas.add(stats.replica, stats.report, rows=stats.rows_run)
         results: list[Result] = [
             pickle.loads(blob) for blob in batch.column(RESULT_COLUMN).to_pylist()
         ]
@@ -280,11 +308,11 @@ class _Replicas:
         self.figures: dict[str, ReplicaThroughput] = {}
         self.startup: dict[str, float] = {}
 
-    def add(self, name: str, part: Report) -> None:
+    def add(self, name: str, part: Report, *, rows: int) -> None:
         seen = self.figures.get(name, ReplicaThroughput(name))
         self.figures[name] = ReplicaThroughput(
             name,
-            rows=seen.rows + part.rows,
+            rows=seen.rows + rows,
             output_tokens=seen.output_tokens + part.output_tokens,
             busy_seconds=seen.busy_seconds + part.processing_seconds,
         )

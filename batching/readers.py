@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 from typing import BinaryIO
 
@@ -25,7 +26,7 @@ from batching.errors import InputError, UsageError
 from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
 from batching.parquet_source import ParquetSource
 from batching.row_source import RowSource
-from batching.uri import suffix_name
+from batching.uri import is_remote, local_path, suffix_name
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "STDIN_NAME", "RowSource", "input_format", "open_source"]
 
@@ -92,8 +93,23 @@ def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
         return "jsonl"
     if name.endswith(_PARQUET_SUFFIXES):
         return "parquet"
+    if _is_local_pipe(path):
+        # A pipe (`run <(tail -f q.jsonl)` names /dev/fd/63) is JSON Lines, like stdin:
+        # Parquet cannot be streamed anyway.
+        return "jsonl"
     suffix = os.path.splitext(name)[1] or "(none)"
     raise InputError(
         f"{path}: unknown input format for extension {suffix}; name the file .jsonl, "
         ".jsonl.gz or .parquet, or pass --input-format jsonl, parquet or openai"
     )
+
+
+def _is_local_pipe(path: str) -> bool:
+    """Whether `path` is a local pipe or device rather than a file (or missing)."""
+    if is_remote(path):
+        return False
+    try:
+        mode = os.stat(local_path(path)).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)

@@ -123,6 +123,8 @@ def _rounded(value: float | None, digits: int) -> float | None:
 class ReplicaThroughput:
     """One engine replica's share of a distributed run (`--ray`).
 
+    `rows` counts the rows it ran; invalid input rows never reach a replica's engine.
+
     `busy_seconds` is the time it spent running batches, start-up excluded, so its
     rates say how fast that replica went while it had work.
 

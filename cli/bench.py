@@ -94,6 +94,7 @@ def bench(
         str | None,
         typer.Option(
             "--input",
+            envvar="BIZRA_BATCH_INPUT",  # after the option, not the parameter (_INPUT_PATH)
             help="Prompts from this JSONL/Parquet file (the first --prompts rows) instead "
             "of synthetic ones.",
             rich_help_panel=PROMPTS,
@@ -131,7 +132,13 @@ def bench(
     ] = None,
     engine: Annotated[
         BenchEngine,
-        typer.Option(help="vllm, or fake (instant, model-free).", rich_help_panel=ENGINE),
+        typer.Option(
+            # Not run's BIZRA_BATCH_ENGINE: run also takes openai, which bench cannot
+            # run, so exporting it for run would break bench.
+            envvar="BIZRA_BATCH_BENCH_ENGINE",
+            help="vllm, or fake (instant, model-free).",
+            rich_help_panel=ENGINE,
+        ),
     ] = BenchEngine.vllm,
     dtype: Annotated[str, typer.Option(rich_help_panel=ENGINE)] = "auto",
     max_model_len: Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)] = None,

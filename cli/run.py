@@ -462,7 +462,7 @@ def run(
             max_retries=max_retries,
             max_model_len=max_model_len,
         )
-        cluster = _ray_options(ray, replicas, engine, tensor_parallel_size)
+        cluster = _ray_options(ray, replicas, engine, tensor_parallel_size, debug)
     except BatchError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
@@ -471,7 +471,11 @@ def run(
 
 
 def _ray_options(
-    address: str | None, replicas: int | None, engine: EngineChoice, tensor_parallel_size: int
+    address: str | None,
+    replicas: int | None,
+    engine: EngineChoice,
+    tensor_parallel_size: int,
+    debug: bool,
 ) -> RayOptions | None:
     if address is None:
         if replicas is not None:
@@ -482,7 +486,7 @@ def _ray_options(
 
     require_ray()
     gpus = float(tensor_parallel_size) if engine is EngineChoice.vllm else 0.0
-    return RayOptions(address=address, replicas=replicas, gpus_per_replica=gpus)
+    return RayOptions(address=address, replicas=replicas, gpus_per_replica=gpus, verbose=debug)
 
 
 def _remote_config(

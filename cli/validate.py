@@ -55,7 +55,13 @@ def validate(
     id_field: IdField = "id",
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     json_output: Annotated[
-        bool, typer.Option("--json", help="Print the report as JSON (all figures).")
+        bool,
+        typer.Option(
+            "--json",
+            # Named after the option: the parameter's name would make it _JSON_OUTPUT.
+            envvar="BIZRA_BATCH_JSON",
+            help="Print the report as JSON (all figures).",
+        ),
     ] = False,
     config_file: ConfigOption = None,
 ) -> None:

@@ -187,3 +187,20 @@ def test_concurrent_submitters_on_the_tiny_model(vllm_engine: VllmEngine) -> Non
     assert health["total_requests"] == 14
     assert health["avg_batch_size"] > 1
     assert not vllm_engine.has_unfinished()
+
+
+def test_max_batch_size_caps_the_requests_in_the_engine_at_once() -> None:
+    # An engine slower than the arrivals (4 per step) makes requests pile up: the
+    # queue must still hand the engine at most max_batch_size of them at a time.
+    engine = FakeEngine(max_num_seqs=4)
+
+    async def main() -> dict[str, Any]:
+        async with BatchQueue(lambda: engine, max_batch_size=8, max_wait_ms=1) as batcher:
+            await bounded(
+                asyncio.gather(*(batcher.submit(f"p{i}", max_tokens=2) for i in range(200)))
+            )
+            return batcher.health()
+
+    health = asyncio.run(main())
+    assert health["total_requests"] == 200
+    assert 1 < health["avg_batch_size"] <= 8

@@ -165,13 +165,41 @@ def test_a_missing_config_file_is_a_usage_error(tmp_path: Path, prompts: Path) -
     assert f"{missing}: no such file" in result.output
 
 
-@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize("command", ["run", "validate", "bench"])
 def test_help_shows_each_options_env_var(command: str) -> None:
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     shown = set(re.findall(r"BIZRA_BATCH_[A-Z_]+", result.output))
     params = typer.main.get_command(app).commands[command].params  # type: ignore[attr-defined]
-    options = {p.name for p in params if p.param_type_name == "option" and p.name != "help"}
-    assert {"max_tokens", "config_file"} <= options
-    expected = {f"BIZRA_BATCH_{name.upper()}" for name in options - {"config_file"}}
-    assert expected | {"BIZRA_BATCH_CONFIG"} <= shown
+    options = {p.name: p for p in params if p.param_type_name == "option" and p.name != "help"}
+    assert "max_tokens" in options
+    expected = {p.envvar or f"BIZRA_BATCH_{name.upper()}" for name, p in options.items()}
+    assert expected <= shown
+    # Named after the option (--json, --input), or bench's own where run's differs.
+    assert {
+        "validate": {"BIZRA_BATCH_JSON"},
+        "bench": {"BIZRA_BATCH_INPUT", "BIZRA_BATCH_BENCH_ENGINE", "BIZRA_BATCH_JSON_PATH"},
+    }.get(command, set()) <= shown
+
+
+def test_validate_json_and_bench_input_env_vars_are_named_after_the_options(
+    tmp_path: Path, prompts: Path
+) -> None:
+    result = runner.invoke(app, ["validate", str(prompts)], env={"BIZRA_BATCH_JSON": "1"})
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout)["valid"] == 1
+    out = tmp_path / "bench.json"
+    bench = ["bench", "-m", "m", "--engine", "fake", "--prompts", "1", "--batch-sizes", "all",
+             "--no-pipeline", "--json", str(out)]  # fmt: skip
+    result = runner.invoke(app, bench, env={"BIZRA_BATCH_INPUT": str(prompts)})
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(out.read_bytes())["settings"]["input"] == str(prompts)
+
+
+def test_bench_ignores_the_engine_exported_for_run(tmp_path: Path) -> None:
+    # `run --engine` takes openai, which bench cannot run: an env var exported for
+    # run must not break bench, which has its own.
+    bench = ["bench", "-m", "m", "--prompts", "1", "--batch-sizes", "all", "--no-pipeline"]
+    env = {"BIZRA_BATCH_ENGINE": "openai", "BIZRA_BATCH_BENCH_ENGINE": "fake"}
+    result = runner.invoke(app, bench, env=env)
+    assert result.exit_code == 0, result.output

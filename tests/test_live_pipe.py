@@ -100,6 +100,63 @@ def test_a_slow_pipe_gets_results_before_its_input_ends(tmp_path: Path) -> None:
         assert row["output"] == expected_output(f"live row {i}", 256)
 
 
+class _FifoProducer(_Producer):
+    """A `_Producer` that writes into a named pipe (opening it waits for the reader)."""
+
+    def __init__(self, fifo: Path) -> None:
+        super().__init__(None)
+        self.fifo = fifo
+
+    def run(self) -> None:
+        self.stdin = self.fifo.open("wb")
+        super().run()
+
+
+def test_a_named_pipe_given_as_input_is_read_live_like_stdin(tmp_path: Path) -> None:
+    # `run <(tail -f q.jsonl)` or `mkfifo p; run p`: a pipe by name, not on stdin.
+    fifo = tmp_path / "queue.jsonl"
+    os.mkfifo(fifo)
+    stderr_path = tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "cli", "run", str(fifo), "-o", "-", "--engine", "fake"]
+    producer = _FifoProducer(fifo)
+    producer.start()
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, "-m", "x"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        assert process.stdout is not None
+        lines: list[bytes] = []
+        sent_when_read: list[int] = []
+        try:
+            while len(lines) < OUTPUTS_WHILE_OPEN:
+                line = process.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+                sent_when_read.append(producer.sent)
+            producer.stop.set()
+            producer.join(timeout=DEADLINE_S)
+            rest = process.stdout.read()
+            process.wait(timeout=DEADLINE_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if producer.is_alive():  # the run never opened the pipe: free the writer
+                with contextlib.suppress(OSError):
+                    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    messages = stderr_path.read_text(errors="replace")
+    assert process.returncode == 0, messages
+    assert len(sent_when_read) == OUTPUTS_WHILE_OPEN, messages
+    assert sent_when_read[-1] < MAX_ROWS, sent_when_read
+    rows = [orjson.loads(line) for line in [*lines, *rest.splitlines()]]
+    assert [row["id"] for row in rows] == [f"q{i}" for i in range(producer.sent)]
+
+
 # -- the pieces -------------------------------------------------------------------
 
 

@@ -358,6 +358,22 @@ def test_cli_reads_and_writes_openai_lines(tmp_path: Path) -> None:
     assert line["response"]["body"]["model"] == "m"
 
 
+@pytest.mark.parametrize("where", ["-o", "--errors"])
+def test_openai_lines_into_a_parquet_path_are_refused(tmp_path: Path, where: str) -> None:
+    # They are JSON Lines: written into a .parquet file they would make a file no
+    # Parquet reader opens.
+    source = write_lines(tmp_path / "batch.jsonl", [chat_line("a", "Hi")])
+    other = "--errors" if where == "-o" else "-o"
+    paths = {where: tmp_path / "x.parquet", other: tmp_path / "y.jsonl"}
+    command = ["run", str(source), "-m", "m", "--engine", "fake", "--output-format", "openai"]
+    for option, path in paths.items():
+        command += [option, str(path)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert "x.parquet" in result.output and ".jsonl" in result.output
+    assert not any(path.exists() for path in paths.values())
+
+
 def test_validate_accepts_openai_lines_and_names_bad_ones(tmp_path: Path) -> None:
     lines = [chat_line("a", "Hi"), {**chat_line("b", "Hi"), "url": "/v1/embeddings"}]
     source = write_lines(tmp_path / "batch.jsonl", lines)

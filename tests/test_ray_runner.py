@@ -7,6 +7,7 @@ compares a Ray run with the single-process run of the same config, byte for byte
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from cli.app import app
 from cli.run import bare_ray_means_local
 
 ray = pytest.importorskip("ray")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from batching.ray_runner import RayOptions, run_on_ray  # noqa: E402
 
@@ -131,7 +133,9 @@ def test_ray_output_equals_the_single_process_output(
     same_output(single, distributed)
     assert single_errors.read_bytes() == ray_errors.read_bytes()
     assert (report.rows, report.rows_failed) == (expected.rows, expected.rows_failed) == (120, 4)
-    assert report.replicas and sum(r.rows for r in report.replicas) == 120
+    # A replica's rows are the ones it ran: not the 3 invalid ones, which never
+    # reach an engine (the over-long one does, and fails there).
+    assert report.replicas and sum(r.rows for r in report.replicas) == 117
     assert report.batches > 0
 
 
@@ -201,6 +205,23 @@ def test_cli_ray_run_with_the_fake_engine(tmp_path: Path) -> None:
     assert first.exit_code == second.exit_code == 1  # the invalid rows
     assert single.read_bytes() == distributed.read_bytes()
     assert "replica 1" in second.stderr
+
+
+def test_cli_ray_run_prints_no_ray_notices_with_quiet(tmp_path: Path) -> None:
+    # A process of its own: Ray's start-up notices come from starting Ray, which this
+    # module's Ray instance would skip. Cron mails whatever reaches stderr.
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"prompt": "hello"}\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    command = [sys.executable, "-m", "cli", "run", str(source), "-o", str(tmp_path / "out.jsonl")]
+    done = subprocess.run(
+        [*command, "-m", "none", "--engine", "fake", "--ray", "-q"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Token authentication" not in done.stderr
+    assert " WARNING " not in done.stderr, done.stderr
 
 
 def test_cli_without_ray_installed_exits_2_with_the_install_hint(

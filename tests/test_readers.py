@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,13 @@ from hypothesis import strategies as st
 
 from batching.config import InputConfig
 from batching.errors import InputError, UsageError
-from batching.readers import DEFAULT_MAX_LINE_BYTES, STDIN_NAME, RowSource, open_source
+from batching.readers import (
+    DEFAULT_MAX_LINE_BYTES,
+    STDIN_NAME,
+    RowSource,
+    input_format,
+    open_source,
+)
 from batching.records import InvalidRow, Request, Row
 
 Open = Callable[..., RowSource]
@@ -144,6 +151,7 @@ def test_over_long_line_becomes_an_error_row_and_the_next_line_is_read(
 
     assert [type(r) for r in rows] == [Request, InvalidRow, Request]
     assert ":2: line is longer than the limit of 64 bytes" in error_of(rows[1])
+    assert "--max-line-bytes" in error_of(rows[1])  # how to raise the limit
     assert (rows[2].line, rows[2].prompt) == (3, "b")  # type: ignore[union-attr]
 
 
@@ -325,6 +333,14 @@ def test_format_option_overrides_the_extension(tmp_path: Path) -> None:
     rows = read_all(open_source(InputConfig(path=str(path), format="jsonl")))
 
     assert rows[0].prompt == "a"  # type: ignore[union-attr]
+
+
+def test_a_pipe_without_an_extension_is_read_as_jsonl(tmp_path: Path) -> None:
+    # `run <(tail -f q.jsonl)` names /dev/fd/63: a pipe, like stdin, is JSON Lines.
+    fifo = tmp_path / "queue"
+    os.mkfifo(fifo)
+
+    assert input_format(str(fifo)) == "jsonl"
 
 
 @pytest.mark.parametrize("name", ["p.json", "p.ndjson", "P.JSONL"])
