@@ -26,6 +26,7 @@ __all__ = [
     "EngineOutOfMemoryError",
     "EngineOutput",
     "EngineRequest",
+    "KeptOpen",
     "PermanentRequestError",
     "Sample",
 ]
@@ -154,3 +155,44 @@ class Engine(Protocol):
 
 
 EngineFactory = Callable[[], Engine]
+
+
+class KeptOpen:
+    """An engine lent to a run that must leave it running: `close` does nothing.
+
+    For a long-lived engine shared by several runs (a Ray replica's batches, a
+    test session's engine); its owner closes it.
+
+    >>> run_rows(supply, sink, lambda: KeptOpen(engine), config)   # doctest: +SKIP
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def max_model_len(self) -> int:
+        return self._engine.max_model_len
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self._engine.max_num_seqs
+
+    def encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        return self._engine.encode(prompts)
+
+    def add(self, request: EngineRequest) -> None:
+        self._engine.add(request)
+
+    def step(self) -> list[EngineOutput]:
+        return self._engine.step()
+
+    def abort(self, keys: Iterable[int]) -> None:
+        self._engine.abort(keys)
+
+    def has_unfinished(self) -> bool:
+        return self._engine.has_unfinished()
+
+    def close(self) -> None:
+        pass

@@ -16,20 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
 from batching.config import RunConfig
-from batching.engine import (
-    Engine,
-    EngineFactory,
-    EngineOutput,
-    EngineRequest,
-    PermanentRequestError,
-)
+from batching.engine import Engine, EngineFactory, KeptOpen
 from batching.pipeline import run_rows
 from batching.ray_source import INDEX_COLUMN, decode_rows, pickled
 from batching.records import InvalidRow, Result, Row
@@ -140,47 +133,12 @@ class _KeptEngine:
         if self._engine is None:
             self._engine = self._factory()
         self._handed_out = True
-        return _Unclosable(self._engine)
+        return KeptOpen(self._engine)
 
     def shutdown(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()
-
-
-class _Unclosable:
-    """An engine whose `close` leaves it running for the next batch."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    @property
-    def max_model_len(self) -> int:
-        return self._engine.max_model_len
-
-    @property
-    def max_num_seqs(self) -> int:
-        return self._engine.max_num_seqs
-
-    def encode(
-        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
-    ) -> list[list[int] | PermanentRequestError]:
-        return self._engine.encode(prompts)
-
-    def add(self, request: EngineRequest) -> None:
-        self._engine.add(request)
-
-    def step(self) -> list[EngineOutput]:
-        return self._engine.step()
-
-    def abort(self, keys: Iterable[int]) -> None:
-        self._engine.abort(keys)
-
-    def has_unfinished(self) -> bool:
-        return self._engine.has_unfinished()
-
-    def close(self) -> None:
-        pass
 
 
 class _ListSupply:

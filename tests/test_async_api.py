@@ -7,13 +7,13 @@ fails the test instead of hanging it; no test sleeps to wait for a result.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from batching.aio import BatchQueue, QueueClosedError, RequestError
-from batching.engine import EngineOutput, EngineRequest, PermanentRequestError
+from batching.engine import KeptOpen
 from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, ERROR_PROMPT_TOO_LONG, Sampling
 from batching.retry import RetryPolicy
 from batching.testing import FakeEngine, FakeEngineFactory, expected_output
@@ -131,35 +131,6 @@ def test_an_engine_that_dies_for_good_fails_waiting_and_later_requests() -> None
 # -- the tiny model --------------------------------------------------------------
 
 
-class _Shared:
-    """The session's engine, which the queue must not close when it stops."""
-
-    def __init__(self, engine: VllmEngine) -> None:
-        self._engine = engine
-        self.max_model_len = engine.max_model_len
-        self.max_num_seqs = engine.max_num_seqs
-
-    def encode(
-        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
-    ) -> list[list[int] | PermanentRequestError]:
-        return self._engine.encode(prompts)
-
-    def add(self, request: EngineRequest) -> None:
-        self._engine.add(request)
-
-    def step(self) -> list[EngineOutput]:
-        return self._engine.step()
-
-    def abort(self, keys: Iterable[int]) -> None:
-        self._engine.abort(keys)
-
-    def has_unfinished(self) -> bool:
-        return self._engine.has_unfinished()
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.mark.vllm
 def test_concurrent_submitters_on_the_tiny_model(vllm_engine: VllmEngine) -> None:
     prompts = [f"The number {i} is" for i in range(12)]
@@ -168,7 +139,7 @@ def test_concurrent_submitters_on_the_tiny_model(vllm_engine: VllmEngine) -> Non
     async def main() -> tuple[list[Any], dict[str, Any]]:
         greedy = Sampling(max_tokens=6, temperature=0.0)
         async with BatchQueue(
-            lambda: _Shared(vllm_engine), max_batch_size=8, max_wait_ms=20, sampling=greedy
+            lambda: KeptOpen(vllm_engine), max_batch_size=8, max_wait_ms=20, sampling=greedy
         ) as batcher:
             calls = [batcher.submit(p) for p in prompts]
             calls.append(batcher.submit(too_long))

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
-from batching.engine import Engine, EngineOutput
+from batching.engine import Engine, EngineOutput, KeptOpen
 from batching.job import run as run_single
 from batching.records import Sampling
 from batching.testing import FakeEngine
@@ -260,7 +260,7 @@ def test_a_bare_ray_option_means_a_local_instance() -> None:
 
 @pytest.mark.vllm
 def test_tiny_vllm_in_two_replicas_equals_the_single_process_run(
-    tmp_path: Path, tiny_engine_config: EngineConfig
+    tmp_path: Path, tiny_engine_config: EngineConfig, vllm_engine: Engine
 ) -> None:
     from batching.vllm_engine import create_vllm_engine
 
@@ -280,7 +280,10 @@ def test_tiny_vllm_in_two_replicas_equals_the_single_process_run(
     def factory() -> Engine:
         return create_vllm_engine(engine_config)
 
-    run_single(cfg, factory)
+    # The single-process run borrows the session's engine: a second engine started
+    # and closed in this process would tear down the process group that one uses.
+    # At most 4 rows in flight either way, so every batch has the same shape.
+    run_single(cfg, lambda: KeptOpen(vllm_engine))
     ray_cfg = replace(cfg, output=OutputConfig(path=str(tmp_path / "ray.jsonl")))
     report = run_on_ray(ray_cfg, factory, RayOptions(replicas=2))
 
