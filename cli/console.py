@@ -24,7 +24,7 @@ from typing import Protocol, TextIO
 from rich.console import Console
 from tqdm import tqdm
 
-from batching.report import format_duration
+from batching.report_output import format_duration
 
 __all__ = [
     "BarProgress",

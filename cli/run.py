@@ -551,7 +551,8 @@ def _execute(
     cluster: RayOptions | None = None,
 ) -> int:
     from batching.job import run as run_pipeline
-    from batching.report import ReportCollector, render_report, write_report
+    from batching.report import ReportCollector
+    from batching.report_output import render_report, write_report
 
     console = stderr_console()
     progress = make_progress(quiet=quiet)

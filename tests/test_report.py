@@ -20,10 +20,8 @@ from batching.report import (
     LatencyHistogram,
     Report,
     ReportCollector,
-    format_duration,
-    render_report,
-    write_report,
 )
+from batching.report_output import format_duration, render_report, write_report
 
 # The histogram's buckets are 1% wide; its estimate is within half of that in theory,
 # and a value on a bucket edge may round into the neighbour, so test the full width.
