@@ -15,13 +15,21 @@ from batching.engine import Engine
 from batching.errors import BatchError, UsageError
 from batching.records import InvalidRow, Sampling
 from cli.console import print_error, stderr_console
-from cli.options import MessagesField, PromptField
-from cli.run import _parse_engine_args
+from cli.options import (
+    ENGINE,
+    DtypeOption,
+    EngineArgOption,
+    MaxModelLenOption,
+    MaxNumSeqsOption,
+    MessagesField,
+    ModelOption,
+    PromptField,
+    parse_engine_args,
+)
 
 __all__ = ["bench"]
 
 PROMPTS = "Prompts"
-ENGINE = "Engine (passed to vllm.LLM)"
 DEFAULT_SIZES = ",".join("all" if size == ALL else str(size) for size in DEFAULT_BATCH_SIZES)
 
 
@@ -80,16 +88,7 @@ def _read_prompts(path: str, prompt_field: str, messages_field: str, limit: int)
 
 
 def bench(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            envvar="BIZRA_BATCH_MODEL",
-            help="Model name or local path.",
-            rich_help_panel=ENGINE,
-        ),
-    ],
+    model: ModelOption,
     input_path: Annotated[
         str | None,
         typer.Option(
@@ -140,9 +139,9 @@ def bench(
             rich_help_panel=ENGINE,
         ),
     ] = BenchEngine.vllm,
-    dtype: Annotated[str, typer.Option(rich_help_panel=ENGINE)] = "auto",
-    max_model_len: Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)] = None,
-    max_num_seqs: Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)] = None,
+    dtype: DtypeOption = "auto",
+    max_model_len: MaxModelLenOption = None,
+    max_num_seqs: MaxNumSeqsOption = None,
     enable_prefix_caching: Annotated[
         bool,
         typer.Option(
@@ -153,10 +152,7 @@ def bench(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(rich_help_panel=ENGINE)] = 0,
-    engine_arg: Annotated[
-        list[str] | None,
-        typer.Option(help="Any other vllm.LLM argument as KEY=VALUE.", rich_help_panel=ENGINE),
-    ] = None,
+    engine_arg: EngineArgOption = None,
     debug: Annotated[bool, typer.Option(help="Full tracebacks and engine logs.")] = False,
 ) -> None:
     """Measure batching on the real engine: serial, a sweep of batch sizes, and `run`.
@@ -186,7 +182,7 @@ def bench(
             max_num_seqs=max_num_seqs,
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
-            extra=_parse_engine_args(engine_arg or []),
+            extra=parse_engine_args(engine_arg or []),
         )
     except BatchError as exc:
         print_error(str(exc))

@@ -21,12 +21,19 @@ from batching.records import Sampling
 from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
 from cli.options import (
+    ENGINE,
     FIELDS,
+    DtypeOption,
+    EngineArgOption,
     IdField,
     InputFormatOption,
     MaxLineBytes,
+    MaxModelLenOption,
+    MaxNumSeqsOption,
     MessagesField,
+    ModelOption,
     PromptField,
+    parse_engine_args,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RunCommand", "run"]
 
-ENGINE = "Engine (passed to vllm.LLM)"
 SAMPLING = "Sampling defaults (a row's own field wins)"
 RUNNING = "Batching and retries"
 OUTPUT = "Output and report"
@@ -107,21 +113,6 @@ def _looks_like_address(arg: str) -> bool:
     return arg in ("auto", RAY_LOCAL) or ":" in arg
 
 
-def _parse_engine_args(pairs: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; a VALUE that parses as JSON is taken as JSON (numbers, bools)."""
-    parsed: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--engine-arg {pair!r}: expected KEY=VALUE, e.g. swap_space=4")
-        try:
-            value: Any = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            value = raw
-        parsed[key.strip().replace("-", "_")] = value
-    return parsed
-
-
 def _read_json_schema(path: str) -> str:
     """The schema file's JSON, compact; a usage error names what is wrong with it."""
     try:
@@ -148,16 +139,7 @@ def run(
             metavar="INPUT", help="JSONL, JSONL.gz or Parquet file or URI (s3://...); - for stdin."
         ),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            envvar="BIZRA_BATCH_MODEL",
-            help="Model name or local path.",
-            rich_help_panel=ENGINE,
-        ),
-    ],
+    model: ModelOption,
     output: Annotated[
         str | None,
         typer.Option(
@@ -240,12 +222,12 @@ def run(
         ),
     ] = EngineChoice.vllm,
     tensor_parallel_size: Annotated[int, typer.Option(min=1, rich_help_panel=ENGINE)] = 1,
-    dtype: Annotated[str, typer.Option(rich_help_panel=ENGINE)] = "auto",
-    max_model_len: Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)] = None,
+    dtype: DtypeOption = "auto",
+    max_model_len: MaxModelLenOption = None,
     gpu_memory_utilization: Annotated[
         float | None, typer.Option(min=0.01, max=1.0, rich_help_panel=ENGINE)
     ] = None,
-    max_num_seqs: Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)] = None,
+    max_num_seqs: MaxNumSeqsOption = None,
     max_num_batched_tokens: Annotated[
         int | None, typer.Option(min=1, rich_help_panel=ENGINE)
     ] = None,
@@ -263,12 +245,7 @@ def run(
             help="Run the model repository's own code. Off unless asked.", rich_help_panel=ENGINE
         ),
     ] = False,
-    engine_arg: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Any other vllm.LLM argument as KEY=VALUE; repeatable.", rich_help_panel=ENGINE
-        ),
-    ] = None,
+    engine_arg: EngineArgOption = None,
     base_url: Annotated[
         str | None,
         typer.Option(
@@ -450,7 +427,7 @@ def run(
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
             trust_remote_code=trust_remote_code,
-            extra=_parse_engine_args(engine_arg or []),
+            extra=parse_engine_args(engine_arg or []),
         )
         remote = _remote_config(
             engine,
