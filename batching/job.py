@@ -24,7 +24,7 @@ from batching.output_format import output_format
 from batching.pipeline import run_rows
 from batching.prefetch import LiveSupply, PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
-from batching.readers import RowSource, open_source
+from batching.readers import RowSource, is_local_pipe, open_source
 from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
@@ -276,6 +276,13 @@ def _check_every_row(
     Standard input can be read only once, so it is first copied to a temporary
     file (on disk, not in memory), which the run then reads.
     """
+    if config.input.path != STDIO and is_local_pipe(config.input.path):
+        # Opening a named pipe a second time would wait for a writer that is gone.
+        raise UsageError(
+            f"{config.input.path}: --on-invalid abort reads the input twice, and a pipe "
+            "can be read once; pipe it to stdin instead (`... | bizra-batch run - "
+            "--on-invalid abort`) or save it to a file first"
+        )
     if config.input.path == STDIO:
         spool = stack.enter_context(tempfile.TemporaryFile(prefix="bizra-batch-stdin-"))  # noqa: SIM115
         shutil.copyfileobj(stdin or sys.stdin.buffer, spool, length=1 << 20)

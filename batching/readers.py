@@ -28,7 +28,14 @@ from batching.parquet_source import ParquetSource
 from batching.row_source import RowSource
 from batching.uri import is_remote, local_path, suffix_name
 
-__all__ = ["DEFAULT_MAX_LINE_BYTES", "STDIN_NAME", "RowSource", "input_format", "open_source"]
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "STDIN_NAME",
+    "RowSource",
+    "input_format",
+    "is_local_pipe",
+    "open_source",
+]
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 STDIN_NAME = "<stdin>"
@@ -93,7 +100,7 @@ def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
         return "jsonl"
     if name.endswith(_PARQUET_SUFFIXES):
         return "parquet"
-    if _is_local_pipe(path):
+    if is_local_pipe(path):
         # A pipe (`run <(tail -f q.jsonl)` names /dev/fd/63) is JSON Lines, like stdin:
         # Parquet cannot be streamed anyway.
         return "jsonl"
@@ -104,7 +111,7 @@ def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
     )
 
 
-def _is_local_pipe(path: str) -> bool:
+def is_local_pipe(path: str) -> bool:
     """Whether `path` is a local pipe or device rather than a file (or missing)."""
     if is_remote(path):
         return False

@@ -157,6 +157,22 @@ def test_a_named_pipe_given_as_input_is_read_live_like_stdin(tmp_path: Path) -> 
     assert [row["id"] for row in rows] == [f"q{i}" for i in range(producer.sent)]
 
 
+def test_on_invalid_abort_refuses_a_named_pipe_instead_of_hanging(tmp_path: Path) -> None:
+    # The check reads the input once and the run again; a pipe opened a second time
+    # would wait for a writer forever. No writer here: a refusal must not open it.
+    fifo = tmp_path / "queue.jsonl"
+    os.mkfifo(fifo)
+    child = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(fifo), "-m", "x", "--engine", "fake",
+         "--on-invalid", "abort"],
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=DEADLINE_S, check=False,
+    )  # fmt: skip
+    assert child.returncode == 2, child.stderr
+    assert str(fifo) in child.stderr and "pipe it to stdin" in child.stderr
+    assert child.stdout == ""
+
+
 # -- the pieces -------------------------------------------------------------------
 
 
