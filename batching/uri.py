@@ -173,7 +173,8 @@ class RemoteInput(io.RawIOBase):
         super().close()
 
 
-def _existing_input(uri: str) -> RemoteFile:
+def _existing_input(uri: str) -> tuple[RemoteFile, Any]:
+    """The remote file `uri` and its `FileInfo` (one look-up: a round trip to the store)."""
     import pyarrow.fs as pafs
 
     remote = resolve(uri, InputError)
@@ -185,7 +186,7 @@ def _existing_input(uri: str) -> RemoteFile:
         raise InputError(f"{uri}: no such file; check the URI")
     if info.type == pafs.FileType.Directory:
         raise InputError(f"{uri}: is a directory; pass a .jsonl or .parquet file")
-    return remote
+    return remote, info
 
 
 def open_remote_input(uri: str) -> RemoteInput:
@@ -194,14 +195,14 @@ def open_remote_input(uri: str) -> RemoteInput:
     >>> open_remote_input("memory://bucket/in.jsonl").read()  # doctest: +SKIP
     b'{"prompt": "Hi"}\\n'
     """
-    remote = _existing_input(uri)
+    remote, info = _existing_input(uri)
     try:
         # compression=None: the reader tells gzip by its content, and counts the
         # compressed bytes against the size, as for a local .jsonl.gz.
         stream = remote.fs.open_input_stream(remote.path, compression=None)
     except OSError as exc:
         raise InputError(f"{uri}: cannot open ({_first_line(exc)})") from None
-    return RemoteInput(stream, remote.info().size)
+    return RemoteInput(stream, info.size)
 
 
 def open_remote_parquet(uri: str) -> tuple[Any, int | None]:
@@ -209,7 +210,7 @@ def open_remote_parquet(uri: str) -> tuple[Any, int | None]:
 
     Parquet is read footer first, so it needs a seekable file, not a stream.
     """
-    remote = _existing_input(uri)
+    remote, _ = _existing_input(uri)
     try:
         file = remote.fs.open_input_file(remote.path)
     except OSError as exc:
