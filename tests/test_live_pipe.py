@@ -61,6 +61,27 @@ class _Producer(threading.Thread):
                 stdin.close()
 
 
+def _read_while_open(
+    process: subprocess.Popen[bytes], producer: _Producer
+) -> tuple[list[bytes], list[int], bytes]:
+    """The first output lines, with how many rows had been sent when each arrived,
+    then the rest once the producer has stopped and closed the input."""
+    assert process.stdout is not None
+    lines: list[bytes] = []
+    sent_when_read: list[int] = []
+    while len(lines) < OUTPUTS_WHILE_OPEN:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        sent_when_read.append(producer.sent)
+    producer.stop.set()
+    producer.join(timeout=DEADLINE_S)
+    rest = process.stdout.read()  # the producer closed the input: the run ends
+    process.wait(timeout=DEADLINE_S)
+    return lines, sent_when_read, rest
+
+
 def test_a_slow_pipe_gets_results_before_its_input_ends(tmp_path: Path) -> None:
     stderr_path = tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "cli", "run", "-", "-o", "-", "--engine", "fake", "-m", "x"]
@@ -71,19 +92,8 @@ def test_a_slow_pipe_gets_results_before_its_input_ends(tmp_path: Path) -> None:
         producer = _Producer(process.stdin)
         producer.start()
         assert process.stdout is not None
-        lines: list[bytes] = []
-        sent_when_read: list[int] = []
         try:
-            while len(lines) < OUTPUTS_WHILE_OPEN:
-                line = process.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-                sent_when_read.append(producer.sent)
-            producer.stop.set()
-            producer.join(timeout=DEADLINE_S)
-            rest = process.stdout.read()  # the producer closed the input: the run ends
-            process.wait(timeout=DEADLINE_S)
+            lines, sent_when_read, rest = _read_while_open(process, producer)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -129,19 +139,8 @@ def test_a_named_pipe_given_as_input_is_read_live_like_stdin(tmp_path: Path) -> 
             stderr=stderr,
         )
         assert process.stdout is not None
-        lines: list[bytes] = []
-        sent_when_read: list[int] = []
         try:
-            while len(lines) < OUTPUTS_WHILE_OPEN:
-                line = process.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-                sent_when_read.append(producer.sent)
-            producer.stop.set()
-            producer.join(timeout=DEADLINE_S)
-            rest = process.stdout.read()
-            process.wait(timeout=DEADLINE_S)
+            lines, sent_when_read, rest = _read_while_open(process, producer)
         finally:
             if process.poll() is None:
                 process.kill()
