@@ -20,13 +20,15 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import ClassVar, cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import ClassVar, Generic, TypeVar, cast
 
 from batching.protocols import RowSupply
 from batching.records import Row
 
-__all__ = ["Arrival", "LiveChunks", "LiveSupply", "PrefetchedSupply"]
+__all__ = ["Arrival", "LiveChunks", "LiveSupply", "PrefetchedSupply", "ReadAhead"]
+
+T = TypeVar("T")
 
 _END = object()
 # How often a producer blocked on a full queue checks whether the consumer quit.
@@ -44,14 +46,20 @@ Arrival = tuple[float, object]
 
 
 class _ReaderThread:
-    """`inner.chunks()` iterated in a daemon thread into a bounded queue of arrivals."""
+    """`produce()` iterated in a daemon thread into a bounded queue of arrivals."""
 
-    def __init__(self, inner: RowSupply, depth: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        produce: Callable[[], Iterable[object]],
+        depth: int,
+        clock: Callable[[], float],
+        name: str = "bizra-batch-reader",
+    ) -> None:
         self.arrivals: queue.Queue[Arrival] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._inner = inner
+        self._produce = produce
         self._clock = clock
-        self._thread = threading.Thread(target=self._read, name="bizra-batch-reader", daemon=True)
+        self._thread = threading.Thread(target=self._read, name=name, daemon=True)
         self._thread.start()
 
     def _put(self, item: object) -> bool:
@@ -66,17 +74,80 @@ class _ReaderThread:
         return False
 
     def _read(self) -> None:
+        items: Iterable[object] = ()
         try:
-            for chunk in self._inner.chunks():
-                if not self._put(chunk):
+            items = self._produce()
+            for item in items:
+                if not self._put(item):
                     return
             self._put(_END)
         except BaseException as error:  # handed over to the consumer's thread
             self._put(_Raised(error))
+        finally:
+            # A generator left early is closed here, in the thread that ran it, so
+            # its own clean-up (another reader thread, a file) happens now.
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     def close(self, join_s: float) -> None:
         self._stop.set()
         self._thread.join(timeout=join_s)
+
+
+class ReadAhead(Generic[T]):
+    """What `produce()` yields, computed up to `depth` items ahead in a daemon thread.
+
+    For work that finishes: `close` waits for the thread, which may be mid-item.
+    An error the producer raises is raised again, in order, where the consumer
+    would have met it. `ready()` says whether `next` would return at once, so a
+    consumer with other work (stepping the engine) need not wait for this.
+
+    >>> with ReadAhead(lambda: (x * x for x in range(4)), depth=2) as squares:
+    ...     list(squares)
+    [0, 1, 4, 9]
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[], Iterable[T]],
+        depth: int,
+        *,
+        name: str = "bizra-batch-reader",
+    ) -> None:
+        self._reader = _ReaderThread(produce, depth, time.monotonic, name)
+        self._ended = False
+
+    def __iter__(self) -> ReadAhead[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._ended:
+            raise StopIteration
+        _, item = self._reader.arrivals.get()
+        if item is _END:
+            self._ended = True
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._ended = True
+            raise item.error
+        return cast("T", item)
+
+    def ready(self) -> bool:
+        """Whether the next item (or the end, or an error) is here already."""
+        return self._ended or not self._reader.arrivals.empty()
+
+    def close(self) -> None:
+        """Stop the producer, waiting for it (so it never touches its source after
+        the consumer has closed it)."""
+        self._ended = True
+        self._reader.close(join_s=10)
+
+    def __enter__(self) -> ReadAhead[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class PrefetchedSupply:
@@ -99,19 +170,8 @@ class PrefetchedSupply:
         return self.inner.estimated_total_rows()
 
     def chunks(self) -> Iterator[list[Row]]:
-        reader = _ReaderThread(self.inner, self.depth, time.monotonic)
-        try:
-            while True:
-                _, item = reader.arrivals.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Raised):
-                    raise item.error
-                yield cast("list[Row]", item)
-        finally:
-            # A file read finishes in moments; waiting means the reader never
-            # touches the source after its owner has closed it.
-            reader.close(join_s=10)
+        with ReadAhead(self.inner.chunks, self.depth) as chunks:
+            yield from chunks
 
 
 class LiveChunks:
@@ -266,7 +326,7 @@ class LiveSupply:
         return self.inner.estimated_total_rows()
 
     def chunks(self) -> LiveChunks:
-        reader = _ReaderThread(self.inner, self.depth, self.clock)
+        reader = _ReaderThread(self.inner.chunks, self.depth, self.clock)
         return LiveChunks(
             reader.arrivals,
             chunk_size=self.chunk_size,
