@@ -134,6 +134,10 @@ class Engine(Protocol):
         sequence of messages is a chat rendered with the model's chat template (as
         `LLM.chat` would). A prompt that cannot be encoded gets its error in place,
         so one bad row never fails its neighbours.
+
+        The pipeline encodes the next chunk in its own thread while the current
+        one runs, so `encode` must be safe to call beside `add`, `step` and
+        `abort` (never beside `close`, nor beside another `encode`).
         """
         ...
 

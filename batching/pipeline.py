@@ -9,10 +9,11 @@ inside the engine) and the reorder limit (finished rows waiting for an earlier o
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batching.config import RunConfig
 from batching.engine import (
@@ -23,10 +24,10 @@ from batching.engine import (
     PermanentRequestError,
 )
 from batching.errors import BatchError
-from batching.grouping import padding_tokens, plan_order
+from batching.grouping import ChunkOrder, padding_tokens, plan_order
 from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
-from batching.prefetch import LiveChunks
+from batching.prefetch import LiveChunks, ReadAhead
 from batching.protocols import ProgressSink, ResultSink, RowSupply
 from batching.records import (
     ERROR_ENGINE,
@@ -55,6 +56,18 @@ class _Pending:
     submitted_at: float = 0.0
 
 
+@dataclass(slots=True)
+class _Chunk:
+    """A chunk as read, its rows that failed before the engine, and the rest encoded
+    in submission order (`order` is None when there are none)."""
+
+    rows: list[Row]
+    failed: list[Result]
+    ready: list[_Pending] = field(default_factory=list)
+    order: ChunkOrder | None = None
+    padding_avoided: int = 0
+
+
 class _NullProgress:
     def update(self, rows_done: int, output_tokens: int, total_rows: int | None) -> None:
         pass
@@ -72,6 +85,7 @@ def run_rows(
     start_index: int = 0,
     clock: Callable[[], float] = time.perf_counter,
     on_result: Callable[[Result], None] | None = None,
+    encode_ahead: bool = True,
 ) -> Report:
     """Run every row of `supply` through an engine and write one result per row, in order.
 
@@ -79,6 +93,8 @@ def run_rows(
     `start_index` is the first row `supply` yields (a resumed run skips the rest).
     `on_result` sees each row's result as soon as it is known, before it waits for
     the rows ahead of it (`batching.aio` answers each caller that way).
+    `encode_ahead=False` encodes every chunk on this thread, between engine steps:
+    slower, but what each step runs no longer depends on thread timing.
 
     >>> from batching.testing import FakeEngine
     >>> report = run_rows(rows, writer, FakeEngine, config)   # doctest: +SKIP
@@ -98,6 +114,7 @@ def run_rows(
         start_index=start_index,
         clock=clock,
         on_result=on_result,
+        encode_ahead=encode_ahead,
     )
     try:
         runner.run()
@@ -120,6 +137,7 @@ class _Runner:
         start_index: int,
         clock: Callable[[], float],
         on_result: Callable[[Result], None] | None = None,
+        encode_ahead: bool = True,
     ) -> None:
         self.supply = supply
         self.sink = sink
@@ -130,6 +148,7 @@ class _Runner:
         self.report = report
         self.clock = clock
         self.on_result = on_result
+        self.encode_ahead = encode_ahead
         self.window = max(1, config.max_in_flight)
         chunk_size = config.input.chunk_size
         # Results may wait for one slow early row; past this many we stop reading
@@ -146,6 +165,8 @@ class _Runner:
         # Started when first needed: a run whose rows are all invalid, or a resume
         # with nothing left to do, never waits for a model to load.
         self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()  # held to encode aside, and to restart
+        self._ahead: ReadAhead[_Chunk] | None = None  # chunks encoded in a thread
 
     @property
     def engine(self) -> Engine:
@@ -171,6 +192,8 @@ class _Runner:
         finally:
             if isinstance(chunks, LiveChunks):
                 chunks.close()
+            if self._ahead is not None:
+                self._ahead.close()  # waits for the encoder thread
 
     def _top_up(self, chunks: Iterator[list[Row]], exhausted: bool) -> bool:
         while len(self.in_flight) < self.window:
@@ -178,58 +201,103 @@ class _Runner:
                 if exhausted or len(self.reorder) > self.reorder_limit:
                     break
                 waited_from = self.clock()
-                rows = self._read(chunks)
-                if rows is None:
+                engine_idle = not self.in_flight
+                chunk = self._read(chunks)
+                if chunk is None:
                     return True
-                if not rows:
-                    break  # live input, nothing due yet: step what the engine holds
-                self._load(rows)
-                if self.in_flight:
+                if not chunk.rows:
+                    break  # nothing ready yet: step what the engine holds
+                self._load(chunk)
+                # The engine waited on our code: paused mid-batch, or idle while the
+                # encoder thread caught up (not while a live pipe was quiet).
+                if not engine_idle or self._ahead is not None:
                     self.report.record_engine_wait(self.clock() - waited_from)
                 continue
             self._submit(self.pending.popleft())
         return exhausted
 
-    def _read(self, chunks: Iterator[list[Row]]) -> list[Row] | None:
-        """The next chunk; None at the end. Live input makes the run wait for rows
-        only while the engine has nothing to do, so results keep coming out."""
-        if isinstance(chunks, LiveChunks):
-            return chunks.poll(wait=not self.in_flight)
-        return next(chunks, None)
+    def _read(self, chunks: Iterator[list[Row]]) -> _Chunk | None:
+        """The next chunk, encoded and ordered; None at the end, and an empty chunk
+        when none is ready yet while the engine has work (step it meanwhile).
 
-    def _load(self, rows: list[Row]) -> None:
-        """Encode a chunk, record rows that fail up front, queue the rest in order."""
-        if not rows:
-            return
+        From a file, once the engine is running, chunks are encoded a chunk ahead
+        in a thread, so tokenizing never happens between engine steps. The first
+        chunk is encoded here: it starts the engine, and only if it holds a valid
+        row. Live input makes the run wait for rows only while the engine has
+        nothing to do, so results keep coming out.
+        """
+        if isinstance(chunks, LiveChunks):
+            rows = chunks.poll(wait=not self.in_flight)
+            return None if rows is None else self._prepare(rows, lambda: self.engine)
+        if self._ahead is None and self._engine is not None and self.encode_ahead:
+            self._ahead = ReadAhead(
+                lambda: (self._prepare_aside(rows) for rows in chunks),
+                depth=1,
+                name="bizra-batch-encoder",
+            )
+        if self._ahead is not None:
+            if self.in_flight and not self._ahead.ready():
+                return _Chunk([], [])
+            return next(self._ahead, None)
+        rows = next(chunks, None)
+        return None if rows is None else self._prepare(rows, lambda: self.engine)
+
+    def _prepare_aside(self, rows: list[Row]) -> _Chunk:
+        # In the encoder thread. The lock keeps a restart from closing the engine
+        # under an encode; `Engine.encode` is safe beside `step` by contract.
+        with self._engine_lock:
+            engine = self._engine
+            if engine is None:
+                raise EngineFailedError("the engine did not restart")
+            return self._prepare(rows, lambda: engine)
+
+    def _prepare(self, rows: list[Row], engine: Callable[[], Engine]) -> _Chunk:
+        """Encode a chunk and choose its order; touches nothing of the run's state.
+
+        `engine()` is called only when the chunk holds a row for it.
+        """
+        failed: list[Result] = []
         requests: list[Request] = []
         for row in rows:
             if isinstance(row, InvalidRow):
-                self._finish(Result.failed(row, row.error))
+                failed.append(Result.failed(row, row.error))
             else:
                 requests.append(row)
-        self.chunk_ends.append(rows[-1].index + 1)
+        chunk = _Chunk(rows, failed)
         if not requests:
-            return  # nothing for the engine: do not start one for it
+            return chunk  # nothing for the engine: do not start one for it
+        encoder = engine()
         prompts = [r.prompt if r.prompt is not None else (r.messages or ()) for r in requests]
         prepared: list[_Pending] = []
-        for request, encoded in zip(requests, self.engine.encode(prompts), strict=True):
+        for request, encoded in zip(requests, encoder.encode(prompts), strict=True):
             if isinstance(encoded, PermanentRequestError):
-                self._finish(Result.failed(request, RowError(encoded.error_type, str(encoded))))
+                failed.append(Result.failed(request, RowError(encoded.error_type, str(encoded))))
             elif not encoded:
                 error = RowError(ERROR_INVALID_INPUT, f"line {request.line}: the prompt is empty")
-                self._finish(Result.failed(request, error))
+                failed.append(Result.failed(request, error))
             else:
                 prepared.append(_Pending(request, encoded))
-        token_ids = [p.token_ids for p in prepared]
-        lengths = [len(t) for t in token_ids]
-        chosen, order = plan_order(token_ids, self.config.order)
-        self.report.record_chunk_order(chosen)
-        self.report.add_padding_avoided(
-            # Against input-order static batches of the engine's own batch size.
-            padding_tokens(lengths, self.engine.max_num_seqs)
-            - padding_tokens([lengths[i] for i in order], self.engine.max_num_seqs)
+        lengths = [len(p.token_ids) for p in prepared]
+        chunk.order, order = plan_order([p.token_ids for p in prepared], self.config.order)
+        # Against input-order static batches of the engine's own batch size.
+        chunk.padding_avoided = padding_tokens(lengths, encoder.max_num_seqs) - padding_tokens(
+            [lengths[i] for i in order], encoder.max_num_seqs
         )
-        self.pending.extend(prepared[i] for i in order)
+        chunk.ready = [prepared[i] for i in order]
+        return chunk
+
+    def _load(self, chunk: _Chunk) -> None:
+        """Record the rows that failed up front; queue the rest in submission order."""
+        if not chunk.rows:
+            return
+        for result in chunk.failed:
+            self._finish(result)
+        self.chunk_ends.append(chunk.rows[-1].index + 1)
+        if chunk.order is None:
+            return
+        self.report.record_chunk_order(chunk.order)
+        self.report.add_padding_avoided(chunk.padding_avoided)
+        self.pending.extend(chunk.ready)
 
     def _submit(self, item: _Pending) -> None:
         request = item.request
@@ -449,13 +517,15 @@ class _Runner:
                 f"the engine died {self.deaths_in_a_row} times in a row without finishing a "
                 f"row (limit {limit}); completed rows are saved, rerun with --resume to continue"
             )
-        # It is dead already; a failing close must not stop the restart.
-        if self._engine is not None:
-            with contextlib.suppress(Exception):
-                self._engine.close()
         lost = list(self.in_flight.values())
         self.in_flight.clear()
-        self._engine = self._start_engine()
+        with self._engine_lock:
+            # It is dead already; a failing close must not stop the restart.
+            if self._engine is not None:
+                with contextlib.suppress(Exception):
+                    self._engine.close()
+            self._engine = None
+            self._engine = self._start_engine()
         return lost
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import gc
 import os
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,6 +67,13 @@ def _is_oom(error: BaseException) -> bool:
     if isinstance(oom_type, type) and isinstance(error, oom_type):
         return True
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def _thread_safe(renderer: Any) -> bool:
+    """Whether vLLM made the renderer's tokenizer safe to call from several threads."""
+    from vllm.tokenizers.hf import ThreadSafeHFTokenizerMixin
+
+    return isinstance(getattr(renderer, "tokenizer", None), ThreadSafeHFTokenizerMixin)
 
 
 def _vllm_dead_error() -> type[BaseException]:
@@ -137,6 +145,15 @@ class VllmEngine:
 
         self._llm: Any = llm
         self._engine: Any = llm.llm_engine
+        self._renderer: Any = llm.llm_engine.renderer
+        # `encode` runs in the pipeline's encoder thread beside `step`. vLLM's HF
+        # renderer routes every tokenizer call through a pool of deep copies
+        # (vllm/tokenizers/hf.py, maybe_make_thread_pool) for its own concurrent
+        # renderer threads; any other tokenizer is shared, so encode and the
+        # engine's own calls then take turns.
+        self._tokenizer_turns: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if _thread_safe(self._renderer) else threading.Lock()
+        )
         self._max_model_len = int(llm.model_config.max_model_len)
         self._max_num_seqs = int(llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
         # LLM.generate without params uses the model's generation_config on top of
@@ -176,12 +193,19 @@ class VllmEngine:
         Plain prompts get the model's special tokens (BOS); chats are rendered with
         the chat template and `add_generation_prompt=True`, then tokenized without
         special tokens, since the template writes them. A prompt longer than
-        `max_model_len` gets a "prompt_too_long" error in place.
+        `max_model_len` gets a "prompt_too_long" error in place. Safe to call from
+        another thread while `step` runs.
 
         >>> engine.encode(["Hello", [{"role": "user", "content": 5}]])
         [[0, 44, 73, 80, 985], PermanentRequestError("cannot apply the chat template: ...")]
         """
-        renderer = self._engine.renderer
+        with self._tokenizer_turns:
+            return self._encode(prompts)
+
+    def _encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        renderer = self._renderer
         results: list[list[int] | PermanentRequestError | None] = [None] * len(prompts)
         plain: list[tuple[int, str]] = []
         chat: list[tuple[int, str]] = []
@@ -206,7 +230,7 @@ class VllmEngine:
 
     def _render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str | list[int]:
         """The chat as text (or as ids, for renderers that tokenize themselves)."""
-        renderer = self._engine.renderer
+        renderer = self._renderer
         if self._chat_params is None:
             from vllm.renderers import ChatParams
             from vllm.renderers.params import merge_kwargs
@@ -247,7 +271,7 @@ class VllmEngine:
         """Tokenize `items` in one batched call with the settings vLLM's renderer uses."""
         if not items:
             return
-        tokenizer = self._engine.renderer.get_tokenizer()
+        tokenizer = self._renderer.get_tokenizer()
         valid: list[tuple[int, str]] = []
         for index, text in items:
             try:
@@ -269,7 +293,7 @@ class VllmEngine:
     def _check_tokens(
         self, ids: Sequence[int], tok_params: Any
     ) -> list[int] | PermanentRequestError:
-        tokenizer = self._engine.renderer.get_tokenizer()
+        tokenizer = self._renderer.get_tokenizer()
         try:
             checked = tok_params.apply_post_tokenization(tokenizer, {"prompt_token_ids": list(ids)})
         except self._request_errors as error:
@@ -336,9 +360,10 @@ class VllmEngine:
         try:
             # Rendered input (type "token"), as LLM.generate passes it: a raw
             # TokensPrompt dict would be re-rendered, with a deprecation warning.
-            self._engine.add_request(
-                str(request.key), tokens_input(list(request.prompt_token_ids)), params
-            )
+            with self._tokenizer_turns:
+                self._engine.add_request(
+                    str(request.key), tokens_input(list(request.prompt_token_ids)), params
+                )
         except self._request_errors as error:
             raise PermanentRequestError(str(error), _error_type(error)) from error
         except Exception as error:
@@ -356,7 +381,8 @@ class VllmEngine:
         """
         self._check_alive()
         try:
-            request_outputs = self._engine.step()
+            with self._tokenizer_turns:  # detokenizing
+                request_outputs = self._engine.step()
         except Exception as error:
             raise self._engine_failure(error) from error
         finished: list[EngineOutput] = []

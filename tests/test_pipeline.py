@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batching.config import InputConfig, RunConfig
-from batching.engine import EngineFactory
+from batching.engine import EngineFactory, EngineOutput, PermanentRequestError
 from batching.pipeline import EngineFailedError, run_rows
 from batching.records import (
     ERROR_ENGINE,
@@ -72,6 +74,7 @@ def run(
     max_tokens: int = 1000,
     max_retries: int = 3,
     max_engine_restarts: int = 3,
+    encode_ahead: bool = True,
 ) -> tuple[list[Result], Report]:
     config = RunConfig(
         input=InputConfig(path="-", chunk_size=chunk_size),
@@ -83,7 +86,12 @@ def run(
     )
     sink = ListSink()
     report = run_rows(
-        ListSupply(rows, chunk_size), sink, factory, config, retry=no_sleep_policy(max_retries)
+        ListSupply(rows, chunk_size),
+        sink,
+        factory,
+        config,
+        retry=no_sleep_policy(max_retries),
+        encode_ahead=encode_ahead,
     )
     return sink.results, report
 
@@ -135,11 +143,71 @@ def test_auto_sorts_by_length_when_rows_share_no_prefix() -> None:
 
 def test_engine_is_topped_up_across_chunk_boundaries_without_draining() -> None:
     engine = FakeEngine(max_num_seqs=4)
-    run(prompts(["x" * (i % 5 + 1) for i in range(40)]), lambda: engine, chunk_size=2)
+    # Encoded on this thread, so that no step runs short while the encoder thread
+    # catches up with an engine that takes no time.
+    rows = prompts(["x" * (i % 5 + 1) for i in range(40)])
+    run(rows, lambda: engine, chunk_size=2, encode_ahead=False)
     # Every step but the last ones runs a full batch: the next chunk's rows were
     # added while the previous chunk's were still running.
     full_steps = [keys for keys in engine.steps if len(keys) == 4]
     assert len(full_steps) == 10
+
+
+@dataclass(eq=False)
+class StepGatedEngine(FakeEngine):
+    """A fake whose `encode`, after the first, returns only once an engine step has
+    run while it waited: an encode between steps, on the pipeline's own thread,
+    would wait for a step that cannot come."""
+
+    encode_threads: list[str] = field(default_factory=list)
+    stepped: threading.Event = field(default_factory=threading.Event)
+
+    def encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        self.encode_threads.append(threading.current_thread().name)
+        self.stepped.clear()
+        if len(self.encode_threads) > 1 and not self.stepped.wait(timeout=10):
+            raise AssertionError("no engine step ran while this chunk was encoded")
+        return super().encode(prompts)
+
+    def step(self) -> list[EngineOutput]:
+        outputs = super().step()
+        self.stepped.set()
+        return outputs
+
+
+def test_chunks_are_encoded_in_a_thread_while_the_engine_steps() -> None:
+    engine = StepGatedEngine(max_num_seqs=2)
+    texts = [f"row {i} " + "x" * (i % 7) for i in range(40)]
+    results, report = run(prompts(texts), lambda: engine, chunk_size=4, max_in_flight=4)
+    assert [r.output for r in results] == [t[::-1] for t in texts]
+    # The first chunk starts the engine on the run's thread; the other nine were
+    # encoded in the encoder thread, each while the engine ran the chunk before.
+    assert engine.encode_threads[0] == threading.current_thread().name
+    assert engine.encode_threads[1:] == ["bizra-batch-encoder"] * 9
+    assert report.rows == 40 and report.rows_failed == 0
+
+
+@dataclass(eq=False)
+class EncodesOnlyWhileOpen(FakeEngine):
+    """A fake that cannot encode once closed, as vLLM's cannot (its renderer is gone)."""
+
+    def encode(
+        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
+    ) -> list[list[int] | PermanentRequestError]:
+        if self.closed:
+            raise AssertionError("encode on a closed engine")
+        return super().encode(prompts)
+
+
+def test_chunks_encoded_after_an_engine_restart_use_the_new_engine() -> None:
+    first = EncodesOnlyWhileOpen(max_num_seqs=2, die_at_step=3)
+    factory = FakeEngineFactory([first, EncodesOnlyWhileOpen(max_num_seqs=2)])
+    texts = [f"row {i}" for i in range(40)]  # ten chunks: most are encoded after step 3
+    results, report = run(prompts(texts), factory, chunk_size=4, max_in_flight=4)
+    assert [r.output for r in results] == [t[::-1] for t in texts]
+    assert report.engine_restarts == 1 and first.closed
 
 
 def test_in_flight_window_bounds_what_the_engine_holds() -> None:

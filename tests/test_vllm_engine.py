@@ -10,6 +10,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,39 @@ def test_encode_mixes_plain_and_chat_and_keeps_errors_in_place(
     assert isinstance(long_error, PermanentRequestError)
     assert long_error.error_type == ERROR_PROMPT_TOO_LONG
     assert vllm_engine.encode([]) == []
+
+
+@pytest.mark.vllm
+def test_encode_in_another_thread_beside_steps_changes_neither_ids_nor_outputs(
+    vllm_engine: VllmEngine,
+) -> None:
+    # The pipeline encodes the next chunk in a thread while the engine steps.
+    prompts: list[str | Sequence[Mapping[str, Any]]] = [*_plain_prompts(40), *_chats(20)]
+    expected_ids = _ids(vllm_engine.encode(prompts))
+    requests = [EngineRequest(k, p, GREEDY) for k, p in enumerate(expected_ids)]
+    expected = _run(vllm_engine, requests)
+
+    seen: list[list[list[int]]] = []
+    errors: list[BaseException] = []
+    drained = threading.Event()
+
+    def encode_until_drained() -> None:
+        try:
+            while not drained.is_set():
+                seen.append(_ids(vllm_engine.encode(prompts)))
+        except BaseException as error:
+            errors.append(error)
+
+    encoder = threading.Thread(target=encode_until_drained)
+    encoder.start()
+    try:
+        outputs = _run(vllm_engine, requests)
+    finally:
+        drained.set()
+        encoder.join()
+    assert not errors
+    assert seen and all(ids == expected_ids for ids in seen)
+    assert outputs == expected
 
 
 @pytest.mark.vllm
