@@ -189,6 +189,11 @@ def apply_vllm_env_defaults(
         # engine in a subprocess, and on CPU there is no device work to overlap with
         # the scheduling the subprocess would run in parallel.
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # The pipeline tokenizes the next chunk in a thread while the engine's torch
+        # threads take every core; the tokenizer's own thread pool on top of that
+        # oversubscribes them. Measured in-process on 2 cores, 5,000 prompts, six
+        # alternating runs each: 10.8 s mean with it off, 12.1 s with it on.
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not (verbose or env.get(DEBUG_ENV)):
         # torch's C++ warnings (the CPU worker's NUMA binding notice at every start)
         # bypass Python logging; only this level silences them.

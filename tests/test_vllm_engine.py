@@ -96,6 +96,19 @@ def test_env_defaults_keep_what_the_user_set() -> None:
     assert config["handlers"]["vllm"]["stream"] == "ext://sys.stderr"
 
 
+def test_env_defaults_on_cpu_keep_the_tokenizer_off_the_engine_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("batching.vllm_setup._is_cpu_build", lambda: True)
+    env: dict[str, str] = {}
+    apply_vllm_env_defaults(env)
+    assert env["TOKENIZERS_PARALLELISM"] == "false"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    mine = {"TOKENIZERS_PARALLELISM": "true"}
+    apply_vllm_env_defaults(mine)
+    assert mine["TOKENIZERS_PARALLELISM"] == "true"
+
+
 def test_env_defaults_verbose_leaves_logging_to_vllm() -> None:
     env: dict[str, str] = {}
     apply_vllm_env_defaults(env, verbose=True)
