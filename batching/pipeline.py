@@ -1,7 +1,9 @@
 """One run: reader -> grouping -> engine -> reorder buffer -> writer, with a report.
 
 The engine is fed through its streaming interface and topped up after every step,
-so it never drains between chunks. Memory is bounded by three numbers, none of which
+so it never drains between chunks, and the next chunk is tokenized in an encoder
+thread while the engine runs, so nothing of ours runs between its steps but handing
+requests over and taking results. Memory is bounded by three numbers, none of which
 grows with the input: the chunk size (rows read ahead), the in-flight window (rows
 inside the engine) and the reorder limit (finished rows waiting for an earlier one).
 """
