@@ -193,7 +193,7 @@ class _Runner:
                 self._emit()
         finally:
             if isinstance(chunks, LiveChunks):
-                chunks.close()
+                chunks.close()  # first: it wakes an encoder thread waiting for rows
             if self._ahead is not None:
                 self._ahead.close()  # waits for the encoder thread
 
@@ -212,7 +212,8 @@ class _Runner:
                 self._load(chunk)
                 # The engine waited on our code: paused mid-batch, or idle while the
                 # encoder thread caught up (not while a live pipe was quiet).
-                if not engine_idle or self._ahead is not None:
+                caught_up = self._ahead is not None and not isinstance(chunks, LiveChunks)
+                if not engine_idle or caught_up:
                     self.report.record_engine_wait(self.clock() - waited_from)
                 continue
             self._submit(self.pending.popleft())
@@ -222,15 +223,13 @@ class _Runner:
         """The next chunk, encoded and ordered; None at the end, and an empty chunk
         when none is ready yet while the engine has work (step it meanwhile).
 
-        From a file, once the engine is running, chunks are encoded a chunk ahead
-        in a thread, so tokenizing never happens between engine steps. The first
-        chunk is encoded here: it starts the engine, and only if it holds a valid
-        row. Live input makes the run wait for rows only while the engine has
-        nothing to do, so results keep coming out.
+        Once the engine is running, chunks are encoded a chunk ahead in a thread,
+        so tokenizing never happens between engine steps; live input is waited for
+        there too, each chunk handed over when full or after `--max-wait-ms`. The
+        first chunk is encoded here: it starts the engine, and only if it holds a
+        valid row. The run waits for rows only while the engine has nothing to do,
+        so results keep coming out.
         """
-        if isinstance(chunks, LiveChunks):
-            rows = chunks.poll(wait=not self.in_flight)
-            return None if rows is None else self._prepare(rows, lambda: self.engine)
         if self._ahead is None and self._engine is not None and self.encode_ahead:
             self._ahead = ReadAhead(
                 lambda: (self._prepare_aside(rows) for rows in chunks),
@@ -241,7 +240,10 @@ class _Runner:
             if self.in_flight and not self._ahead.ready():
                 return _Chunk([], [])
             return next(self._ahead, None)
-        rows = next(chunks, None)
+        if isinstance(chunks, LiveChunks):
+            rows = chunks.poll(wait=not self.in_flight)
+        else:
+            rows = next(chunks, None)
         return None if rows is None else self._prepare(rows, lambda: self.engine)
 
     def _prepare_aside(self, rows: list[Row]) -> _Chunk:

@@ -17,6 +17,7 @@ so a row that arrives alone is answered in milliseconds, not at end of input.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -288,8 +289,13 @@ class LiveChunks:
         return None
 
     def close(self) -> None:
-        """Stop the producer; rows not handed over yet are dropped."""
+        """Stop the producer; rows not handed over yet are dropped.
+
+        A thread blocked in `poll` waiting for rows is woken, and gets the end.
+        """
         self._ended = True
+        with contextlib.suppress(queue.Full):  # a full queue wakes it anyway
+            self._arrivals.put_nowait((self._clock(), _END))
         if self._on_close is not None:
             self._on_close()
 

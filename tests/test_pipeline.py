@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from batching.config import InputConfig, RunConfig
 from batching.engine import EngineFactory, EngineOutput, PermanentRequestError
 from batching.pipeline import EngineFailedError, run_rows
+from batching.prefetch import Arrival, LiveChunks
 from batching.records import (
     ERROR_ENGINE,
     ERROR_INVALID_INPUT,
@@ -208,6 +211,68 @@ def test_chunks_encoded_after_an_engine_restart_use_the_new_engine() -> None:
     results, report = run(prompts(texts), factory, chunk_size=4, max_in_flight=4)
     assert [r.output for r in results] == [t[::-1] for t in texts]
     assert report.engine_restarts == 1 and first.closed
+
+
+@dataclass
+class LiveQueueSupply:
+    """Rows a test sends as they "arrive", through the pipeline's LiveChunks."""
+
+    chunk_size: int
+    arrivals: queue.Queue[Arrival] = field(default_factory=queue.Queue)
+
+    def send(self, rows: list[Row]) -> None:
+        self.arrivals.put((time.monotonic(), rows))
+
+    def end(self) -> None:
+        self.arrivals.put((time.monotonic(), LiveChunks.END))
+
+    def chunks(self) -> LiveChunks:
+        return LiveChunks(self.arrivals, chunk_size=self.chunk_size, max_wait_s=0.01)
+
+    def estimated_total_rows(self) -> int | None:
+        return None
+
+
+def live_config(chunk_size: int) -> RunConfig:
+    return RunConfig(
+        input=InputConfig(path="-", chunk_size=chunk_size),
+        sampling=Sampling(max_tokens=1000),
+        max_in_flight=4,
+        max_engine_restarts=0,
+    )
+
+
+def test_live_input_is_encoded_in_a_thread_while_the_engine_steps() -> None:
+    engine = StepGatedEngine(max_num_seqs=2)
+    supply = LiveQueueSupply(chunk_size=4)
+    rows = prompts([f"row {i} " + "x" * (i % 5) for i in range(40)])
+    for start in range(0, 40, 4):
+        supply.send(rows[start : start + 4])
+    supply.end()
+    sink = ListSink()
+    run_rows(supply, sink, lambda: engine, live_config(4), retry=no_sleep_policy())
+    assert_complete_and_ordered(sink.results, rows)
+    assert engine.encode_threads[0] == threading.current_thread().name
+    assert set(engine.encode_threads[1:]) == {"bizra-batch-encoder"}
+
+
+def test_a_run_that_fails_while_live_input_is_quiet_stops_at_once() -> None:
+    # The encoder thread is waiting for rows that never come when the engine dies
+    # for good: the run must end now, not leave that thread (and itself) waiting.
+    supply = LiveQueueSupply(chunk_size=4)
+    supply.send(prompts(["aaaa", "bbbb", "cccc", "dddd"]))
+    sink = ListSink()
+    started = time.monotonic()
+    with pytest.raises(EngineFailedError):
+        run_rows(
+            supply,
+            sink,
+            lambda: FakeEngine(max_num_seqs=2, die_at_step=2),
+            live_config(4),
+            retry=no_sleep_policy(),
+        )
+    assert time.monotonic() - started < 5  # the close joins for 10 s when not woken
+    assert not [t for t in threading.enumerate() if t.name == "bizra-batch-encoder"]
 
 
 def test_in_flight_window_bounds_what_the_engine_holds() -> None:
