@@ -14,6 +14,7 @@ from batching.config import EngineConfig, InputConfig
 from batching.engine import Engine
 from batching.errors import BatchError, UsageError
 from batching.records import InvalidRow, Sampling
+from cli.config_file import ConfigOption
 from cli.console import print_error, stderr_console
 from cli.options import (
     ENGINE,
@@ -154,6 +155,7 @@ def bench(
     seed: Annotated[int, typer.Option(rich_help_panel=ENGINE)] = 0,
     engine_arg: EngineArgOption = None,
     debug: Annotated[bool, typer.Option(help="Full tracebacks and engine logs.")] = False,
+    config_file: ConfigOption = None,
 ) -> None:
     """Measure batching on the real engine: serial, a sweep of batch sizes, and `run`.
 

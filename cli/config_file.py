@@ -9,7 +9,7 @@ environment. Precedence is therefore flags > env > config file > defaults.
 
 A config file holds option names (`max-tokens` or `max_tokens`) at the top level,
 shared by every command, and optionally in a table per command (`[run]`,
-`[validate]`) that wins over the top level for that command:
+`[validate]`, `[bench]`) that wins over the top level for that command:
 
     model = "Qwen/Qwen2.5-0.5B-Instruct"
     [run]
@@ -120,7 +120,17 @@ def load_config(
                         raise _unknown_key(path, f"{key}.{sub_key}", other)
             continue
         if key in own:
-            defaults[own[key]] = _checked(ctx, path, key, params.get(own[key]), value)
+            # A top-level value another command may take and this one refuses
+            # (engine = "openai": run only) belongs in that command's table.
+            elsewhere = sorted(
+                n for n, c in siblings.items() if c is not command and key in _option_names(c)
+            )
+            hint = (
+                f"; if it is for {' or '.join(elsewhere)} only, put it in a [{elsewhere[0]}] table"
+                if elsewhere
+                else ""
+            )
+            defaults[own[key]] = _checked(ctx, path, key, params.get(own[key]), value, hint)
         elif key not in known_elsewhere:
             raise _unknown_key(path, key, command)
     section = data.get(command.name or "")
@@ -133,7 +143,7 @@ def load_config(
     return defaults
 
 
-def _checked(ctx: Any, path: str, key: str, param: Any, value: Any) -> Any:
+def _checked(ctx: Any, path: str, key: str, param: Any, value: Any, hint: str = "") -> Any:
     """The option's value for `key`, refused here if the option would refuse it:
     Click's own message names a flag the command line does not have."""
     value = _as_param_value(param, value)
@@ -141,7 +151,8 @@ def _checked(ctx: Any, path: str, key: str, param: Any, value: Any) -> Any:
         try:
             param.process_value(ctx, value)
         except typer.BadParameter as exc:
-            raise _config_error(f"{path}: key {key!r}: {exc.message}") from None
+            message = f"{exc.message.rstrip('.')}{hint}" if hint else exc.message
+            raise _config_error(f"{path}: key {key!r}: {message}") from None
     return value
 
 

@@ -203,3 +203,26 @@ def test_bench_ignores_the_engine_exported_for_run(tmp_path: Path) -> None:
     env = {"BIZRA_BATCH_ENGINE": "openai", "BIZRA_BATCH_BENCH_ENGINE": "fake"}
     result = runner.invoke(app, bench, env=env)
     assert result.exit_code == 0, result.output
+
+
+def test_bench_reads_the_config_file_with_its_own_table(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        'model = "shared-model"\n'
+        '[bench]\nengine = "fake"\nprompts = 1\nbatch-sizes = "all"\npipeline = false\n'
+        "[run]\ntemperature = 0.0\n",
+    )
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--config", str(config), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    settings = orjson.loads(out.read_bytes())["settings"]
+    assert (settings["model"], settings["engine"]) == ("shared-model", "fake")
+
+
+def test_a_top_level_value_only_run_takes_points_bench_to_a_run_table(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 'model = "m"\nengine = "openai"\n')
+    result = runner.invoke(app, ["bench", "--config", str(config)])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "bizra.toml: key 'engine'" in message
+    assert "put it in a [run] table" in message
