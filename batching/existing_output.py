@@ -15,7 +15,7 @@ import orjson
 
 from batching.config import STDIO, OutputConfig, OutputFormat
 from batching.errors import OutputError
-from batching.openai_batch import check_line, result_from_line
+from batching.openai_batch import check_line, id_token, result_from_line
 from batching.output_format import (
     FIXED_COLUMNS,
     OPTIONAL_COLUMNS,
@@ -57,6 +57,8 @@ class ExistingOutput:
     format: OutputFormat
     rows: int
     torn_bytes: int = 0
+    # The run token in an OpenAI output's line ids, for the resumed run to reuse.
+    id_token: str | None = None
 
     def ids(self) -> Iterator[Any]:
         """A fresh iterator over the ids of the complete rows, in order."""
@@ -106,14 +108,17 @@ def _scan_jsonl(path: str, openai: bool) -> ExistingOutput | None:
     except OSError as exc:
         raise read_error(path, exc) from None
     rows = torn = 0
+    token: str | None = None
     with file:
         for line in file:
             if not line.endswith(b"\n"):
                 torn = len(line)
                 break
             rows += 1
-            _line_row(line, path, rows, openai)
-    return ExistingOutput(path, "openai" if openai else "jsonl", rows, torn)
+            row = _line_row(line, path, rows, openai)
+            if openai and rows == 1:
+                token = id_token(row)
+    return ExistingOutput(path, "openai" if openai else "jsonl", rows, torn, token)
 
 
 def _jsonl_lines(path: str, rows: int, openai: bool = False) -> Iterator[dict[str, Any]]:

@@ -95,7 +95,8 @@ def run(
         )
         openai_lines = None
         if output_format(output.path, output.format) == "openai":
-            openai_lines = OpenAIBatchLines(output.model)
+            token = existing.id_token if existing is not None else None
+            openai_lines = OpenAIBatchLines(output.model, token=token)
         writer = stack.enter_context(open_writer(output, stdout=stdout, openai_lines=openai_lines))
         supply: RowSupply = _SourceSupply(source)
         done = 0

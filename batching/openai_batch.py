@@ -47,6 +47,7 @@ __all__ = [
     "OpenAIBatchLines",
     "check_line",
     "custom_id",
+    "id_token",
     "is_openai_line",
     "parse_openai_row",
     "result_from_line",
@@ -243,10 +244,12 @@ class OpenAIBatchLines:
     {'role': 'assistant', 'content': 'Hi'}
     """
 
-    def __init__(self, model: str, created: int | None = None) -> None:
+    def __init__(self, model: str, created: int | None = None, token: str | None = None) -> None:
         self.model = model
         self.created = int(time.time()) if created is None else created
-        self._token = secrets.token_hex(6)
+        # Ids are `batch_req_<token>-<row index>`; a resumed run passes the earlier
+        # run's token, so one output (and its errors file) keeps one id scheme.
+        self._token = token or secrets.token_hex(6)
 
     def __call__(self, result: Result) -> dict[str, Any]:
         token = f"{self._token}-{result.index}"
@@ -338,3 +341,16 @@ def result_from_line(index: int, row: Mapping[str, Any], where: str) -> Result:
     if type(error) is not dict or not all(type(error.get(k)) is str for k in ("code", "message")):
         raise not_ours(where, 'an "error" that is not {"code": ..., "message": ...}')
     return Result(index=index, id=row["custom_id"], error=RowError(error["code"], error["message"]))
+
+
+def id_token(line: Mapping[str, Any]) -> str | None:
+    """The run token in an output line's `batch_req_<token>-<index>` id, if it has one.
+
+    >>> id_token({"id": "batch_req_1a2b3c-0"})
+    '1a2b3c'
+    """
+    line_id = line.get("id")
+    if not isinstance(line_id, str) or not line_id.startswith("batch_req_"):
+        return None
+    token, dash, index = line_id[len("batch_req_") :].rpartition("-")
+    return token if dash and token and index.isdigit() else None

@@ -325,6 +325,25 @@ def test_errors_file_lines_are_the_outputs_failed_lines(tmp_path: Path) -> None:
     assert output_lines(errors) == [output_lines(out)[1]]
 
 
+def test_a_resumed_openai_output_and_its_errors_file_keep_the_first_runs_ids(
+    tmp_path: Path,
+) -> None:
+    lines: list[Any] = [chat_line(f"q{i}", f"prompt {i}") for i in range(6)]
+    lines[1] = {**lines[1], "url": "/v1/embeddings"}
+    lines[4] = {**lines[4], "url": "/v1/embeddings"}
+    source = write_lines(tmp_path / "batch.jsonl", lines)
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    run(openai_config(source, out, errors_path=str(errors)), FakeEngine)
+    first_ids = [line["id"] for line in output_lines(out)]
+    out.write_bytes(b"".join(out.read_bytes().splitlines(keepends=True)[:3]))  # died here
+
+    run(openai_config(source, out, resume=True, errors_path=str(errors)), FakeEngine)
+    # One id scheme for the whole output, and the errors file's lines (one rebuilt
+    # from the earlier run, one new) are found in the output by their ids.
+    assert [line["id"] for line in output_lines(out)] == first_ids
+    assert output_lines(errors) == [output_lines(out)[1], output_lines(out)[4]]
+
+
 def test_resume_of_another_inputs_openai_output_is_refused(tmp_path: Path) -> None:
     source = write_lines(tmp_path / "batch.jsonl", [chat_line(f"q{i}", "x") for i in range(3)])
     other = write_lines(tmp_path / "other.jsonl", [chat_line(f"z{i}", "x") for i in range(3)])
