@@ -537,4 +537,7 @@ class _Runner:
             self._emit()
         finally:
             if self._engine is not None:
+                started = self.clock()
                 self._engine.close()
+                # Seconds for vLLM to free the model and KV cache: not processing.
+                self.report.engine_stopped(self.clock() - started)

@@ -7,9 +7,10 @@ counter or a fixed-size histogram, so a 10M-row run costs the same memory as a
 machines.
 
 Throughput figures are over *processing* time, `wall_seconds -
-engine_startup_seconds`: loading weights and capturing graphs can take minutes and
-does not scale with the input, so folding it in would make a 1k-row run look many
-times slower than the same engine on 1M rows.
+engine_startup_seconds - engine_shutdown_seconds`: loading weights and capturing
+graphs can take minutes, and shutting the engine down seconds, neither scaling with
+the input, so folding them in would make a 1k-row run look many times slower than
+the same engine on 1M rows.
 """
 
 from __future__ import annotations
@@ -156,8 +157,11 @@ class Report:
     - wall_seconds: from `ReportCollector.start()` to `finish()`.
     - engine_startup_seconds: time spent starting the engine, summed over restarts;
       None when never reported.
-    - processing_seconds: wall_seconds - engine_startup_seconds; every `*_per_second`
-      figure divides by this, so engine start-up does not dilute throughput.
+    - engine_shutdown_seconds: time spent closing the engine at the end of the run
+      (freeing the model and KV cache); None when never reported.
+    - processing_seconds: wall_seconds - engine_startup_seconds -
+      engine_shutdown_seconds; every `*_per_second` figure divides by this, so
+      starting and stopping the engine does not dilute throughput.
     - requests_per_second, input_tokens_per_second, output_tokens_per_second.
     - input_tokens, output_tokens: sums of prompt_tokens and completion_tokens.
     - batches: engine steps; avg_batch_size: requests running per step;
@@ -191,6 +195,7 @@ class Report:
     rows_failed: int = 0
     wall_seconds: float = 0.0
     engine_startup_seconds: float | None = None
+    engine_shutdown_seconds: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     batches: int = 0
@@ -211,7 +216,8 @@ class Report:
 
     @property
     def processing_seconds(self) -> float:
-        return max(0.0, self.wall_seconds - (self.engine_startup_seconds or 0.0))
+        engine_s = (self.engine_startup_seconds or 0.0) + (self.engine_shutdown_seconds or 0.0)
+        return max(0.0, self.wall_seconds - engine_s)
 
     @property
     def requests_per_second(self) -> float | None:
@@ -253,6 +259,7 @@ class Report:
             "rows_failed": self.rows_failed,
             "wall_seconds": round(self.wall_seconds, 6),
             "engine_startup_seconds": _rounded(self.engine_startup_seconds, 6),
+            "engine_shutdown_seconds": _rounded(self.engine_shutdown_seconds, 6),
             "processing_seconds": round(self.processing_seconds, 6),
             "requests_per_second": _rounded(self.requests_per_second, 3),
             "input_tokens_per_second": _rounded(self.input_tokens_per_second, 3),
@@ -314,6 +321,7 @@ class ReportCollector:
         self._chunk_orders: dict[str, int] = {}
         self._started_at: float | None = None
         self._startup_s: float | None = None
+        self._shutdown_s: float | None = None
         self._rows = 0
         self._rows_failed = 0
         self._input_tokens = 0
@@ -412,6 +420,10 @@ class ReportCollector:
         """Each replica's throughput so far (replaces what was recorded before)."""
         self._replicas = replicas
 
+    def engine_stopped(self, seconds: float) -> None:
+        """Closing the engine at the end of the run took `seconds`."""
+        self._shutdown_s = (self._shutdown_s or 0.0) + seconds
+
     def finish(self) -> Report:
         """The report as of now; may be called more than once.
 
@@ -430,6 +442,7 @@ class ReportCollector:
             rows_failed=self._rows_failed,
             wall_seconds=max(0.0, self._clock() - self._started_at),
             engine_startup_seconds=self._startup_s,
+            engine_shutdown_seconds=self._shutdown_s,
             input_tokens=self._input_tokens,
             output_tokens=self._output_tokens,
             batches=self._batches,

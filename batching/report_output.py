@@ -60,8 +60,13 @@ def render_report(report: Report, console: Console) -> None:
     failed = f"[red]{report.rows_failed:,} failed[/red]" if report.rows_failed else "0 failed"
     table.add_row("rows", f"{report.rows_ok:,} ok, {failed}")
     wall = format_duration(report.wall_seconds)
+    engine_times = []
     if report.engine_startup_seconds is not None:
-        wall += f" (engine start-up {format_duration(report.engine_startup_seconds)})"
+        engine_times.append(f"engine start-up {format_duration(report.engine_startup_seconds)}")
+    if report.engine_shutdown_seconds is not None:
+        engine_times.append(f"shut-down {format_duration(report.engine_shutdown_seconds)}")
+    if engine_times:
+        wall += f" ({', '.join(engine_times)})"
     table.add_row("wall time", wall)
     table.add_row(
         "throughput",

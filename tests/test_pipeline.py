@@ -275,6 +275,31 @@ def test_a_run_that_fails_while_live_input_is_quiet_stops_at_once() -> None:
     assert not [t for t in threading.enumerate() if t.name == "bizra-batch-encoder"]
 
 
+@dataclass
+class StepClock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_closing_the_engine_is_reported_apart_from_processing() -> None:
+    clock = StepClock()
+
+    @dataclass(eq=False)
+    class SlowToClose(FakeEngine):
+        def close(self) -> None:
+            clock.now += 7.0  # vLLM takes seconds to free the model and KV cache
+            super().close()
+
+    sink = ListSink()
+    config = RunConfig(input=InputConfig(path="-", chunk_size=4), sampling=Sampling())
+    report = run_rows(ListSupply(prompts(["ab", "cd"]), 4), sink, SlowToClose, config, clock=clock)
+    assert report.engine_shutdown_seconds == 7.0
+    assert report.processing_seconds == 0.0  # the fake clock moved only in close
+    assert [r.output for r in sink.results] == ["ba", "dc"]
+
+
 def test_in_flight_window_bounds_what_the_engine_holds() -> None:
     engine = FakeEngine(max_num_seqs=2, oom_above=6)  # would OOM if we queued more
     results, report = run(prompts(["x"] * 30), lambda: engine, max_in_flight=6, chunk_size=10)

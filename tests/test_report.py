@@ -33,6 +33,7 @@ REQUIRED_KEYS = {
     "rows_failed",
     "wall_seconds",
     "engine_startup_seconds",
+    "engine_shutdown_seconds",
     "processing_seconds",
     "requests_per_second",
     "input_tokens_per_second",
@@ -147,6 +148,23 @@ def test_engine_restarts_add_to_startup_time() -> None:
     c.record_result(ok(0, 1, 10))
     assert c.finish().processing_seconds == 10.0
     assert c.finish().output_tokens_per_second == 1.0
+
+
+def test_engine_shutdown_is_not_processing_time() -> None:
+    clock = FakeClock()
+    c = ReportCollector(clock=clock)
+    c.start()
+    c.engine_started(4.0)
+    c.record_result(ok(0, 1, 10))
+    c.engine_stopped(6.0)
+    clock.now = 20.0
+    r = c.finish()
+    assert (r.engine_shutdown_seconds, r.processing_seconds) == (6.0, 10.0)
+    assert r.output_tokens_per_second == 1.0
+    assert r.to_dict()["engine_shutdown_seconds"] == 6.0
+    out = io.StringIO()
+    render_report(r, Console(file=out, width=120, color_system=None))
+    assert "(engine start-up 4.0s, shut-down 6.0s)" in out.getvalue()
 
 
 def test_absent_figures_are_none_not_zero() -> None:
