@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,11 +290,17 @@ def test_logprobs_in_chat_and_completion_form(tmp_path: Path) -> None:
 # -- resume and errors file ---------------------------------------------------------
 
 
+def batch_with_failing_lines(tmp_path: Path, rows: int, failing: Sequence[int]) -> Path:
+    """A batch of `rows` chat lines q0, q1, ...; those at `failing` ask for an
+    endpoint we do not serve, so they get error lines."""
+    lines: list[Any] = [chat_line(f"q{i}", f"prompt {i}") for i in range(rows)]
+    for i in failing:
+        lines[i] = {**lines[i], "url": "/v1/embeddings"}
+    return write_lines(tmp_path / "batch.jsonl", lines)
+
+
 def test_resume_continues_an_openai_output_and_rewrites_its_errors_file(tmp_path: Path) -> None:
-    lines: list[Any] = [chat_line(f"q{i}", f"prompt {i}") for i in range(10)]
-    lines[2] = {**lines[2], "url": "/v1/embeddings"}
-    lines[8] = {**lines[8], "url": "/v1/embeddings"}
-    source = write_lines(tmp_path / "batch.jsonl", lines)
+    source = batch_with_failing_lines(tmp_path, 10, failing=[2, 8])
     reference, errors = tmp_path / "reference.jsonl", tmp_path / "errors.jsonl"
     run(openai_config(source, reference, errors_path=str(errors)), FakeEngine)
     assert [line["custom_id"] for line in output_lines(errors)] == ["q2", "q8"]
@@ -317,9 +324,7 @@ def test_resume_continues_an_openai_output_and_rewrites_its_errors_file(tmp_path
 
 def test_errors_file_lines_are_the_outputs_failed_lines(tmp_path: Path) -> None:
     # Same ids in both files, so a failed line can be found in the output by its id.
-    lines: list[Any] = [chat_line(f"q{i}", f"prompt {i}") for i in range(4)]
-    lines[1] = {**lines[1], "url": "/v1/embeddings"}
-    source = write_lines(tmp_path / "batch.jsonl", lines)
+    source = batch_with_failing_lines(tmp_path, 4, failing=[1])
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
     run(openai_config(source, out, errors_path=str(errors)), FakeEngine)
     assert output_lines(errors) == [output_lines(out)[1]]
@@ -328,10 +333,7 @@ def test_errors_file_lines_are_the_outputs_failed_lines(tmp_path: Path) -> None:
 def test_a_resumed_openai_output_and_its_errors_file_keep_the_first_runs_ids(
     tmp_path: Path,
 ) -> None:
-    lines: list[Any] = [chat_line(f"q{i}", f"prompt {i}") for i in range(6)]
-    lines[1] = {**lines[1], "url": "/v1/embeddings"}
-    lines[4] = {**lines[4], "url": "/v1/embeddings"}
-    source = write_lines(tmp_path / "batch.jsonl", lines)
+    source = batch_with_failing_lines(tmp_path, 6, failing=[1, 4])
     out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
     run(openai_config(source, out, errors_path=str(errors)), FakeEngine)
     first_ids = [line["id"] for line in output_lines(out)]
