@@ -101,10 +101,9 @@ def load_config(
         raise _config_error(f"{path}: not valid TOML: {exc}") from None
 
     own = _option_names(command)
-    known_elsewhere: set[str] = set()
-    for sibling in siblings.values():
-        if sibling is not command:
-            known_elsewhere.update(_option_names(sibling))
+    # Each other command's option spellings, worked out once for every key.
+    others = {name: _option_names(c) for name, c in siblings.items() if c is not command}
+    known_elsewhere = {spelling for names in others.values() for spelling in names}
     params = {p.name: p for p in command.params}
 
     defaults: dict[str, Any] = {}
@@ -112,19 +111,16 @@ def load_config(
     for key, value in data.items():
         if key in tables and isinstance(value, dict):
             # Another command's table is checked too: a typo there is still a typo.
-            other = siblings.get(key)
-            if other is not None and other is not command:
-                names = _option_names(other)
+            names = others.get(key)
+            if names is not None:
                 for sub_key in value:
                     if sub_key not in names:
-                        raise _unknown_key(path, f"{key}.{sub_key}", other)
+                        raise _unknown_key(path, f"{key}.{sub_key}", siblings[key])
             continue
         if key in own:
             # A top-level value another command may take and this one refuses
             # (engine = "openai": run only) belongs in that command's table.
-            elsewhere = sorted(
-                n for n, c in siblings.items() if c is not command and key in _option_names(c)
-            )
+            elsewhere = sorted(name for name, names in others.items() if key in names)
             hint = (
                 f"; if it is for {' or '.join(elsewhere)} only, put it in a [{elsewhere[0]}] table"
                 if elsewhere
