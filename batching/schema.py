@@ -31,6 +31,7 @@ import orjson
 from batching.config import InputConfig
 from batching.records import (
     ERROR_INVALID_INPUT,
+    NO_SAMPLING,
     SAMPLING_FIELDS,
     InvalidRow,
     Request,
@@ -53,9 +54,8 @@ __all__ = [
 # turns integers beyond 64 bits into floats), so those are refused.
 _MAX_EXACT_FLOAT_INT = 2**53
 
-# Shared by every row that sets no sampling field or keeps no field (most rows):
-# one object instead of one per row. Read-only, so sharing is safe.
-_NO_SAMPLING = Sampling()
+# Shared by every row that keeps no field (most rows), as NO_SAMPLING is by every
+# row that sets no sampling field: one object instead of one per row. Read-only.
 _NOTHING_KEPT: Mapping[str, Any] = MappingProxyType({})
 
 # How much of a string value an error message quotes: enough to recognise it, never
@@ -241,7 +241,7 @@ def parse_sampling(
     "p:1: field 'n': expected an integer >= 1, found integer 0"
     """
     if _ROW_SAMPLING_KEY_SET.isdisjoint(row):
-        return _NO_SAMPLING, None
+        return NO_SAMPLING, None
     values: dict[str, Any] = {}
     for name in _ROW_SAMPLING_KEYS:
         value = row.get(name)
@@ -249,14 +249,14 @@ def parse_sampling(
             continue
         checked = _SAMPLING_CHECKS[name](value)
         if checked is None:
-            return _NO_SAMPLING, _message(where, prefix + name, _EXPECTED[name], value)
+            return NO_SAMPLING, _message(where, prefix + name, _EXPECTED[name], value)
         values[name] = checked
     if not values:
-        return _NO_SAMPLING, None
+        return NO_SAMPLING, None
     response_format = values.pop("response_format", None)
     if response_format is not None:
         if "json_schema" in values:
-            return _NO_SAMPLING, (
+            return NO_SAMPLING, (
                 f"{where}: fields {prefix}json_schema and {prefix}response_format are both "
                 "set; give one of them"
             )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batching.config import InputConfig
 from batching.readers import input_format, open_source
-from batching.records import InvalidRow, Request, Sampling
+from batching.records import NO_SAMPLING, InvalidRow, Request
 
 if TYPE_CHECKING:
     from batching.prompt_tokens import PromptTokenizer
@@ -42,7 +42,6 @@ __all__ = [
 # should not print a million lines (or keep them in memory).
 MAX_LISTED_ERRORS = 20
 
-_NO_SAMPLING = Sampling()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +195,7 @@ def validate(
                     plain += 1
                 else:
                     chat += 1
-                if row.sampling != _NO_SAMPLING:
+                if row.sampling != NO_SAMPLING:
                     overrides += 1
                 samples = row.sampling.n or 1
                 max_new_tokens += samples * (row.sampling.max_tokens or default_max_tokens)
