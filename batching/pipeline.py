@@ -163,7 +163,7 @@ class _Runner:
         self.restarts = 0
         self.deaths_in_a_row = 0  # engine deaths since a row last finished
         self.lethal_in_a_row = 0  # rows found killing the engine since one last finished
-        self.output_tokens = 0
+        self.default_n = config.sampling.n or 1
         # Started when first needed: a run whose rows are all invalid, or a resume
         # with nothing left to do, never waits for a model to load.
         self._engine: Engine | None = None
@@ -351,17 +351,27 @@ class _Runner:
         if output.error is not None:
             self._finish(Result.failed(request, output.error))
             return
-        n = request.sampling.n or self.config.sampling.n or 1
-        self._finish(
-            Result.completed(
+        latency_s = self.clock() - item.submitted_at
+        multiple = (request.sampling.n or self.default_n) > 1
+        if multiple or output.samples:
+            result = Result.completed(
                 request,
                 output.all_samples(),
                 prompt_tokens=output.prompt_tokens,
                 completion_tokens=output.completion_tokens,
-                multiple=n > 1,
-                latency_s=self.clock() - item.submitted_at,
+                multiple=multiple,
+                latency_s=latency_s,
             )
-        )
+        else:
+            result = Result.completed_one(
+                request,
+                output.text,
+                output.finish_reason,
+                prompt_tokens=output.prompt_tokens,
+                completion_tokens=output.completion_tokens,
+                latency_s=latency_s,
+            )
+        self._finish(result)
 
     def _finish(self, result: Result) -> None:
         self.reorder.push(result)
@@ -376,9 +386,7 @@ class _Runner:
             if not ready:
                 return
             self.sink.write(ready)
-            for result in ready:
-                self.report.record_result(result)
-                self.output_tokens += result.completion_tokens or 0
+            self.report.record_results(ready)
             durable = False
             while self.chunk_ends and self.reorder.next_index >= self.chunk_ends[0]:
                 self.chunk_ends.popleft()
@@ -387,7 +395,7 @@ class _Runner:
             # rows still in flight (and resume picks up after the last whole row).
             self.sink.flush(durable=durable)
         self.progress.update(
-            self.reorder.next_index, self.output_tokens, self.supply.estimated_total_rows()
+            self.reorder.next_index, self.report.output_tokens, self.supply.estimated_total_rows()
         )
 
     # -- failures ------------------------------------------------------------------

@@ -228,6 +228,37 @@ class Result:
             chat=request.messages is not None,
         )
 
+    @classmethod
+    def completed_one(
+        cls,
+        request: Request,
+        text: str,
+        finish_reason: str | None,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_s: float | None = None,
+    ) -> Result:
+        """`completed` for the usual request: one sample, no logprobs, no Sample made.
+
+        >>> Result.completed_one(Request(index=0, id="a", line=1, prompt="Hi"), "yo", "stop",
+        ...                      prompt_tokens=2, completion_tokens=1).output
+        'yo'
+        """
+        return cls(
+            request.index,
+            request.id,
+            text,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            None,
+            request.kept,
+            latency_s,
+            None,
+            request.messages is not None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The output schema: fixed fields first, then the kept input fields.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +54,14 @@ class LatencyHistogram:
     RATIO = 1.01
 
     def __init__(self) -> None:
-        self._log_ratio = math.log(self.RATIO)
-        size = math.ceil(math.log(self.HIGH_S / self.LOW_S) / self._log_ratio)
+        log_ratio = math.log(self.RATIO)
+        size = math.ceil(math.log(self.HIGH_S / self.LOW_S) / log_ratio)
         self._counts = [0] * size
+        self._last = size - 1
+        # Bucket of s: (log(s) - log(LOW_S)) / log(RATIO), as one multiply and one
+        # subtract: `add` runs once per row.
+        self._scale = 1.0 / log_ratio
+        self._offset = math.log(self.LOW_S) / log_ratio
         self.count = 0
         self._min = math.inf
         self._max = -math.inf
@@ -64,16 +69,19 @@ class LatencyHistogram:
     def add(self, seconds: float) -> None:
         """Count one duration; NaN, infinite and negative values are dropped."""
         # A bad timing from an engine must not take the report (and the run) down.
-        if not (seconds >= 0.0 and math.isfinite(seconds)):
+        if not 0.0 <= seconds < math.inf:  # False for NaN too
             return
-        if seconds <= self.LOW_S:
-            i = 0
-        else:
-            i = min(int(math.log(seconds / self.LOW_S) / self._log_ratio), len(self._counts) - 1)
+        i = 0
+        if seconds > self.LOW_S:
+            i = int(math.log(seconds) * self._scale - self._offset)
+            if i > self._last:
+                i = self._last
         self._counts[i] += 1
         self.count += 1
-        self._min = min(self._min, seconds)
-        self._max = max(self._max, seconds)
+        if seconds < self._min:
+            self._min = seconds
+        if seconds > self._max:
+            self._max = seconds
 
     def quantile(self, q: float) -> float | None:
         """The nearest-rank `q` quantile (0 < q <= 1) in seconds; None when empty."""
@@ -367,18 +375,33 @@ class ReportCollector:
         self._batch_requests += batch_size
         self._batch_seconds += duration_s
 
+    @property
+    def output_tokens(self) -> int:
+        """Tokens generated for the rows counted so far (for progress)."""
+        return self._output_tokens
+
     def record_result(self, result: Result) -> None:
         """Count one output row (ok or failed)."""
-        self._rows += 1
-        if result.error is not None:
-            self._rows_failed += 1
-            self._errors[result.error.type] = self._errors.get(result.error.type, 0) + 1
-        if result.prompt_tokens is not None:
-            self._input_tokens += result.prompt_tokens
-        if result.completion_tokens is not None:
-            self._output_tokens += result.completion_tokens
-        if result.latency_s is not None:
-            self._latency.add(result.latency_s)
+        self.record_results((result,))
+
+    def record_results(self, results: Iterable[Result]) -> None:
+        """Count output rows (ok or failed); one call per batch the writer takes."""
+        rows = input_tokens = output_tokens = 0
+        add_latency = self._latency.add
+        for result in results:
+            rows += 1
+            if result.error is not None:
+                self._rows_failed += 1
+                self._errors[result.error.type] = self._errors.get(result.error.type, 0) + 1
+            if result.prompt_tokens is not None:
+                input_tokens += result.prompt_tokens
+            if result.completion_tokens is not None:
+                output_tokens += result.completion_tokens
+            if result.latency_s is not None:
+                add_latency(result.latency_s)
+        self._rows += rows
+        self._input_tokens += input_tokens
+        self._output_tokens += output_tokens
 
     def add_padding_avoided(self, tokens: int) -> None:
         self._padding_avoided += tokens
