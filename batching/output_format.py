@@ -20,6 +20,7 @@ __all__ = [
     "FIXED_COLUMNS",
     "OPTIONAL_COLUMNS",
     "dumps",
+    "dumps_line",
     "not_ours",
     "output_format",
     "read_error",
@@ -81,6 +82,15 @@ def dumps(value: Any) -> bytes:
     b'{"price":"1.10"}'
     """
     return orjson.dumps(value, default=_json_default)
+
+
+def dumps_line(value: Any) -> bytes:
+    """`dumps(value)` and a newline, made in one go (the writer's per-row call).
+
+    >>> dumps_line({"id": 7})
+    b'{"id":7}\\n'
+    """
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def not_ours(where: str, why: str) -> OutputError:

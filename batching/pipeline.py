@@ -306,14 +306,14 @@ class _Runner:
     def _submit(self, item: _Pending) -> None:
         request = item.request
         engine_request = EngineRequest(
-            key=request.index,
-            prompt_token_ids=item.token_ids,
-            sampling=request.sampling.over(self.config.sampling),
-            prompt=request.prompt if request.prompt is not None else request.messages,
+            request.index,
+            item.token_ids,
+            request.sampling.over(self.config.sampling),
+            request.prompt if request.prompt is not None else request.messages,
         )
         while True:
             try:
-                self.engine.add(engine_request)
+                (self._engine or self.engine).add(engine_request)
             except PermanentRequestError as exc:
                 self._finish(Result.failed(request, RowError(exc.error_type, str(exc))))
                 return

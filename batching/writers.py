@@ -35,7 +35,7 @@ from batching.config import STDIO, OutputConfig
 from batching.errors import OutputError
 from batching.existing_output import ExistingOutput, scan_output
 from batching.openai_batch import OpenAIBatchLines
-from batching.output_format import dumps, output_format
+from batching.output_format import dumps_line, output_format
 from batching.parquet_format import PARQUET_ROW_GROUP_ROWS, PARTS_SUFFIX
 from batching.parquet_output import ParquetPartsWriter, ParquetStreamWriter
 from batching.records import Result
@@ -122,8 +122,7 @@ class _JsonlWriter(ResultWriter):
         buffer = bytearray()
         to_line = self._to_line
         for result in results:
-            buffer += dumps(to_line(result))
-            buffer += b"\n"
+            buffer += dumps_line(to_line(result))
         self._sink.write(buffer)
         self._sink.flush()  # a given stdout may buffer; rows should reach a pipe now
         self.rows_written += len(results)
