@@ -43,7 +43,6 @@ __all__ = [
 MAX_LISTED_ERRORS = 20
 
 
-
 @dataclass(frozen=True, slots=True)
 class RowProblem:
     """One row's problem; `message` starts with the place (file:line) and names the field."""
