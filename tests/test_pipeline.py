@@ -107,6 +107,18 @@ def assert_complete_and_ordered(results: list[Result], rows: list[Row]) -> None:
 TEXTS = ["a", "bbbbbbbb", "cc", "dddddd", "e", "ffff", "ggggggggggg", "hh", "iii", "j"]
 
 
+def test_each_row_carries_its_own_token_counts_and_the_report_sums_them() -> None:
+    rows = prompts(TEXTS)
+    results, report = run(rows, FakeEngine, max_tokens=4)
+    # The fake engine makes one token a character and answers with the prompt reversed.
+    assert [(r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in results] == [
+        (len(t), min(len(t), 4), "length" if len(t) > 4 else "stop") for t in TEXTS
+    ]
+    assert all(r.logprobs is None and r.latency_s is not None for r in results)
+    assert report.input_tokens == sum(len(t) for t in TEXTS)
+    assert report.output_tokens == sum(min(len(t), 4) for t in TEXTS)
+
+
 @pytest.mark.parametrize("order", ["auto", "input", "length", "prefix", "ascending", "descending"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 100])
 def test_every_row_comes_back_once_in_input_order_with_its_own_output(
