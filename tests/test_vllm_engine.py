@@ -318,6 +318,7 @@ def test_step_failures_map_to_our_errors(
 
 
 @pytest.mark.vllm
+@pytest.mark.closes_vllm
 def test_close_then_a_new_engine_starts_and_nothing_reaches_stdout(
     vllm_engine: VllmEngine, tiny_engine_config: EngineConfig, capfd: pytest.CaptureFixture[str]
 ) -> None:
