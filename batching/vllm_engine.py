@@ -389,7 +389,22 @@ class VllmEngine:
         for output in request_outputs:
             if not output.finished:
                 continue
-            top = self._top_logprobs.pop(int(output.request_id), None)
+            key = int(output.request_id)
+            top = self._top_logprobs.pop(key, None)
+            prompt_tokens = len(output.prompt_token_ids or ())
+            if top is None and len(output.outputs) == 1:
+                # One sample, no logprobs (most rows): no Sample objects to make.
+                [completion] = output.outputs
+                finished.append(
+                    EngineOutput(
+                        key,
+                        completion.text,
+                        completion.finish_reason,
+                        prompt_tokens,
+                        len(completion.token_ids),
+                    )
+                )
+                continue
             samples = [
                 Sample(
                     text=completion.text,
@@ -400,11 +415,7 @@ class VllmEngine:
                 # With n > 1 vLLM may finish the samples in any order.
                 for completion in sorted(output.outputs, key=lambda c: c.index)
             ]
-            finished.append(
-                EngineOutput.of_samples(
-                    int(output.request_id), samples, len(output.prompt_token_ids or ())
-                )
-            )
+            finished.append(EngineOutput.of_samples(key, samples, prompt_tokens))
         return finished
 
     def abort(self, keys: Iterable[int]) -> None:
