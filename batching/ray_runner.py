@@ -274,7 +274,6 @@ def _write_in_order(
     from batching.ray_replica import RESULT_COLUMN, STATS_COLUMN, BatchStats
 
     expected = start_index
-    output_tokens = 0
     for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
         for blob in batch.column(STATS_COLUMN).to_pylist():
             if blob is not None:
@@ -292,12 +291,10 @@ def _write_in_order(
             expected += 1
         with protected():
             sink.write(results)
-            for result in results:
-                collector.record_result(result)
-                output_tokens += result.completion_tokens or 0
+            collector.record_results(results)
             sink.flush(durable=True)
         if progress is not None:
-            progress.update(expected, output_tokens, supply.estimated_total_rows())
+            progress.update(expected, collector.output_tokens, supply.estimated_total_rows())
 
 
 class _Replicas:
