@@ -313,7 +313,7 @@ class _Runner:
         )
         while True:
             try:
-                (self._engine or self.engine).add(engine_request)
+                self.engine.add(engine_request)
             except PermanentRequestError as exc:
                 self._finish(Result.failed(request, RowError(exc.error_type, str(exc))))
                 return
