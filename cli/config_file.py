@@ -22,7 +22,7 @@ Paths in the file are relative to the working directory, as on the command line.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,13 +120,8 @@ def load_config(
         if key in own:
             # A top-level value another command may take and this one refuses
             # (engine = "openai": run only) belongs in that command's table.
-            elsewhere = sorted(name for name, names in others.items() if key in names)
-            hint = (
-                f"; if it is for {' or '.join(elsewhere)} only, put it in a [{elsewhere[0]}] table"
-                if elsewhere
-                else ""
-            )
-            defaults[own[key]] = _checked(ctx, path, key, params.get(own[key]), value, hint)
+            elsewhere = [name for name, names in others.items() if key in names]
+            defaults[own[key]] = _checked(ctx, path, key, params.get(own[key]), value, elsewhere)
         elif key not in known_elsewhere:
             raise _unknown_key(path, key, command)
     section = data.get(command.name or "")
@@ -139,15 +134,24 @@ def load_config(
     return defaults
 
 
-def _checked(ctx: Any, path: str, key: str, param: Any, value: Any, hint: str = "") -> Any:
+def _checked(
+    ctx: Any, path: str, key: str, param: Any, value: Any, elsewhere: Sequence[str] = ()
+) -> Any:
     """The option's value for `key`, refused here if the option would refuse it:
-    Click's own message names a flag the command line does not have."""
+    Click's own message names a flag the command line does not have. `elsewhere`:
+    the other commands that take `key`, named in the message as where it may go."""
     value = _as_param_value(param, value)
     if ctx is not None and param is not None and param.callback is None:
         try:
             param.process_value(ctx, value)
         except typer.BadParameter as exc:
-            message = f"{exc.message.rstrip('.')}{hint}" if hint else exc.message
+            message = exc.message
+            if elsewhere:
+                names = sorted(elsewhere)
+                message = (
+                    f"{message.rstrip('.')}; if it is for {' or '.join(names)} only, put it "
+                    f"in a [{names[0]}] table"
+                )
             raise _config_error(f"{path}: key {key!r}: {message}") from None
     return value
 
