@@ -16,16 +16,7 @@ from cli.console import (
     make_progress,
     stderr_console,
 )
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clocks import FakeClock
 
 
 class TerminalStream(io.StringIO):

@@ -24,6 +24,7 @@ from batching.jsonl_source import JsonlSource, LiveLines
 from batching.prefetch import Arrival, LiveChunks, LiveSupply
 from batching.records import Request, Row
 from batching.testing import expected_output
+from tests.clocks import FakeClock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACE_S = 0.2
@@ -242,16 +243,8 @@ def _request(i: int) -> Request:
     return Request(index=i, id=i, line=i + 1, prompt=f"p{i}")
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _live(chunk_size: int = 4) -> tuple[queue.Queue[Arrival], LiveChunks, _Clock]:
-    clock = _Clock()
+def _live(chunk_size: int = 4) -> tuple[queue.Queue[Arrival], LiveChunks, FakeClock]:
+    clock = FakeClock()
     arrivals: queue.Queue[Arrival] = queue.Queue()
     return (
         arrivals,

@@ -30,6 +30,7 @@ from batching.records import (
 from batching.report import Report
 from batching.retry import RetryPolicy
 from batching.testing import FakeEngine, FakeEngineFactory, expected_output
+from tests.clocks import FakeClock
 
 
 @dataclass
@@ -287,16 +288,8 @@ def test_a_run_that_fails_while_live_input_is_quiet_stops_at_once() -> None:
     assert not [t for t in threading.enumerate() if t.name == "bizra-batch-encoder"]
 
 
-@dataclass
-class StepClock:
-    now: float = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_closing_the_engine_is_reported_apart_from_processing() -> None:
-    clock = StepClock()
+    clock = FakeClock()
 
     @dataclass(eq=False)
     class SlowToClose(FakeEngine):

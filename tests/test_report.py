@@ -22,6 +22,7 @@ from batching.report import (
     ReportCollector,
 )
 from batching.report_output import format_duration, render_report, write_report
+from tests.clocks import FakeClock
 
 # The histogram's buckets are 1% wide; its estimate is within half of that in theory,
 # and a value on a bucket edge may round into the neighbour, so test the full width.
@@ -55,16 +56,6 @@ REQUIRED_KEYS = {
     "between_steps_share",
     "chunks_by_order",
 }
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def exact_quantile(values: list[float], q: float) -> float:
