@@ -75,15 +75,24 @@ class EngineOutput:
 
     @classmethod
     def of_samples(cls, key: int, samples: Sequence[Sample], prompt_tokens: int) -> EngineOutput:
-        """The output of a request that made `samples` (at least one)."""
+        """The output of a request that made `samples` (at least one).
+
+        One sample without logprobs (most requests) is kept in the flat fields
+        alone, `samples` left empty: the pipeline then makes the row's result
+        straight from them.
+
+        >>> EngineOutput.of_samples(0, [Sample("yo", "stop", 1)], prompt_tokens=2).samples
+        ()
+        """
         first = samples[0]
+        only = len(samples) == 1 and first.logprobs is None
         return cls(
             key=key,
             text=first.text,
             finish_reason=first.finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=sum(sample.tokens for sample in samples),
-            samples=tuple(samples),
+            samples=() if only else tuple(samples),
         )
 
     def all_samples(self) -> tuple[Sample, ...]:

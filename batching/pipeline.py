@@ -353,9 +353,9 @@ class _Runner:
             return
         latency_s = self.clock() - item.submitted_at
         multiple = (request.sampling.n or self.default_n) > 1
-        samples = output.samples
-        # One sample without logprobs, the usual row: its fields are the output's own.
-        if multiple or (samples and (len(samples) > 1 or samples[0].logprobs is not None)):
+        # No samples: one without logprobs (see EngineOutput.of_samples), the usual
+        # row, whose fields are the output's own.
+        if multiple or output.samples:
             result = Result.completed(
                 request,
                 output.all_samples(),

@@ -391,20 +391,6 @@ class VllmEngine:
                 continue
             key = int(output.request_id)
             top = self._top_logprobs.pop(key, None)
-            prompt_tokens = len(output.prompt_token_ids or ())
-            if top is None and len(output.outputs) == 1:
-                # One sample, no logprobs (most rows): no Sample objects to make.
-                [completion] = output.outputs
-                finished.append(
-                    EngineOutput(
-                        key,
-                        completion.text,
-                        completion.finish_reason,
-                        prompt_tokens,
-                        len(completion.token_ids),
-                    )
-                )
-                continue
             samples = [
                 Sample(
                     text=completion.text,
@@ -415,6 +401,7 @@ class VllmEngine:
                 # With n > 1 vLLM may finish the samples in any order.
                 for completion in sorted(output.outputs, key=lambda c: c.index)
             ]
+            prompt_tokens = len(output.prompt_token_ids or ())
             finished.append(EngineOutput.of_samples(key, samples, prompt_tokens))
         return finished
 
