@@ -26,14 +26,26 @@ import orjson
 from batching.config import InputConfig
 from batching.readers import open_source
 
+_FILLER = (
+    "Summarise the passage below in one sentence, keeping every name and number it "
+    "gives. The passage follows, as the user pasted it from a longer report. "
+)
 
-def write_prompts(path: str, rows: int) -> None:
+
+def write_prompts(path: str, rows: int, prompt_bytes: int | None = None) -> None:
+    """Rows of `{"id", "prompt"}`; `prompt_bytes` pads each prompt to about that many
+    bytes (a realistic batch prompt is a few hundred to a few thousand tokens)."""
+    pad = ""
+    if prompt_bytes is not None:
+        pad = (_FILLER * (prompt_bytes // len(_FILLER) + 1))[: max(0, prompt_bytes - 30)]
     with open(path, "wb") as out:
         for start in range(0, rows, 100_000):
             stop = min(rows, start + 100_000)
             out.write(
                 b"".join(
-                    orjson.dumps({"id": f"row-{i}", "prompt": f"Write a haiku about item {i}."})
+                    orjson.dumps(
+                        {"id": f"row-{i}", "prompt": f"{pad}Write a haiku about item {i}."}
+                    )
                     + b"\n"
                     for i in range(start, stop)
                 )
