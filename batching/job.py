@@ -21,6 +21,7 @@ from batching.errors import OutputError, UsageError
 from batching.jsonl_source import JsonlSource
 from batching.openai_batch import OpenAIBatchLines, same_custom_id
 from batching.output_format import output_format
+from batching.parquet_format import PARTS_SUFFIX
 from batching.pipeline import run_rows
 from batching.prefetch import LiveSupply, PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
@@ -83,10 +84,13 @@ def run(
         # starts: a wrong path should cost milliseconds, not a minute of model loading.
         _check_remote_outputs(config)
         _check_distinct_files(config)
+        _check_local_targets(config)
         _check_errors_file_free(config)
         _check_formats(config)
         if _is_file(output.path) and not is_remote(output.path):
             stack.enter_context(OutputLock(str(output.path)))
+            # Runs after the writers close, while the lock is still held.
+            stack.push(_UntouchedOutputs(config))
         existing = scan_output(output) if output.resume else None
         if config.on_invalid == "abort":
             stdin = _check_every_row(config, stdin, stack)
@@ -136,6 +140,37 @@ def run(
         )
 
 
+class _UntouchedOutputs:
+    """On a failed run, removes the output (and errors file) it made and wrote nothing
+    to: a model that would not load, or an input that turned out unreadable, left an
+    empty output behind, and the corrected command was then refused for it."""
+
+    def __init__(self, config: RunConfig) -> None:
+        output = config.output
+        self._files: list[str] = []  # made by this run, or emptied by --overwrite
+        for given in (output.path, config.errors_path):
+            local = _is_file(given) and not is_remote(given) and not output.resume
+            if local and (output.overwrite or not os.path.lexists(str(given))):
+                self._files.append(str(given))
+        # A Parquet output is a parts directory until the run ends.
+        self._parts = None
+        parquet = output_format(output.path, output.format) == "parquet"
+        if parquet and str(output.path) in self._files:
+            self._parts = str(output.path) + PARTS_SUFFIX
+
+    def __call__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        if exc_type is None or not issubclass(exc_type, Exception):
+            return False  # success, or an interrupt: what was made stays for --resume
+        for path in self._files:
+            with contextlib.suppress(OSError):
+                if os.path.isfile(path) and os.path.getsize(path) == 0:
+                    os.remove(path)
+        if self._parts is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._parts)  # only if it holds no part
+        return False
+
+
 def _is_file(path: str | None) -> bool:
     return path is not None and path != STDIO
 
@@ -166,6 +201,30 @@ def _check_distinct_files(config: RunConfig) -> None:
     for path, what in ((output, "output"), (errors, "errors file")):
         if source and path and not is_remote(path) and _same_file(path, source):
             raise UsageError(f"{path}: the {what} is the input file; write it to another path")
+    # The report is written over at the end of the run, whatever file it names.
+    report = config.report_path
+    if report is None or is_remote(report):
+        return
+    report = local_path(report)
+    for path, what in ((source, "input file"), (output, "output"), (errors, "errors file")):
+        if path and not is_remote(path) and _same_file(report, path):
+            raise UsageError(f"{report}: the report is the {what}; give --report another path")
+
+
+def _check_local_targets(config: RunConfig) -> None:
+    """Refuse a local output, errors file or report that could not be created, before
+    the engine starts: a report found unwritable only at the end lost the summary
+    of a finished run, and a missing directory surfaced as the lock file's error."""
+    targets = [config.output.path, config.errors_path, config.report_path]
+    for given in targets:
+        if not _is_file(given) or is_remote(given):
+            continue
+        path = local_path(str(given))
+        if os.path.isdir(path):
+            raise OutputError(f"{path}: is a directory; name a file")
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            raise OutputError(f"{path}: directory {parent} does not exist; create it")
 
 
 def _check_errors_file_free(config: RunConfig) -> None:

@@ -104,6 +104,8 @@ def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
         # A pipe (`run <(tail -f q.jsonl)` names /dev/fd/63) is JSON Lines, like stdin:
         # Parquet cannot be streamed anyway.
         return "jsonl"
+    if not is_remote(path) and os.path.isdir(local_path(path)):
+        raise InputError(f"{path}: is a directory; pass a .jsonl or .parquet file")
     suffix = os.path.splitext(name)[1] or "(none)"
     raise InputError(
         f"{path}: unknown input format for extension {suffix}; name the file .jsonl, "

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from batching.config import InputConfig, OutputConfig, RunConfig
-from batching.errors import OutputError, UsageError
+from batching.errors import EngineStartError, OutputError, UsageError
 from batching.job import run
 from batching.records import Sampling
 from batching.resume import OutputLock
@@ -204,3 +204,90 @@ def test_errors_on_stdout_beside_results_on_stdout_is_refused(tmp_path: Path) ->
     with pytest.raises(UsageError, match="--errors -"):
         run(cfg, FakeEngine, stdout=stdout)
     assert stdout.getvalue() == b""
+
+
+class _StartsAfterWork:
+    """An engine factory that records whether it was called, so a test can tell a
+    refusal made before the engine started from one made after."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> FakeEngine:
+        self.calls += 1
+        return FakeEngine()
+
+
+@pytest.mark.parametrize("same_as", ["input", "output", "errors"])
+def test_a_report_that_is_another_file_of_the_run_is_refused(tmp_path: Path, same_as: str) -> None:
+    # The report is written over at the end: naming the input there lost the prompts.
+    source, out, errors = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    write_prompts(source, 5)
+    before = source.read_bytes()
+    target = {"input": source, "output": out, "errors": errors}[same_as]
+    factory = _StartsAfterWork()
+    cfg = config(source, out, errors_path=str(errors), report_path=str(target))
+    with pytest.raises(UsageError, match=r"the report is the"):
+        run(cfg, factory)
+    assert factory.calls == 0
+    assert source.read_bytes() == before
+    assert not out.exists() and not errors.exists()
+
+
+@pytest.mark.parametrize("which", ["output", "errors", "report"])
+def test_a_target_in_a_missing_directory_is_refused_before_the_engine_starts(
+    tmp_path: Path, which: str
+) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 5)
+    missing = str(tmp_path / "nodir" / "file.jsonl")
+    cfg = {
+        "output": config(source, Path(missing)),
+        "errors": config(source, out, errors_path=missing),
+        "report": config(source, out, report_path=missing),
+    }[which]
+    factory = _StartsAfterWork()
+    with pytest.raises(OutputError, match=r"file\.jsonl: directory .*nodir does not exist"):
+        run(cfg, factory)
+    assert factory.calls == 0
+    assert not out.exists()
+
+
+def test_an_output_that_is_a_directory_is_named_so(tmp_path: Path) -> None:
+    # Not "already exists; pass --overwrite", which then only leads to this error.
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 5)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match=r"d: is a directory; name a file"):
+        run(config(source, tmp_path / "d"), FakeEngine)
+
+
+def _no_engine() -> FakeEngine:
+    raise EngineStartError("cannot start vLLM with model 'nosuch'")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_an_engine_that_never_starts_leaves_no_output_behind(tmp_path: Path, suffix: str) -> None:
+    # The empty output used to make the corrected command fail with "already exists".
+    source, out, errors = tmp_path / "in.jsonl", tmp_path / f"out{suffix}", tmp_path / "e.jsonl"
+    write_prompts(source, 5)
+    with pytest.raises(EngineStartError):
+        run(config(source, out, errors_path=str(errors)), _no_engine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    run(config(source, out), FakeEngine)  # the corrected run is not refused
+    assert out.exists()
+
+
+def test_a_failed_start_keeps_what_the_run_did_not_make(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 5)
+    run(config(source, out), FakeEngine)
+    done = out.read_bytes()
+    write_prompts(source, 8)  # three more rows for the resumed run
+    with pytest.raises(EngineStartError):
+        run(config(source, out, resume=True), _no_engine)
+    assert out.read_bytes() == done
+    out.write_bytes(b"")  # an empty file that was there before: not ours to remove
+    with pytest.raises(OutputError, match="already exists"):
+        run(config(source, out), _no_engine)
+    assert out.exists()
