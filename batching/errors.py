@@ -32,5 +32,10 @@ class OutputError(UsageError):
     """The output cannot be written as asked (exists, unwritable, unknown format)."""
 
 
+class OutputWriteError(BatchError):
+    """Writing the output failed mid-run (a full disk, an I/O error); the rows
+    written before it are saved."""
+
+
 class EngineStartError(BatchError):
     """The engine could not start (no such model, a bad engine argument); no row ran."""

@@ -12,7 +12,7 @@ import stat
 import sys
 from typing import BinaryIO, Literal
 
-from batching.errors import OutputError
+from batching.errors import OutputError, OutputWriteError
 
 __all__ = ["Sink", "exists_message", "open_error"]
 
@@ -84,7 +84,25 @@ class Sink:
         except BrokenPipeError:
             self.broken = True
             raise
+        except OSError as exc:
+            # A full disk or an I/O error: one line for the user, not a traceback.
+            raise self.write_error(exc) from exc
         return len(data)
+
+    def write_error(self, exc: OSError) -> OutputWriteError:
+        """The one-line error for a failed write to this sink.
+
+        >>> sink = Sink(io.BytesIO(), "out.jsonl", owned=True)
+        >>> print(sink.write_error(OSError(28, "No space")))
+        out.jsonl: cannot write (No space); the rows before it are saved: --resume continues
+        """
+        reason = exc.strerror or str(exc)
+        if self.name == "stdout":
+            return OutputWriteError(f"stdout: cannot write ({reason})")
+        return OutputWriteError(
+            f"{self.name}: cannot write ({reason}); the rows before it are saved: "
+            "--resume continues"
+        )
 
     def flush(self, *, durable: bool = False) -> None:
         if self.broken or self.closed:
@@ -97,7 +115,10 @@ class Sink:
                 return
             # fsync on a pipe or terminal fails with EINVAL; there is no disk to wait for.
             if stat.S_ISREG(os.fstat(fd).st_mode):
-                os.fsync(fd)
+                try:
+                    os.fsync(fd)
+                except OSError as exc:  # the disk refused what was written
+                    raise self.write_error(exc) from exc
 
     def close(self) -> None:
         if self.closed:

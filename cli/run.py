@@ -31,7 +31,6 @@ from cli.options import (
     MaxModelLenOption,
     MaxNumSeqsOption,
     MessagesField,
-    ModelOption,
     PromptField,
     parse_engine_args,
 )
@@ -48,6 +47,8 @@ OUTPUT = "Output and report"
 REMOTE = "Remote engine (--engine openai)"
 CLUSTER = "Running on a Ray cluster"
 RAY_LOCAL = "local"
+# A closed stdout ends the run as SIGPIPE would end `cat`: 128 + 13.
+_CLOSED_STDOUT = 141
 
 
 class EngineChoice(str, Enum):
@@ -139,7 +140,16 @@ def run(
             metavar="INPUT", help="JSONL, JSONL.gz or Parquet file or URI (s3://...); - for stdin."
         ),
     ],
-    model: ModelOption,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="BIZRA_BATCH_MODEL",
+            help="Model name or local path (not needed with --engine fake).",
+            rich_help_panel=ENGINE,
+        ),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -368,8 +378,10 @@ def run(
 ) -> None:
     """Run a file of prompts through the model; one ordered result row per input row.
 
-    Exit codes: 0 every row ok; 1 some rows failed (error records are in the output);
-    2 usage error or unreadable input; 130/143 interrupted by SIGINT/SIGTERM.
+    Exit codes: 0 every row ok; 1 some rows failed (error records are in the output),
+    or the run stopped on an error (the model would not load, the output could not be
+    written); 2 usage error, unreadable input, output exists, or --on-invalid abort
+    found bad rows; 130/143 interrupted by SIGINT/SIGTERM; 141 stdout closed early.
     """
     try:
         if resume and overwrite:
@@ -378,6 +390,12 @@ def run(
             raise UsageError("--resume needs an output file (-o); stdout cannot be continued")
         _check_sampling("temperature", temperature, 0.0, math.inf)
         _check_sampling("top-p", top_p, 1e-9, 1.0)
+        if top_k is not None and top_k < -1:
+            # The rule a row's own top_k is held to (`batching.schema`).
+            raise UsageError(f"--top-k {top_k}: must be at least 1, or -1 or 0 for no limit")
+        kept = tuple(f.strip() for f in keep_fields.split(",") if f.strip())
+        _check_kept_fields(kept)
+        model = _checked_model(model, engine, local=ray is None or ray == RAY_LOCAL)
         config = RunConfig(
             input=InputConfig(
                 path=input_path,
@@ -385,7 +403,7 @@ def run(
                 prompt_field=prompt_field,
                 messages_field=messages_field,
                 id_field=id_field,
-                keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
+                keep_fields=kept,
                 chunk_size=chunk_size,
             ),
             output=OutputConfig(
@@ -445,6 +463,35 @@ def run(
         raise typer.Exit(exc.exit_code) from None
     factory = _engine_factory(engine, engine_config, debug, remote)
     raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
+
+
+def _check_kept_fields(kept: tuple[str, ...]) -> None:
+    from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS
+
+    for name in kept:
+        if name in FIXED_COLUMNS or name in OPTIONAL_COLUMNS:
+            raise UsageError(
+                f"--keep-fields {name}: every output row has its own {name!r} column; "
+                "copy the input field under another name first"
+            )
+
+
+def _checked_model(model: str | None, engine: EngineChoice, *, local: bool) -> str:
+    """The model, refused up front where a start would only fail after seconds of
+    loading: missing, or a local path that is not there (Hugging Face then says the
+    name is not a valid repo id)."""
+    if model is None:
+        if engine is EngineChoice.fake:
+            return "fake"
+        raise UsageError("--model is required: a model name or local path (or BIZRA_BATCH_MODEL)")
+    # Only a path can start so; a Hugging Face id is `name` or `org/name`. A path on
+    # a remote Ray cluster's nodes need not exist here.
+    looks_local = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+    if engine is EngineChoice.vllm and local and looks_local:
+        path = os.path.expanduser(model)
+        if not os.path.exists(path):
+            raise UsageError(f"--model {model}: no such directory")
+    return model
 
 
 def _ray_options(
@@ -546,10 +593,12 @@ def _execute(
     except interrupts.Interrupted as exc:
         exit_code = exc.exit_code
     except BrokenPipeError:
-        # `bizra-batch run big.jsonl | head`: the reader left; end quietly. Point
-        # stdout at /dev/null so the interpreter's own final flush cannot complain.
+        # `bizra-batch run big.jsonl | head`: the reader left; end quietly, with the
+        # status of a program killed by SIGPIPE as `seq` or `cat` would: rows went
+        # undelivered, so not 0. Point stdout at /dev/null so the interpreter's own
+        # final flush cannot complain.
         _silence_stdout()
-        return 0
+        exit_code = _CLOSED_STDOUT
     except BatchError as exc:
         if debug:
             console.print_exception()
@@ -562,14 +611,41 @@ def _execute(
         progress.close()
     final = collector.finish()
     if config.report_path:
-        write_report(final, config.report_path)
-    if not quiet:
+        try:
+            write_report(final, config.report_path)
+        except OSError as exc:  # the directory was checked at start; the disk may be full
+            print_error(f"{config.report_path}: cannot write the report ({exc.strerror or exc})")
+            exit_code = exit_code or 1
+    if exit_code == _CLOSED_STDOUT:
+        return exit_code
+    # A run that stopped on an error before writing a row has nothing to sum up
+    # ("0 ok, 0 failed") under its error line.
+    if not quiet and not (exit_code == 1 and final.rows == 0):
         render_report(final, console)
     if exit_code:
         if exit_code >= 128:
-            sys.stderr.write("bizra-batch: interrupted; completed rows are saved.\n")
+            sys.stderr.write(f"bizra-batch: interrupted; {_saved_where(config)}\n")
         return exit_code
     return 1 if final.rows_failed else 0
+
+
+def _saved_where(config: RunConfig) -> str:
+    """Where an interrupted run's rows are: a Parquet file is only written whole, at
+    the end; until then they are in its parts directory."""
+    from batching.output_format import output_format
+    from batching.parquet_format import PARTS_SUFFIX
+    from batching.uri import is_remote, local_path
+
+    path = config.output.path
+    if path is None or path == "-" or is_remote(path):
+        return "completed rows are saved."
+    if output_format(path, config.output.format) != "parquet":
+        return "completed rows are saved."
+    path = local_path(path)
+    return (
+        f"completed rows are saved in {path}{PARTS_SUFFIX}/; run again with --resume to finish "
+        f"and write {path}"
+    )
 
 
 def _silence_stdout() -> None:

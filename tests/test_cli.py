@@ -119,9 +119,49 @@ def test_model_from_the_environment(prompts_file: Path) -> None:
 
 
 def test_missing_model_is_a_usage_error(prompts_file: Path) -> None:
-    result = invoke(str(prompts_file), env={"BIZRA_BATCH_MODEL": ""})
+    result = runner.invoke(app, ["run", str(prompts_file)], env={"BIZRA_BATCH_MODEL": ""})
     assert result.exit_code == 2
-    assert "--model" in result.stderr
+    assert "--model is required" in result.stderr
+
+
+def test_the_fake_engine_needs_no_model(prompts_file: Path) -> None:
+    result = invoke(str(prompts_file), "-q", env={"BIZRA_BATCH_MODEL": ""})
+    assert result.exit_code == 0, result.stderr
+    assert len(read_jsonl(result.stdout)) == len(ROWS)
+
+
+def test_a_model_path_that_is_not_there_is_refused_before_loading(tmp_path: Path) -> None:
+    # Otherwise vLLM loads for seconds, then Hugging Face calls the path a bad repo id.
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_bytes(jsonl(ROWS))
+    missing = str(tmp_path / "no-such-model")
+    result = runner.invoke(app, ["run", str(prompts), "-m", missing, "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"bizra-batch: error: --model {missing}: no such directory"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--top-k", "-5"], "--top-k -5: must be at least 1, or -1 or 0 for no limit"),
+        (["--keep-fields", "topic,output"], "--keep-fields output: every output row has"),
+        (["--keep-fields", "id"], "--keep-fields id: every output row has"),
+    ],
+)
+def test_flags_a_row_could_not_use_are_refused_up_front(
+    prompts_file: Path, args: list[str], message: str
+) -> None:
+    result = invoke(str(prompts_file), *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_input_that_is_a_directory_is_named_so(tmp_path: Path) -> None:
+    result = invoke(str(tmp_path))
+    assert result.exit_code == 2
+    assert f"{tmp_path}: is a directory; pass a .jsonl or .parquet file" in result.stderr
 
 
 def test_missing_input_file_exits_2_naming_it(tmp_path: Path) -> None:

@@ -207,11 +207,14 @@ def test_signal_saves_a_prefix_and_resume_completes_it(
 
 
 def test_closed_stdout_ends_quietly(full_input: Path, tmp_path: Path) -> None:
-    """`bizra-batch run big.jsonl | head -1`: exit 0, one row out, no traceback."""
-    stderr_path = tmp_path / "stderr.txt"
+    """`bizra-batch run big.jsonl | head -1`: one row out, no traceback, and the status
+    of a program SIGPIPE ended (141), since rows went undelivered; the report says
+    how many were written."""
+    stderr_path, report = tmp_path / "stderr.txt", tmp_path / "report.json"
     script = 'set -o pipefail; "$@" 2>"$STDERR_PATH" | head -1; echo "status=${PIPESTATUS[0]}"'
+    run = [*CLI, str(full_input), "--engine", "fake", "--report", str(report)]
     done = subprocess.run(
-        ["bash", "-c", script, "bash", *CLI, str(full_input), "--engine", "fake", "-m", "x"],
+        ["bash", "-c", script, "bash", *run],
         cwd=REPO_ROOT,
         env={**os.environ, "STDERR_PATH": str(stderr_path)},
         capture_output=True,
@@ -220,6 +223,60 @@ def test_closed_stdout_ends_quietly(full_input: Path, tmp_path: Path) -> None:
     first, status = done.stdout.splitlines()
     assert orjson.loads(first)["id"] == "q0"
     messages = stderr_path.read_text(errors="replace")
-    assert status == b"status=0", messages
+    assert status == b"status=141", messages
     assert "Traceback" not in messages and "Exception ignored" not in messages, messages
     assert "Error" not in messages, messages
+    assert messages == ""  # no summary either: the user ended the run on purpose
+    written = orjson.loads(report.read_bytes())["rows"]
+    assert 1 <= written < ROWS
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_one_line_not_a_traceback(full_input: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [*CLI, str(full_input), "--engine", "fake", "-q"],
+            cwd=REPO_ROOT,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        "bizra-batch: error: stdout: cannot write (No space left on device)\n"
+    )
+
+
+def test_an_interrupted_parquet_run_says_where_its_rows_are(tmp_path: Path) -> None:
+    # A Parquet output is assembled at the end; until then its rows are in the parts
+    # directory, and "completed rows are saved" alone sent users looking for out.parquet.
+    out = tmp_path / "out.parquet"
+    parts = tmp_path / "out.parquet.parts"
+    process = subprocess.Popen(
+        _fake_run("-", "-o", str(out)),
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdin is not None
+        process.stdin.write(_jsonl(3 * CHUNK_SIZE))
+        process.stdin.flush()
+
+        def sealed() -> bool:
+            return parts.is_dir() and any(p.suffix == ".parquet" for p in parts.iterdir())
+
+        _wait_for(sealed, "a sealed part", process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130
+    assert not out.exists()
+    assert (
+        f"interrupted; completed rows are saved in {parts}/; run again with --resume to "
+        f"finish and write {out}"
+    ) in stderr.decode()
