@@ -114,6 +114,14 @@ def _ratio(numerator: float, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
+def _per_second(count: float, rows: int, seconds: float | None) -> float | None:
+    # No rows means nothing was timed: "0 req/s" over an empty input or a finished
+    # `--resume` would read as a stalled engine.
+    if rows == 0:
+        return None
+    return _ratio(count, seconds)
+
+
 def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -125,7 +133,7 @@ class ReplicaThroughput:
     `rows` counts the rows it ran; invalid input rows never reach a replica's engine.
 
     `busy_seconds` is the time it spent running batches, start-up excluded, so its
-    rates say how fast that replica went while it had work.
+    rates say how fast that replica went while it had work; None when it ran no rows.
 
     >>> ReplicaThroughput("node-1:42", rows=100, busy_seconds=4.0).rows_per_second
     25.0
@@ -138,11 +146,11 @@ class ReplicaThroughput:
 
     @property
     def rows_per_second(self) -> float | None:
-        return _ratio(self.rows, self.busy_seconds)
+        return _per_second(self.rows, self.rows, self.busy_seconds)
 
     @property
     def output_tokens_per_second(self) -> float | None:
-        return _ratio(self.output_tokens, self.busy_seconds)
+        return _per_second(self.output_tokens, self.rows, self.busy_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,7 +178,8 @@ class Report:
     - processing_seconds: wall_seconds - engine_startup_seconds -
       engine_shutdown_seconds; every `*_per_second` figure divides by this, so
       starting and stopping the engine does not dilute throughput.
-    - requests_per_second, input_tokens_per_second, output_tokens_per_second.
+    - requests_per_second, input_tokens_per_second, output_tokens_per_second; None
+      when no rows ran (an empty input, a `--resume` of a finished output).
     - input_tokens, output_tokens: sums of prompt_tokens and completion_tokens.
     - batches: engine steps; avg_batch_size: requests running per step;
       avg_batch_duration_ms: time per step.
@@ -182,7 +191,8 @@ class Report:
     - errors_by_type: failed rows per `error.type`, most frequent first.
     - engine_wait_seconds: time the engine sat idle, with requests in it, while we
       read and tokenized the next chunk; engine_wait_share: that over wall_seconds:
-      the share of wall time the engine waited on our code.
+      the share of wall time the engine waited on our code; None when the engine
+      ran no step.
     - between_steps_share: 1 - (time inside engine steps / processing_seconds): an
       upper bound of the same, which also counts submitting requests to the engine
       (vLLM's own request processing), reordering and writing between steps.
@@ -229,15 +239,15 @@ class Report:
 
     @property
     def requests_per_second(self) -> float | None:
-        return _ratio(self.rows, self.processing_seconds)
+        return _per_second(self.rows, self.rows, self.processing_seconds)
 
     @property
     def input_tokens_per_second(self) -> float | None:
-        return _ratio(self.input_tokens, self.processing_seconds)
+        return _per_second(self.input_tokens, self.rows, self.processing_seconds)
 
     @property
     def output_tokens_per_second(self) -> float | None:
-        return _ratio(self.output_tokens, self.processing_seconds)
+        return _per_second(self.output_tokens, self.rows, self.processing_seconds)
 
     @property
     def avg_batch_size(self) -> float | None:
@@ -250,6 +260,9 @@ class Report:
 
     @property
     def engine_wait_share(self) -> float | None:
+        # Without a step the engine never ran, so there was no waiting to measure.
+        if not self.batches:
+            return None
         return _ratio(self.engine_wait_seconds, self.wall_seconds)
 
     @property

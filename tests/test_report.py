@@ -18,6 +18,7 @@ from rich.console import Console
 from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, Result, RowError
 from batching.report import (
     LatencyHistogram,
+    ReplicaThroughput,
     Report,
     ReportCollector,
 )
@@ -353,3 +354,48 @@ def test_chunk_orders_are_counted() -> None:
     for order in ("prefix", "length", "prefix"):
         c.record_chunk_order(order)
     assert c.finish().to_dict()["chunks_by_order"] == {"prefix": 2, "length": 1}
+
+
+RATES = ("requests_per_second", "input_tokens_per_second", "output_tokens_per_second")
+
+
+def no_rows_report() -> Report:
+    """An empty input: the engine started and stopped, time passed, no row ran."""
+    clock = FakeClock(10.0)
+    c = ReportCollector(clock=clock, gpu_sampler=lambda: None)
+    c.start()
+    c.engine_started(1.0)
+    c.engine_stopped(0.5)
+    clock.now = 14.0
+    return c.finish()
+
+
+def test_no_rows_means_no_rates_not_zero_rates() -> None:
+    r = no_rows_report()
+    assert r.processing_seconds == 2.5  # time was measured, rows were not
+    d = r.to_dict()
+    for key in (*RATES, "engine_wait_share", "between_steps_share"):
+        assert d[key] is None, key
+    text = render(r)
+    assert "0.0 req/s" not in text and "0.0 in tok/s" not in text
+    assert "n/a req/s · n/a in tok/s · n/a out tok/s" in text
+
+
+def test_engine_wait_share_needs_an_engine_step() -> None:
+    idle = Report(rows=2, rows_ok=2, wall_seconds=5.0)
+    assert idle.engine_wait_share is None
+    stepped = Report(rows=2, rows_ok=2, wall_seconds=5.0, batches=1, batch_requests=2)
+    assert stepped.engine_wait_share == 0.0  # it ran and never waited: a measured 0
+
+
+def test_failed_rows_still_have_a_rate() -> None:
+    # Rows ran and produced no tokens: 0 tok/s is what happened, not a missing figure.
+    r = Report(rows=4, rows_failed=4, wall_seconds=2.0)
+    assert (r.requests_per_second, r.output_tokens_per_second) == (2.0, 0.0)
+
+
+def test_replica_without_rows_has_no_rates() -> None:
+    replica = ReplicaThroughput("node-1:7", rows=0, busy_seconds=3.0)
+    assert (replica.rows_per_second, replica.output_tokens_per_second) == (None, None)
+    d = replica.to_dict()
+    assert d["requests_per_second"] is None and d["output_tokens_per_second"] is None
