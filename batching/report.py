@@ -197,6 +197,11 @@ class Report:
       upper bound of the same, which also counts submitting requests to the engine
       (vLLM's own request processing), reordering and writing between steps.
     - chunks_by_order: chunks per submission order used (`auto` shows its choices).
+    - rows_resumed: rows already in the output from an earlier run (`--resume`); they
+      were not run again and are not in `rows`, so the output holds rows +
+      rows_resumed.
+    - interrupted: the signal that stopped the run early ("SIGINT", "SIGTERM"), so
+      the output and these figures are partial; None when the run ended on its own.
     - gpu_devices, gpu_samples, gpu_utilization_avg_pct, gpu_utilization_max_pct,
       gpu_memory_peak_mib, gpu_memory_total_mib: sampled while the engine ran (see
       `batching.gpu_monitor`); absent from `to_dict()` where there is no GPU.
@@ -231,6 +236,8 @@ class Report:
     chunks_by_order: Mapping[str, int] = field(default_factory=dict)
     gpu: GpuUsage | None = None
     replicas: tuple[ReplicaThroughput, ...] = ()
+    rows_resumed: int = 0
+    interrupted: str | None = None
 
     @property
     def processing_seconds(self) -> float:
@@ -302,6 +309,9 @@ class Report:
             "engine_wait_share": _rounded(self.engine_wait_share, 4),
             "between_steps_share": _rounded(self.between_steps_share, 4),
             "chunks_by_order": dict(self.chunks_by_order),
+            # Last, after the keys readers already know.
+            "rows_resumed": self.rows_resumed,
+            "interrupted": self.interrupted,
         }
         if self.gpu is not None:
             # Only where a GPU was sampled: on CPU the keys are absent, not 0.
@@ -360,6 +370,8 @@ class ReportCollector:
         self._errors: dict[str, int] = {}
         self._engine_wait_s = 0.0
         self._replicas: tuple[ReplicaThroughput, ...] = ()
+        self._rows_resumed = 0
+        self._interrupted: str | None = None
 
     def start(self) -> None:
         """Start the wall clock; call before the engine is started."""
@@ -456,6 +468,33 @@ class ReportCollector:
         """Each replica's throughput so far (replaces what was recorded before)."""
         self._replicas = replicas
 
+    def record_resumed_rows(self, rows: int) -> None:
+        """`rows` were already in the output from an earlier run (`--resume`).
+
+        They are reported apart from `rows`, which counts what this run did, so the
+        rates stay this run's own.
+
+        >>> c = ReportCollector(clock=lambda: 0.0, gpu_sampler=lambda: None)
+        >>> c.start()
+        >>> c.record_resumed_rows(25)
+        >>> c.finish().rows_resumed
+        25
+        """
+        if rows < 0:
+            raise ValueError(f"resumed rows must not be negative, got {rows}")
+        self._rows_resumed = rows
+
+    def record_interrupt(self, signal_name: str) -> None:
+        """A signal (`"SIGINT"`, `"SIGTERM"`) stopped the run: the report is partial.
+
+        >>> c = ReportCollector(clock=lambda: 0.0, gpu_sampler=lambda: None)
+        >>> c.start()
+        >>> c.record_interrupt("SIGTERM")
+        >>> c.finish().interrupted
+        'SIGTERM'
+        """
+        self._interrupted = signal_name
+
     def engine_stopped(self, seconds: float) -> None:
         """Closing the engine at the end of the run took `seconds`."""
         self._shutdown_s = (self._shutdown_s or 0.0) + seconds
@@ -496,4 +535,6 @@ class ReportCollector:
             chunks_by_order=dict(self._chunk_orders),
             gpu=self._gpu,
             replicas=self._replicas,
+            rows_resumed=self._rows_resumed,
+            interrupted=self._interrupted,
         )

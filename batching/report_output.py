@@ -57,8 +57,14 @@ def render_report(report: Report, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
 
+    if report.interrupted is not None:
+        # First: every figure below covers only the part of the input that ran.
+        table.add_row("interrupted", f"[yellow]{report.interrupted}: a partial run[/yellow]")
     failed = f"[red]{report.rows_failed:,} failed[/red]" if report.rows_failed else "0 failed"
-    table.add_row("rows", f"{report.rows_ok:,} ok, {failed}")
+    rows = f"{report.rows_ok:,} ok, {failed}"
+    if report.rows_resumed:
+        rows += f" · {report.rows_resumed:,} kept from the earlier run"
+    table.add_row("rows", rows)
     wall = format_duration(report.wall_seconds)
     engine_times = []
     if report.engine_startup_seconds is not None:

@@ -56,6 +56,8 @@ REQUIRED_KEYS = {
     "engine_wait_share",
     "between_steps_share",
     "chunks_by_order",
+    "rows_resumed",
+    "interrupted",
 }
 
 
@@ -399,3 +401,72 @@ def test_replica_without_rows_has_no_rates() -> None:
     assert (replica.rows_per_second, replica.output_tokens_per_second) == (None, None)
     d = replica.to_dict()
     assert d["requests_per_second"] is None and d["output_tokens_per_second"] is None
+
+
+def test_resumed_rows_are_reported_apart_from_this_runs_rows() -> None:
+    clock = FakeClock()
+    c = ReportCollector(clock=clock, gpu_sampler=lambda: None)
+    c.start()
+    c.record_resumed_rows(75)
+    for i in range(75, 100):
+        c.record_result(ok(i, prompt=2, completion=4))
+    clock.now = 5.0
+    r = c.finish()
+    assert (r.rows, r.rows_resumed) == (25, 75)
+    assert r.requests_per_second == 5.0  # this run's rows over this run's time
+    d = r.to_dict()
+    assert (d["rows"], d["rows_resumed"]) == (25, 75)
+    assert "25 ok, 0 failed · 75 kept from the earlier run" in render(r)
+
+
+def test_resume_of_a_finished_output_says_so_and_claims_no_rate() -> None:
+    clock = FakeClock()
+    c = ReportCollector(clock=clock, gpu_sampler=lambda: None)
+    c.start()
+    c.record_resumed_rows(100)
+    clock.now = 0.2
+    r = c.finish()
+    assert r.to_dict()["requests_per_second"] is None
+    text = render(r)
+    assert "0 ok, 0 failed · 100 kept from the earlier run" in text
+    assert "0.0 req/s" not in text
+
+
+def test_a_fresh_run_reports_no_resumed_rows() -> None:
+    d = sample_report().to_dict()
+    assert d["rows_resumed"] == 0
+    assert "earlier run" not in render(sample_report())
+
+
+def test_resumed_rows_must_not_be_negative() -> None:
+    c = ReportCollector(clock=FakeClock(), gpu_sampler=lambda: None)
+    with pytest.raises(ValueError, match="-1"):
+        c.record_resumed_rows(-1)
+
+
+def test_an_interrupted_run_is_marked_partial() -> None:
+    clock = FakeClock()
+    c = ReportCollector(clock=clock, gpu_sampler=lambda: None)
+    c.start()
+    c.record_result(ok(0, prompt=2, completion=4))
+    c.record_interrupt("SIGINT")
+    clock.now = 1.0
+    r = c.finish()
+    assert r.interrupted == "SIGINT"
+    assert json.loads(json.dumps(r.to_dict()))["interrupted"] == "SIGINT"
+    text = render(r)
+    assert "interrupted" in text and "SIGINT: a partial run" in text
+    assert text.index("interrupted") < text.index("1 ok")  # read before the figures
+
+
+def test_a_run_that_ended_on_its_own_is_not_marked_interrupted() -> None:
+    r = sample_report()
+    assert r.interrupted is None
+    assert '"interrupted": null' in json.dumps(r.to_dict())
+    assert "interrupted" not in render(r)
+
+
+def test_new_keys_come_after_the_keys_readers_already_know() -> None:
+    keys = list(sample_report().to_dict())
+    assert keys.index("chunks_by_order") < keys.index("rows_resumed") < keys.index("interrupted")
+    assert keys[:3] == ["rows", "rows_ok", "rows_failed"]
