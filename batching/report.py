@@ -472,7 +472,8 @@ class ReportCollector:
         """`rows` were already in the output from an earlier run (`--resume`).
 
         They are reported apart from `rows`, which counts what this run did, so the
-        rates stay this run's own.
+        rates stay this run's own. May be called before `start()` (the caller knows
+        the count before the runner starts the clock).
 
         >>> c = ReportCollector(clock=lambda: 0.0, gpu_sampler=lambda: None)
         >>> c.start()

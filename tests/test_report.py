@@ -438,6 +438,14 @@ def test_a_fresh_run_reports_no_resumed_rows() -> None:
     assert "earlier run" not in render(sample_report())
 
 
+def test_resumed_rows_may_be_recorded_before_the_clock_starts() -> None:
+    # job.run knows the count before the runner calls start(); start must keep it.
+    c = ReportCollector(clock=FakeClock(), gpu_sampler=lambda: None)
+    c.record_resumed_rows(40)
+    c.start()
+    assert c.finish().rows_resumed == 40
+
+
 def test_resumed_rows_must_not_be_negative() -> None:
     c = ReportCollector(clock=FakeClock(), gpu_sampler=lambda: None)
     with pytest.raises(ValueError, match="-1"):
