@@ -124,6 +124,10 @@ def run(
             )
         else:
             supply = PrefetchedSupply(supply)
+        if existing is not None:
+            # Made here if the caller gave none, so the rows kept are counted in it.
+            report = report if report is not None else ReportCollector()
+            report.record_resumed_rows(done)
         sink: ResultSink = writer
         if config.errors_path:
             errors = stack.enter_context(_open_errors_file(config, existing, openai_lines))

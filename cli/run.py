@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -581,6 +582,10 @@ def _execute(
     console = stderr_console()
     progress = make_progress(quiet=quiet)
     collector = ReportCollector()
+    # Started now, so a signal or error before the runner starts the clock (a long
+    # --resume scan, an --on-invalid abort pass) still gets a report, not a traceback;
+    # the runner restarts it.
+    collector.start()
     restore_signals = interrupts.install()
     exit_code = 0
     try:
@@ -592,6 +597,7 @@ def _execute(
             run_on_ray(config, engine_factory, cluster, progress=progress, report=collector)
     except interrupts.Interrupted as exc:
         exit_code = exc.exit_code
+        collector.record_interrupt(signal.Signals(exc.exit_code - 128).name)
     except BrokenPipeError:
         # `bizra-batch run big.jsonl | head`: the reader left; end quietly, with the
         # status of a program killed by SIGPIPE as `seq` or `cat` would: rows went
@@ -622,6 +628,8 @@ def _execute(
     # ("0 ok, 0 failed") under its error line.
     if not quiet and not (exit_code == 1 and final.rows == 0):
         render_report(final, console)
+        if not exit_code and final.rows == 0 and final.rows_resumed == 0:
+            sys.stderr.write("bizra-batch: the input has no rows; the output is empty\n")
     if exit_code:
         if exit_code >= 128:
             sys.stderr.write(f"bizra-batch: interrupted; {_saved_where(config)}\n")

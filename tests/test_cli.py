@@ -205,6 +205,18 @@ def test_empty_input_gives_empty_output_and_exit_0(tmp_path: Path) -> None:
     result = invoke(str(source), "-m", "fake", "-q")
     assert result.exit_code == 0
     assert result.stdout == ""
+    assert result.stderr == ""  # --quiet
+
+
+def test_empty_input_is_said_so_and_reports_no_fake_rates(tmp_path: Path) -> None:
+    source, report = tmp_path / "empty.jsonl", tmp_path / "report.json"
+    source.write_bytes(b"\n\n")
+    result = invoke(str(source), "--report", str(report))
+    assert result.exit_code == 0
+    assert "the input has no rows; the output is empty" in result.stderr
+    assert "0.0 req/s" not in result.stderr
+    figures = orjson.loads(report.read_bytes())
+    assert figures["rows"] == 0 and figures["requests_per_second"] is None
 
 
 def test_bad_engine_arg_is_a_usage_error(prompts_file: Path) -> None:

@@ -63,6 +63,7 @@ def test_resume_drops_a_torn_last_line(tmp_path: Path) -> None:
     out.write_bytes(b"".join(lines[:12]) + lines[12][:9])  # killed mid-write
     report = run(config(source, out, resume=True), FakeEngine)
     assert report.rows == 18
+    assert report.rows_resumed == 12  # the torn 13th line is run again
     assert out.read_bytes() == reference
 
 
@@ -78,6 +79,8 @@ def test_resume_of_a_finished_output_runs_nothing(tmp_path: Path) -> None:
 
     report = run(config(source, out, resume=True), factory)
     assert report.rows == 0 and started == []  # the model never loaded
+    assert report.rows_resumed == 10
+    assert report.requests_per_second is None  # nothing ran: no rate, not 0.0
 
 
 def test_resume_refuses_the_output_of_another_input(tmp_path: Path) -> None:

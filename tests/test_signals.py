@@ -202,8 +202,10 @@ def test_signal_saves_a_prefix_and_resume_completes_it(
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert out.read_bytes() == reference
 
-    # The report describes exactly what the output holds, whenever the signal lands.
+    # The report describes exactly what the output holds, whenever the signal lands,
+    # and says it covers only part of the input.
     assert figures["rows"] == len(lines)
+    assert figures["interrupted"] == signum.name
 
 
 def test_closed_stdout_ends_quietly(full_input: Path, tmp_path: Path) -> None:
