@@ -128,7 +128,13 @@ def render_report(report: Report, console: Console) -> None:
     if report.errors_by_type:
         errors = ", ".join(f"{kind} {n:,}" for kind, n in report.errors_by_type.items())
         table.add_row("errors", f"[red]{errors}[/red]")
-    console.print(table)
+    if console.is_terminal:
+        console.print(table)
+        return
+    # In a log file the table's padding is only trailing spaces, up to 80 columns.
+    with console.capture() as captured:
+        console.print(table)
+    console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 def write_report(report: Report, path: str | os.PathLike[str]) -> None:

@@ -101,6 +101,8 @@ def test_output_file_keep_fields_and_report(prompts_file: Path, tmp_path: Path) 
         assert key in figures
     assert figures["rows"] == 3 and figures["rows_ok"] == 3
     assert "rows" in result.stderr  # the summary table
+    # Not a terminal: no padding to 80 columns in a log file.
+    assert [line.rstrip() for line in result.stderr.splitlines()] == result.stderr.splitlines()
 
 
 def test_parquet_in_and_out(tmp_path: Path) -> None:
