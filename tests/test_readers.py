@@ -105,6 +105,13 @@ def test_bad_json_line_becomes_an_error_row_in_its_place(open_jsonl: Open) -> No
     assert ":2: not valid JSON" in error_of(bad)
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b""])
+def test_a_line_cut_short_points_past_its_end(open_jsonl: Open, ending: bytes) -> None:
+    # Parsed with its newline, orjson placed the error at "line 2, column 1".
+    rows = read_all(open_jsonl(b'{"id":"badjson","prompt":"hello"' + ending))
+    assert "(unexpected end of data at column 33)" in error_of(rows[0])
+
+
 def test_line_that_is_not_utf8_becomes_an_error_row(open_jsonl: Open) -> None:
     rows = read_all(open_jsonl(b'{"prompt": "caf\xe9"}\n{"prompt": "ok"}\n'))
 
