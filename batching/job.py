@@ -363,7 +363,12 @@ def _check_every_row(
                         bad.append(row.error.message)
     if count:
         listing = "\n  ".join(bad)
-        more = f"\n  ... and {count - len(bad)} more" if count > len(bad) else ""
+        more = ""
+        if count > len(bad):
+            more = (
+                f"\n  ... and {count - len(bad)} more (to get them all, a dry run without "
+                "--on-invalid abort: --engine fake --errors bad.jsonl)"
+            )
         raise UsageError(
             f"{count} invalid input rows; nothing was run (--on-invalid abort):\n  "
             f"{listing}{more}\nFix them, or run without --on-invalid abort to get error "

@@ -145,7 +145,18 @@ def test_on_invalid_abort_lists_bad_rows_before_the_engine_starts(tmp_path: Path
     message = str(caught.value)
     assert message.startswith("2 invalid input rows")
     assert "in.jsonl:5" in message and "in.jsonl:10" in message
+    assert "more" not in message
     assert started == []
+
+
+def test_on_invalid_abort_says_how_to_see_rows_it_does_not_list(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_prompts(source, 20, bad=set(range(8)))
+    with pytest.raises(UsageError) as caught:
+        run(config(source, out, on_invalid="abort"), FakeEngine)
+    message = str(caught.value)
+    assert message.count("not valid JSON") == 5
+    assert "... and 3 more (to get them all, a dry run without --on-invalid abort:" in message
 
 
 def test_on_invalid_abort_on_stdin_still_runs_a_clean_input(tmp_path: Path) -> None:
