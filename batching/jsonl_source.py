@@ -239,11 +239,14 @@ class JsonlSource(RowSource):
                     "shorten the row or raise --max-line-bytes"
                 )
                 row = invalid_row(index, line, message, kept=missing_kept(fields))
+                self._ids.no_id(index)
             else:
                 try:
                     obj = loads(raw)
                 except json_error as exc:
                     if not raw.strip():
+                        # So that a message about a repeated id names the right line.
+                        self._ids.skipped_line(index)
                         if ready is not None and chunk and not ready():
                             self._line = line
                             self._progress(index, consumed)
@@ -252,6 +255,7 @@ class JsonlSource(RowSource):
                         continue
                     message = _undecodable(raw, exc, where)
                     row = invalid_row(index, line, message, kept=missing_kept(fields))
+                    self._ids.no_id(index)
                 else:
                     if not decided:
                         decided = True

@@ -54,6 +54,31 @@ def test_resume_after_a_crash_gives_the_uninterrupted_output(tmp_path: Path, suf
     assert out.read_bytes() == reference.read_bytes()
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_resume_re_reads_ids_and_row_numbers_that_collide_the_same_way(
+    tmp_path: Path, suffix: str
+) -> None:
+    # Every fifth row has no id; the row after it takes that row number (refused),
+    # and the row before it takes it first (so the row without id is refused).
+    ids = {0: None, 1: -1, 4: 1}
+    rows = [
+        {"prompt": f"p{i}", **({} if (n := ids.get(i % 5, 0)) is None else {"id": i + n})}
+        for i in range(100)
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    reference = tmp_path / f"reference{suffix}"
+    assert run(config(source, reference), FakeEngine).rows_failed == 39
+
+    out = tmp_path / f"out{suffix}"
+    crashing = FakeEngine(die_at_step=6)
+    with pytest.raises(Exception, match="died"):
+        run(config(source, out, max_engine_restarts=0), lambda: crashing)
+    report = run(config(source, out, resume=True), FakeEngine)
+    assert 0 < report.rows < 100
+    assert out.read_bytes() == reference.read_bytes()
+
+
 def test_resume_drops_a_torn_last_line(tmp_path: Path) -> None:
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_prompts(source, 30)

@@ -261,6 +261,16 @@ def test_stdin(prompts_file: Path) -> None:
     assert "<stdin>: every row valid" in result.stdout
 
 
+def test_row_without_id_whose_row_number_is_taken_is_reported() -> None:
+    # The user audit's case: two output rows would carry id 1.
+    result = invoke("-", input=b'{"id": 1, "prompt": "a"}\n{"prompt": "b"}\n')
+    assert result.exit_code == 1
+    assert "<stdin>:2: field 'id': duplicate id, integer 1 was first seen at line 1" in (
+        result.stdout
+    )
+    assert "<stdin>: 1 of 2 rows invalid" in result.stdout
+
+
 def test_bad_rows_exit_1_listing_file_line_and_field(mixed_file: Path) -> None:
     result = invoke(str(mixed_file), "--max-line-bytes", "1024")
     assert result.exit_code == 1
