@@ -219,11 +219,12 @@ class JsonlSource(RowSource):
         line = 0
         index = 0
         chunk: list[Row] = []
-        # OpenAI batch lines: forced, or decided by the first row that decodes.
-        openai: CustomIdRegistry | None = None
-        if fields.format == "openai":
-            openai = CustomIdRegistry(name)
-        decided = openai is not None
+        # OpenAI batch lines: forced, or decided by the first row that decodes. Lines
+        # no schema reads (blank, undecodable) go to both id registries: which one
+        # counts may not be decided yet.
+        custom_ids = CustomIdRegistry(name)
+        openai = fields.format == "openai"
+        decided = openai
         while raw := readline(limit):
             line += 1
             consumed += len(raw)
@@ -240,6 +241,7 @@ class JsonlSource(RowSource):
                 )
                 row = invalid_row(index, line, message, kept=missing_kept(fields))
                 self._ids.no_id(index)
+                custom_ids.no_id(index)
             else:
                 try:
                     obj = loads(raw)
@@ -247,6 +249,7 @@ class JsonlSource(RowSource):
                     if not raw.strip():
                         # So that a message about a repeated id names the right line.
                         self._ids.skipped_line(index)
+                        custom_ids.skipped_line(index)
                         if ready is not None and chunk and not ready():
                             self._line = line
                             self._progress(index, consumed)
@@ -256,15 +259,16 @@ class JsonlSource(RowSource):
                     message = _undecodable(raw, exc, where)
                     row = invalid_row(index, line, message, kept=missing_kept(fields))
                     self._ids.no_id(index)
+                    custom_ids.no_id(index)
                 else:
                     if not decided:
                         decided = True
-                        openai = _openai_lines(obj, fields, name)
-                    if openai is not None:
+                        openai = _openai_lines(obj, fields)
+                    if openai:
                         row = parse_openai_row(
                             obj, index=index, line=line, fields=fields, where=where
                         )
-                        openai.check(row)
+                        custom_ids.check(row)
                     else:
                         row = parse_row(obj, index=index, line=line, fields=fields, where=where)
                         row = check_id(obj, row, where)
@@ -277,8 +281,8 @@ class JsonlSource(RowSource):
                 chunk = []
         self._line = line
         self._progress(index, consumed)
-        if openai is not None:
-            openai.finish()
+        if openai:
+            custom_ids.finish()
         if chunk:
             yield chunk
 
@@ -311,14 +315,12 @@ class JsonlSource(RowSource):
         return skipped
 
 
-def _openai_lines(obj: object, fields: InputConfig, name: str) -> CustomIdRegistry | None:
-    """A registry if the first row is an OpenAI batch line (and not a plain row)."""
+def _openai_lines(obj: object, fields: InputConfig) -> bool:
+    """Whether the first row is an OpenAI batch line (and not a plain row)."""
     if not is_openai_line(obj):
-        return None
+        return False
     assert isinstance(obj, dict)
-    if fields.prompt_field in obj or fields.messages_field in obj:
-        return None
-    return CustomIdRegistry(name)
+    return fields.prompt_field not in obj and fields.messages_field not in obj
 
 
 def _undecodable(raw: bytes, exc: orjson.JSONDecodeError, where: str) -> str:
@@ -326,11 +328,8 @@ def _undecodable(raw: bytes, exc: orjson.JSONDecodeError, where: str) -> str:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
         return f"{where}: not valid UTF-8 at byte {bad.start + 1}; save the file as UTF-8"
-    # The line is parsed with its newline, so a line cut short ends "at line 2,
-    # column 1"; the column the user can find is just past the line's own end.
-    column = exc.colno if exc.lineno <= 1 else len(raw.rstrip(b"\r\n").decode()) + 1
     return (
-        f"{where}: not valid JSON ({exc.msg} at column {column}); each line must hold "
+        f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must hold "
         "one JSON object"
     )
 

@@ -17,7 +17,8 @@ vLLM's `BatchRequestOutput`): `id`, `custom_id`, `response` (`status_code`,
 has no body).
 
 Repeated `custom_id`s are allowed, as vLLM's own runner allows them, but reported:
-`CustomIdRegistry` logs a warning naming both lines.
+`CustomIdRegistry` logs a warning naming both lines. That includes a `custom_id`
+equal to the one written for a line without a valid one: its row number ("4").
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batching.config import InputConfig
+from batching.id_registry import DefaultIdRuns
 from batching.output_format import dumps, not_ours
 from batching.records import (
     ERROR_ENGINE,
@@ -177,33 +179,70 @@ def _message(where: str, field: str, expected: str, found: object) -> str:
     return f"{where}: field {field!r}: expected {expected}, found {describe(found)}"
 
 
-class CustomIdRegistry:
+class CustomIdRegistry(DefaultIdRuns):
     """Notes each custom_id's first line and warns (via logging) about repeats.
 
     Repeats still run and each gets its own output line; `duplicates` counts them.
+    A line without a valid custom_id is an error line whose custom_id is its 0-based
+    row number as text ("4"); a line giving that custom_id is a repeat too.
     Memory grows with the input as `IdRegistry`'s does (~120 MB per million ids).
     """
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self._name = name
         self._first_seen: dict[str, int] = {}
         self.duplicates = 0
 
     def check(self, row: Row) -> None:
-        if not isinstance(row.id, str):
+        row_id = row.id
+        if type(row_id) is not str:  # no valid custom_id: the row index
+            self.no_id(row.index)
+            if self._first_seen:
+                self._check_default(row)
             return
-        first = self._first_seen.setdefault(row.id, row.line)
-        if first == row.line:
+        if self._gap_start is not None:
+            self._close_gap(row.index, row.line)
+        first = self._first_seen.setdefault(row_id, row.line)
+        if first != row.line:
+            self._warn(row, f"custom_id {row_id!r} was first used at line {first}")
+        elif self._runs_end:
+            self._check_explicit(row, row_id)
+
+    def _check_explicit(self, row: Row, row_id: str) -> None:
+        # A row index as text: ASCII digits, no leading zero, and short enough for
+        # int() (which refuses over 4,300 digits); 2**63 has 19.
+        if not (row_id.isascii() and row_id.isdigit() and len(row_id) <= 19):
             return
+        index = int(row_id)
+        line = self._default_line(index)
+        if line is not None and custom_id(index) == row_id:
+            self._first_seen[row_id] = line  # a later repeat is told of the earliest line
+            self._warn(
+                row,
+                f"custom_id {row_id!r} was first used at line {line}, a line without a "
+                "valid custom_id, whose output line gets its 0-based row number",
+            )
+
+    def _check_default(self, row: Row) -> None:
+        text = custom_id(row.id)
+        first = self._first_seen.get(text)
+        if first is not None:
+            self._warn(
+                row,
+                f"this line has no valid custom_id, so its output line gets its 0-based "
+                f"row number, {text!r}, which line {first} uses as its custom_id",
+            )
+
+    def _warn(self, row: Row, what: str) -> None:
         self.duplicates += 1
         if self.duplicates <= _DUPLICATES_NAMED:
             logger.warning(
-                "%s:%d: custom_id %r was first used at line %d; each line gets its own "
-                "output line, so the output has two with this custom_id",
+                "%s:%d: %s; each line gets its own output line, so the output has two "
+                "with this custom_id",
                 self._name,
                 row.line,
-                row.id,
-                first,
+                what,
             )
 
     def finish(self) -> None:

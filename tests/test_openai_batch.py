@@ -214,6 +214,74 @@ def test_duplicate_custom_ids_are_reported_and_each_line_still_runs(
     ]
 
 
+@pytest.mark.parametrize(
+    ("order", "warning"),
+    [
+        pytest.param(
+            "explicit-first",
+            ":2: this line has no valid custom_id, so its output line gets its 0-based row "
+            "number, '1', which line 1 uses as its custom_id",
+            id="explicit-first",
+        ),
+        pytest.param(
+            "default-first",
+            ":3: custom_id '1' was first used at line 2, a line without a valid custom_id, "
+            "whose output line gets its 0-based row number",
+            id="default-first",
+        ),
+    ],
+)
+def test_custom_id_equal_to_a_line_without_one_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, order: str, warning: str
+) -> None:
+    without = {key: value for key, value in chat_line("-", "x").items() if key != "custom_id"}
+    if order == "explicit-first":
+        lines = [chat_line("1", "a"), without]
+    else:
+        lines = [chat_line("a", "a"), without, chat_line("1", "b")]
+    source = write_lines(tmp_path / "batch.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    with caplog.at_level(logging.WARNING, logger="bizra_batch"):
+        run(openai_config(source, out), FakeEngine)
+    written = [line["custom_id"] for line in output_lines(out)]
+    assert written.count("1") == 2  # still warned only: every line keeps its output line
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{source}{warning}; each line gets its own output line, so the output has two "
+        "with this custom_id"
+    ]
+
+
+def test_unreadable_first_line_counts_as_a_line_without_custom_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read before the format is known (the first line that decodes decides it).
+    source = tmp_path / "batch.jsonl"
+    source.write_bytes(b"{oops\n\n" + orjson.dumps(chat_line("0", "a")) + b"\n")
+    with caplog.at_level(logging.WARNING, logger="bizra_batch"):
+        rows = read_rows(source)
+    assert [row.id for row in rows] == [0, "0"]
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        f"{source}:3: custom_id '0' was first used at line 1, a line without a valid "
+        "custom_id, whose output line gets its 0-based row number"
+    ]
+
+
+@pytest.mark.parametrize(
+    "custom_ids", [["01", None, "x"], [None, "0 ", "-0"], ["2", None]], ids=str
+)
+def test_custom_ids_that_only_look_like_a_row_number_are_not_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, custom_ids: list[str | None]
+) -> None:
+    lines = [
+        {k: v for k, v in chat_line(c or "-", "x").items() if c is not None or k != "custom_id"}
+        for c in custom_ids
+    ]
+    source = write_lines(tmp_path / "batch.jsonl", lines)
+    with caplog.at_level(logging.WARNING, logger="bizra_batch"):
+        read_rows(source, "openai")
+    assert caplog.records == []
+
+
 # -- writing ------------------------------------------------------------------------
 
 
