@@ -231,6 +231,7 @@ class BatchQueue:
                 retry=self._retry,
                 report=self._report,
                 on_result=self._answer,
+                place=_place,
             )
         except BaseException as exc:
             with self._lock:
@@ -252,6 +253,11 @@ class BatchQueue:
             _resolve(*waiter, value=result)
 
 
+def _place(line: int) -> str:
+    """A request as `_row` names it in messages (its index), not as a file's line."""
+    return f"request {line - 1}"
+
+
 def _row(index: int, prompt: str | Sequence[Mapping[str, Any]], sampling: Mapping[str, Any]) -> Row:
     """The request as a row, checked as a file's row would be (an error is its result)."""
     obj: dict[str, Any] = {k: v for k, v in sampling.items() if k in _ROW_SAMPLING}
@@ -259,7 +265,7 @@ def _row(index: int, prompt: str | Sequence[Mapping[str, Any]], sampling: Mappin
         obj["prompt"] = prompt
     else:
         obj["messages"] = list(prompt)
-    row = parse_row(obj, index=index, line=index + 1, fields=_FIELDS, where=f"request {index}")
+    row = parse_row(obj, index=index, line=index + 1, fields=_FIELDS, where=_place(index + 1))
     extra = {k: v for k, v in sampling.items() if k not in _ROW_SAMPLING and v is not None}
     if extra and isinstance(row, Request):
         row = dataclasses.replace(row, sampling=dataclasses.replace(row.sampling, **extra))

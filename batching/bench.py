@@ -287,6 +287,7 @@ def run_through_pipeline(
         lambda: lent,
         replace(config, sampling=sampling),
         clock=clock,
+        place=lambda line: f"prompt {line}",  # as encode_prompts names them
     )
     wall = clock() - started
     if sink.failed:

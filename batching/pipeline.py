@@ -31,6 +31,7 @@ from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
 from batching.prefetch import LiveChunks, ReadAhead
 from batching.protocols import ProgressSink, ResultSink, RowSupply
+from batching.readers import row_place
 from batching.records import (
     ERROR_ENGINE,
     ERROR_INVALID_INPUT,
@@ -88,6 +89,7 @@ def run_rows(
     clock: Callable[[], float] = time.perf_counter,
     on_result: Callable[[Result], None] | None = None,
     encode_ahead: bool = True,
+    place: Callable[[int], str] | None = None,
 ) -> Report:
     """Run every row of `supply` through an engine and write one result per row, in order.
 
@@ -97,6 +99,8 @@ def run_rows(
     the rows ahead of it (`batching.aio` answers each caller that way).
     `encode_ahead=False` encodes every chunk on this thread, between engine steps:
     slower, but what each step runs no longer depends on thread timing.
+    `place` names a row by its line at the start of the messages of rows that fail
+    here (the engine refused them); by default as the readers name `config.input`'s.
 
     >>> from batching.testing import FakeEngine
     >>> report = run_rows(rows, writer, FakeEngine, config)   # doctest: +SKIP
@@ -117,6 +121,7 @@ def run_rows(
         clock=clock,
         on_result=on_result,
         encode_ahead=encode_ahead,
+        place=place or row_place(config.input),
     )
     try:
         runner.run()
@@ -140,6 +145,7 @@ class _Runner:
         clock: Callable[[], float],
         on_result: Callable[[Result], None] | None = None,
         encode_ahead: bool = True,
+        place: Callable[[int], str],
     ) -> None:
         self.supply = supply
         self.sink = sink
@@ -151,6 +157,7 @@ class _Runner:
         self.clock = clock
         self.on_result = on_result
         self.encode_ahead = encode_ahead
+        self.place = place
         self.window = max(1, config.max_in_flight)
         chunk_size = config.input.chunk_size
         # Results may wait for one slow early row; past this many we stop reading
@@ -275,10 +282,9 @@ class _Runner:
         prepared: list[_Pending] = []
         for request, encoded in zip(requests, encoder.encode(prompts), strict=True):
             if isinstance(encoded, PermanentRequestError):
-                failed.append(Result.failed(request, RowError(encoded.error_type, str(encoded))))
+                failed.append(self._failed(request, encoded.error_type, str(encoded)))
             elif not encoded:
-                error = RowError(ERROR_INVALID_INPUT, f"line {request.line}: the prompt is empty")
-                failed.append(Result.failed(request, error))
+                failed.append(self._failed(request, ERROR_INVALID_INPUT, "the prompt is empty"))
             else:
                 prepared.append(_Pending(request, encoded))
         lengths = [len(p.token_ids) for p in prepared]
@@ -315,7 +321,7 @@ class _Runner:
             try:
                 self.engine.add(engine_request)
             except PermanentRequestError as exc:
-                self._finish(Result.failed(request, RowError(exc.error_type, str(exc))))
+                self._finish(self._failed(request, exc.error_type, str(exc)))
                 return
             except Exception as exc:
                 if classify(exc) is Failure.ENGINE_DEAD:
@@ -349,7 +355,7 @@ class _Runner:
         self.deaths_in_a_row = self.lethal_in_a_row = 0
         request = item.request
         if output.error is not None:
-            self._finish(Result.failed(request, output.error))
+            self._finish(self._failed(request, output.error.type, output.error.message))
             return
         latency_s = self.clock() - item.submitted_at
         multiple = (request.sampling.n or self.default_n) > 1
@@ -374,6 +380,17 @@ class _Runner:
                 latency_s=latency_s,
             )
         self._finish(result)
+
+    def _failed(self, request: Request, error_type: str, message: str) -> Result:
+        """The record of a row that fails here, its message led by the row's place.
+
+        The schema's messages start with the place, so every error record says
+        which row it is; vLLM's own text ("This model's maximum context length...")
+        does not.
+        """
+        return Result.failed(
+            request, RowError(error_type, f"{self.place(request.line)}: {message}")
+        )
 
     def _finish(self, result: Result) -> None:
         self.reorder.push(result)
@@ -463,7 +480,7 @@ class _Runner:
                 return
             if not self.retry.should_retry(item.attempts):
                 message = f"failed after {item.attempts} attempts: {type(error).__name__}: {error}"
-                self._finish(Result.failed(item.request, RowError(ERROR_ENGINE, message)))
+                self._finish(self._failed(item.request, ERROR_ENGINE, message))
                 return
             self.report.record_retry()
             self.retry.wait(item.attempts)
@@ -513,7 +530,7 @@ class _Runner:
             f"the engine died each time this row ran alone ({item.attempts} attempts): "
             f"{type(error).__name__}: {error}"
         )
-        self._finish(Result.failed(item.request, RowError(ERROR_ENGINE, message)))
+        self._finish(self._failed(item.request, ERROR_ENGINE, message))
 
     def _restart_engine(self, counted: bool = True) -> list[_Pending]:
         """Replace a dead engine; return the rows that were in flight in it.

@@ -19,6 +19,7 @@ import io
 import os
 import stat
 import sys
+from collections.abc import Callable
 from typing import BinaryIO
 
 from batching.config import STDIO, InputConfig, InputFormat
@@ -35,6 +36,7 @@ __all__ = [
     "input_format",
     "is_local_pipe",
     "open_source",
+    "row_place",
 ]
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -111,6 +113,26 @@ def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
         f"{path}: unknown input format for extension {suffix}; name the file .jsonl, "
         ".jsonl.gz or .parquet, or pass --input-format jsonl, parquet or openai"
     )
+
+
+def row_place(cfg: InputConfig) -> Callable[[int], str]:
+    """How messages name a row of `cfg`'s input by its line, as the sources do.
+
+    For messages made after the reader is done with a row (the engine refusing
+    it), so they start the way the schema's messages do.
+
+    >>> row_place(InputConfig(path="prompts.parquet"))(3)
+    'prompts.parquet row 3'
+    """
+    name = STDIN_NAME if cfg.path == STDIO else cfg.path
+    try:
+        parquet = input_format(cfg.path, cfg.format) == "parquet"
+    except InputError:  # a label rather than a file (an API caller's): read as JSONL
+        parquet = False
+    # The sources' own forms (JsonlSource, ParquetSource); a test holds them equal.
+    if parquet:
+        return lambda line: f"{name} row {line}"
+    return lambda line: f"{name}:{line}"
 
 
 def is_local_pipe(path: str) -> bool:

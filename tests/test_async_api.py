@@ -86,6 +86,10 @@ def test_a_failing_request_raises_for_its_caller_alone() -> None:
     assert isinstance(empty, RequestError) and empty.error_type == ERROR_INVALID_INPUT
     assert isinstance(bad_temperature, RequestError)
     assert "temperature" in str(bad_temperature)
+    # Named alike whether the schema or the engine refused them: by submission order.
+    assert str(bad_temperature).startswith("invalid_input: request 3: field 'temperature'")
+    assert str(empty).startswith("invalid_input: request 2: field 'prompt'")
+    assert str(poison).startswith("engine_error: request 1: failed after")
 
 
 def test_unknown_sampling_settings_are_a_programming_error() -> None:

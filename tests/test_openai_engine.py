@@ -354,7 +354,9 @@ def test_cli_runs_rows_through_a_server_in_input_order(
     out = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert [r["output"] for r in out] == ["ONE", "HEY", "TWO", None, "FOUR"]
     assert [r["id"] for r in out] == [0, "chat", 2, 3, 4]
-    assert out[3]["error"] == {"type": "invalid_request", "message": "HTTP 400: bad request"}
+    # The server's refusal, led by the row's place as every error record is.
+    message = f"{source}:4: HTTP 400: bad request"
+    assert out[3]["error"] == {"type": "invalid_request", "message": message}
     assert set(handler.auth_seen) == {"Bearer sekrit"}
     assert "sekrit" not in result.output
 

@@ -371,6 +371,74 @@ def test_empty_prompt_is_an_invalid_input_record() -> None:
     assert results[1].ok
 
 
+class FailsOneAlone(FakeEngine):
+    """Reports a request holding "GIVE UP" as failed on its own, as a remote engine does."""
+
+    def step(self) -> list[EngineOutput]:
+        outputs = super().step()
+        for position, output in enumerate(outputs):
+            if "PU EVIG" in output.text:  # the fake answers with the prompt reversed
+                error = RowError(ERROR_ENGINE, "HTTP 503: overloaded")
+                outputs[position] = EngineOutput(output.key, "", None, 0, 0, error=error)
+        return outputs
+
+
+@pytest.mark.parametrize(
+    ("path", "place"),
+    [
+        ("data/in.jsonl", "data/in.jsonl:{}"),
+        ("-", "<stdin>:{}"),
+        ("in.parquet", "in.parquet row {}"),
+    ],
+)
+def test_rows_failing_in_the_engine_name_their_place_as_validation_errors_do(
+    path: str, place: str
+) -> None:
+    texts = ["good", "too long " * 10, "REJECT me", "", "POISON", "GIVE UP", "also good"]
+    rows: list[Row] = [
+        Request(index=i, id=i, line=10 * i + 3, prompt=t) for i, t in enumerate(texts)
+    ]
+    # A chat the fake cannot render fails in encode, before the engine sees it.
+    rows.append(Request(index=7, id=7, line=73, messages=({"role": "user"},)))
+    config = RunConfig(input=InputConfig(path=path, chunk_size=4), max_retries=1)
+
+    def engine() -> FakeEngine:
+        return FailsOneAlone(
+            max_model_len=20, reject=frozenset({"REJECT"}), poison=frozenset({"POISON"})
+        )
+
+    sink = ListSink()
+    run_rows(ListSupply(rows, 4), sink, engine, config, retry=no_sleep_policy(1))
+
+    failed = {r.index: r.error for r in sink.results if r.error is not None}
+    assert sorted(failed) == [1, 2, 3, 4, 5, 7]
+    for index, error in failed.items():
+        assert error.message.startswith(place.format(rows[index].line) + ": "), error.message
+    assert {index: error.type for index, error in failed.items()} == {
+        1: "prompt_too_long",
+        2: "invalid_request",
+        3: ERROR_INVALID_INPUT,
+        4: ERROR_ENGINE,
+        5: ERROR_ENGINE,
+        7: "invalid_request",
+    }
+    # Only the place is added: the engine's own words follow it unchanged.
+    assert failed[2].message == place.format(23) + ": rejected by the fake engine"
+    assert failed[5].message == place.format(53) + ": HTTP 503: overloaded"
+    assert failed[3].message == place.format(33) + ": the prompt is empty"
+
+
+def test_a_caller_can_name_its_rows_its_own_way() -> None:
+    config = RunConfig(input=InputConfig(path="-"))
+    sink = ListSink()
+    supply = ListSupply(prompts(["x", "REJECT"]), 4)
+    engine = lambda: FakeEngine(reject=frozenset({"REJECT"}))  # noqa: E731
+    run_rows(supply, sink, engine, config, place=lambda line: f"request {line - 1}")
+    assert sink.results[1].error == RowError(
+        "invalid_request", "request 1: rejected by the fake engine"
+    )
+
+
 def test_a_dead_engine_is_replaced_and_in_flight_rows_resubmitted() -> None:
     factory = FakeEngineFactory([FakeEngine(die_at_step=3), FakeEngine()])
     rows = prompts([f"row {i}" for i in range(30)])
@@ -481,7 +549,8 @@ def test_a_row_that_kills_the_engine_is_isolated_and_the_rest_succeed() -> None:
     assert_complete_and_ordered(results, rows)
     assert [r.index for r in results if not r.ok] == [17]
     error = results[17].error
-    assert error is not None and error.type == ERROR_ENGINE and "died" in error.message
+    assert error is not None and error.type == ERROR_ENGINE
+    assert error.message.startswith("<stdin>:18: the engine died each time this row ran alone")
     assert report.engine_restarts == len(factory.made) - 1 > 2
 
 

@@ -24,6 +24,7 @@ from batching.readers import (
     RowSource,
     input_format,
     open_source,
+    row_place,
 )
 from batching.records import InvalidRow, Request, Row
 
@@ -145,6 +146,32 @@ def test_stdin_messages_name_stdin() -> None:
     rows = read_all(open_source(InputConfig(path="-"), stdin=io.BytesIO(b"{}\n")))
 
     assert error_of(rows[0]).startswith(f"{STDIN_NAME}:1: ")
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "stdin", "parquet", "gz"])
+def test_row_place_names_a_row_as_the_source_does(tmp_path: Path, kind: str) -> None:
+    # The pipeline names rows the engine refuses with row_place: it must match.
+    rows = [{"prompt": "a"}, {"prompt": ""}]
+    stdin = None
+    if kind == "stdin":
+        cfg, stdin = InputConfig(path="-"), io.BytesIO(jsonl(*rows))
+    elif kind == "parquet":
+        cfg = InputConfig(path=str(tmp_path / "in.parquet"))
+        pq.write_table(pa.Table.from_pylist(rows), cfg.path)
+    elif kind == "gz":
+        cfg = InputConfig(path=str(tmp_path / "in.jsonl.gz"))
+        Path(cfg.path).write_bytes(gzip.compress(jsonl(*rows)))
+    else:
+        cfg = InputConfig(path=str(tmp_path / "in.jsonl"))
+        Path(cfg.path).write_bytes(jsonl(*rows))
+
+    [_, bad] = read_all(open_source(cfg, stdin=stdin))
+
+    assert error_of(bad).startswith(row_place(cfg)(2) + ": field 'prompt'")
+
+
+def test_row_place_of_a_label_that_is_no_file_name() -> None:
+    assert row_place(InputConfig(path="<submit>"))(4) == "<submit>:4"
 
 
 @pytest.mark.parametrize("length", [65, 3 * 1024 * 1024])

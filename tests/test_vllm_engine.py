@@ -335,3 +335,38 @@ def test_close_then_a_new_engine_starts_and_nothing_reaches_stdout(
     with pytest.raises(EngineDeadError):
         engine.add(EngineRequest(0, ids, GREEDY))
     assert capfd.readouterr().out == ""
+
+
+@pytest.mark.vllm
+def test_rows_vllm_refuses_in_a_run_name_their_file_and_line(
+    vllm_engine: VllmEngine, tmp_path: Path
+) -> None:
+    from batching.config import InputConfig, OutputConfig, RunConfig
+    from batching.engine import KeptOpen
+    from batching.job import run
+
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [
+        {"id": "ok", "prompt": "Hello"},
+        # Refused while encoding: vLLM's own check, in its own words.
+        {"id": "long", "prompt": "word " * (vllm_engine.max_model_len + 10)},
+        {"id": "ok too", "prompt": "Hi"},
+        # Refused at add by vLLM: more top logprobs than the engine serves.
+        {"id": "logprobs", "prompt": "Hi", "logprobs": 10_000},
+    ]
+    source.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
+    config = RunConfig(
+        input=InputConfig(path=str(source)),
+        output=OutputConfig(path=str(out)),
+        sampling=Sampling(max_tokens=4, temperature=0.0),
+    )
+
+    report = run(config, lambda: KeptOpen(vllm_engine))
+
+    errors = [json.loads(line)["error"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert report.rows_failed == 2 and errors[0] is None and errors[2] is None
+    assert errors[1]["type"] == ERROR_PROMPT_TOO_LONG
+    assert errors[1]["message"].startswith(f"{source}:2: ")
+    assert errors[3]["type"] == "invalid_request"
+    assert errors[3]["message"].startswith(f"{source}:4: ")
+    assert not vllm_engine.has_unfinished()
