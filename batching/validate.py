@@ -7,7 +7,8 @@ chunks is a counter, a histogram of token counts, or the first few errors.
 
 Given a model directory, it also counts prompt tokens with the model's own
 tokenizer (`batching.prompt_tokens`: no vLLM, no torch), which approximates the
-tokens vLLM will see closely enough for statistics and planning.
+tokens vLLM will see closely enough for statistics and planning. A prompt too long
+for the model's context is an invalid row then: `run` would give it an error.
 
 >>> report = validate(InputConfig(path="prompts.jsonl"), tokenizer_dir=None,
 ...                   max_model_len=None, default_max_tokens=256,
@@ -18,12 +19,12 @@ tokens vLLM will see closely enough for statistics and planning.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batching.config import InputConfig
-from batching.readers import input_format, open_source
+from batching.readers import open_source, row_place
 from batching.records import NO_SAMPLING, InvalidRow, Request
 
 if TYPE_CHECKING:
@@ -59,9 +60,10 @@ class TokenStats:
     """Prompt token figures from the model's tokenizer, over the valid rows it counted.
 
     `rows_too_long` counts prompts that leave no room for one output token
-    (tokens >= `max_model_len`): `run` gives those a prompt_too_long error. Chat
-    rows the template could not render are not counted; `template_errors` says how
-    many, and `chat_rows_skipped` how many went uncounted for want of a template.
+    (tokens >= `max_model_len`): `run` gives those a prompt_too_long error, so they
+    are among the report's invalid rows too. Chat rows the template could not render
+    are not counted; `template_errors` says how many, and `chat_rows_skipped` how
+    many went uncounted for want of a template.
     """
 
     tokenizer_dir: str
@@ -99,6 +101,9 @@ class TokenStats:
 @dataclass(frozen=True, slots=True)
 class ValidationReport:
     """What `validate` found; `ok` when every row is valid.
+
+    With token figures against a context length, a prompt too long for it is
+    invalid: counted in `invalid` and listed in `first_errors` like a schema error.
 
     `max_new_tokens` is the most the run can generate: each valid row's
     `max_tokens`, or `default_max_tokens` where the row sets none, times its `n`.
@@ -170,24 +175,29 @@ def validate(
     ...          max_line_bytes=16 * 1024 * 1024).token_stats.median  # doctest: +SKIP
     57
     """
-    parquet = input_format(cfg.path, cfg.format) == "parquet"
     with open_source(cfg, max_line_bytes=max_line_bytes, stdin=stdin) as source:
         tally: _TokenTally | None = None
         skipped: str | None = None
         if tokenizer_dir is not None:
             try:
-                tally = _TokenTally.start(tokenizer_dir, max_model_len, source.name, parquet)
+                tally = _TokenTally.start(tokenizer_dir, max_model_len, cfg)
             except _Skip as reason:
                 skipped = str(reason)
         rows = valid = plain = chat = overrides = max_new_tokens = 0
         errors: list[RowProblem] = []
         for chunk in source.chunks():
-            requests: list[Request] = []
+            # Counted first: a row too long for the model is invalid, in its place.
+            too_long: dict[int, RowProblem] = {}
+            if tally is not None:
+                too_long = tally.add([row for row in chunk if isinstance(row, Request)])
             for row in chunk:
                 rows += 1
-                if isinstance(row, InvalidRow):
+                if isinstance(row, InvalidRow) or row.index in too_long:
                     if len(errors) < MAX_LISTED_ERRORS:
-                        errors.append(RowProblem(row.line, row.error.message))
+                        if isinstance(row, InvalidRow):
+                            errors.append(RowProblem(row.line, row.error.message))
+                        else:
+                            errors.append(too_long[row.index])
                     continue
                 valid += 1
                 if row.prompt is not None:
@@ -198,9 +208,6 @@ def validate(
                     overrides += 1
                 samples = row.sampling.n or 1
                 max_new_tokens += samples * (row.sampling.max_tokens or default_max_tokens)
-                requests.append(row)
-            if tally is not None:
-                tally.add(requests)
         return ValidationReport(
             source=source.name,
             rows=rows,
@@ -229,16 +236,16 @@ class _TokenTally:
         tokenizer: PromptTokenizer,
         tokenizer_dir: str,
         context: tuple[int, str] | None,
-        source_name: str,
-        parquet: bool,
+        cfg: InputConfig,
     ) -> None:
         from batching.prompt_tokens import TokenHistogram
 
         self._tokenizer = tokenizer
         self._tokenizer_dir = tokenizer_dir
         self._context = context
-        self._source_name = source_name
-        self._parquet = parquet
+        self._cfg = cfg
+        # The readers' form of a place, so these read like the schema's messages.
+        self._place: Callable[[int], str] = row_place(cfg)
         self._histogram = TokenHistogram()
         self._too_long = 0
         self._chat_skipped = 0
@@ -246,9 +253,7 @@ class _TokenTally:
         self._first_template_errors: list[RowProblem] = []
 
     @classmethod
-    def start(
-        cls, tokenizer_dir: str, max_model_len: int | None, source_name: str, parquet: bool
-    ) -> _TokenTally:
+    def start(cls, tokenizer_dir: str, max_model_len: int | None, cfg: InputConfig) -> _TokenTally:
         try:
             # Imported here: tokenizers and jinja2 come with vLLM, and `validate`
             # without --model must work without either.
@@ -266,23 +271,40 @@ class _TokenTally:
         if context is None:
             found = context_length(tokenizer_dir)
             context = None if found is None else (found[0], f"config.json {found[1]}")
-        return cls(tokenizer, tokenizer_dir, context, source_name, parquet)
+        return cls(tokenizer, tokenizer_dir, context, cfg)
 
-    def add(self, requests: Sequence[Request]) -> None:
-        plain = [r.prompt for r in requests if r.prompt is not None]
+    def add(self, requests: Sequence[Request]) -> dict[int, RowProblem]:
+        """Count the prompt tokens of `requests`; the problems of those too long, by index."""
+        plain = [r for r in requests if r.prompt is not None]
+        chats: list[Request] = []
         rendered: list[str] = []
         for request in requests:
             if request.messages is not None:
                 text = self._render(request)
                 if text is not None:
+                    chats.append(request)
                     rendered.append(text)
-        counts = self._tokenizer.count(plain, add_special_tokens=True)
+        texts = [r.prompt for r in plain if r.prompt is not None]
+        counts = self._tokenizer.count(texts, add_special_tokens=True)
         counts += self._tokenizer.count(rendered, add_special_tokens=False)
-        limit = None if self._context is None else self._context[0]
-        for tokens in counts:
+        too_long: dict[int, RowProblem] = {}
+        for request, tokens in zip([*plain, *chats], counts, strict=True):
             self._histogram.add(tokens)
-            if limit is not None and tokens >= limit:
+            if self._context is not None and tokens >= self._context[0]:
                 self._too_long += 1
+                too_long[request.index] = self._too_long_problem(request, tokens)
+        return too_long
+
+    def _too_long_problem(self, request: Request, tokens: int) -> RowProblem:
+        assert self._context is not None
+        limit, source = self._context
+        field = self._cfg.prompt_field if request.prompt is not None else self._cfg.messages_field
+        message = (
+            f"{self._place(request.line)}: field {field!r}: {tokens:,} prompt tokens leave no "
+            f"room for output within max_model_len {limit:,} ({source}); run gives this row "
+            "a prompt_too_long error: shorten it"
+        )
+        return RowProblem(request.line, message)
 
     def _render(self, request: Request) -> str | None:
         from batching.prompt_tokens import ChatTemplateError
@@ -296,9 +318,7 @@ class _TokenTally:
         except ChatTemplateError as exc:
             self._template_errors += 1
             if len(self._first_template_errors) < MAX_LISTED_ERRORS:
-                # The readers' form of a place, so these read like the schema's messages.
-                name, line = self._source_name, request.line
-                where = f"{name} row {line}" if self._parquet else f"{name}:{line}"
+                where = self._place(request.line)
                 message = f"{where}: the chat template fails on this row ({exc})"
                 self._first_template_errors.append(RowProblem(request.line, message))
             return None

@@ -17,7 +17,7 @@ from cli.options import IdField, InputFormatOption, MaxLineBytes, MessagesField,
 
 __all__ = ["validate"]
 
-MODEL = "Model (optional: prompt token statistics)"
+MODEL = "Model (optional: prompt token statistics, prompts too long for it)"
 
 
 def validate(
@@ -31,7 +31,8 @@ def validate(
             "-m",
             envvar="BIZRA_BATCH_MODEL",
             help="Local model directory: count prompt tokens with its tokenizer.json and "
-            "chat template (vLLM and torch are not loaded).",
+            "chat template (vLLM and torch are not loaded); a prompt too long for its "
+            "context is an invalid row.",
             rich_help_panel=MODEL,
         ),
     ] = None,
@@ -39,7 +40,7 @@ def validate(
         int | None,
         typer.Option(
             min=1,
-            help="Count prompts too long for this context. Default: the model's config.json.",
+            help="Check prompts against this context. Default: the model's config.json.",
             rich_help_panel=MODEL,
         ),
     ] = None,
@@ -69,10 +70,11 @@ def validate(
 
     Prints the report on stdout: counts of rows (valid, invalid, plain, chat, with
     sampling overrides), the first 20 invalid rows with file:line and field, the work
-    ahead and, with --model, prompt token statistics.
+    ahead and, with --model, prompt token statistics. A prompt too long for that
+    model's context is an invalid row too: run would fail it.
 
-    Exit codes: 0 every row valid; 1 invalid rows found; 2 usage error or unreadable
-    input.
+    Exit codes: 0 every row valid; 1 invalid rows found (too-long prompts included);
+    2 usage error or unreadable input.
     """
     from batching.validate import format_report
     from batching.validate import validate as validate_input

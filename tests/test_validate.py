@@ -44,13 +44,14 @@ def check(
     max_model_len: int | None = None,
     cfg: InputConfig | None = None,
     stdin: bytes | None = None,
+    max_line_bytes: int = 1024,
 ) -> ValidationReport:
     return validate(
         cfg or InputConfig(path=str(path), chunk_size=2),
         tokenizer_dir=None if model is None else str(model),
         max_model_len=max_model_len,
         default_max_tokens=256,
-        max_line_bytes=1024,
+        max_line_bytes=max_line_bytes,
         stdin=None if stdin is None else io.BytesIO(stdin),
     )
 
@@ -196,6 +197,57 @@ def test_rows_too_long_for_a_given_max_model_len(prompts_file: Path, tiny_model:
     )
     chat_tokens = len(tokenizer.render_chat([{"role": "user", "content": "hi"}]))  # > 4
     assert stats.rows_too_long == sum(n >= 4 for n in plain) + (chat_tokens >= 4)
+    report = check(prompts_file, model=tiny_model, max_model_len=4)
+    assert report.invalid == stats.rows_too_long and not report.ok
+
+
+def too_long_file(tmp_path: Path, tiny_model: Path) -> tuple[Path, list[int]]:
+    """Rows 2 and 5 too long for the tiny model's 2,048, row 4 invalid; and their counts."""
+    long_prompt = "word " * 2100
+    long_chat = [{"role": "user", "content": "word " * 2100}]
+    rows: list[object] = [
+        {"prompt": "short", "max_tokens": 3},
+        {"prompt": long_prompt, "max_tokens": 5},
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"prompt": ""},
+        {"messages": long_chat, "temperature": 0.5},
+    ]
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(jsonl(rows))  # type: ignore[arg-type]
+    tokenizer = PromptTokenizer.load(tiny_model)
+    [plain] = tokenizer.count([long_prompt], add_special_tokens=True)
+    [chat] = tokenizer.count([tokenizer.render_chat(long_chat)], add_special_tokens=False)
+    return path, [plain, chat]
+
+
+def test_prompts_too_long_for_the_model_are_invalid_rows_in_their_place(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    path, (plain, chat) = too_long_file(tmp_path, tiny_model)
+    assert plain >= 2048 and chat >= 2048
+
+    report = check(path, model=tiny_model, max_line_bytes=1 << 20)
+
+    assert not report.ok
+    assert (report.rows, report.valid, report.invalid) == (5, 2, 3)
+    assert (report.plain_rows, report.chat_rows, report.sampling_override_rows) == (1, 1, 1)
+    assert report.max_new_tokens == 3 + 256
+    assert report.token_stats is not None and report.token_stats.rows_too_long == 2
+    assert [p.line for p in report.first_errors] == [2, 4, 5]
+    too_long = "prompt tokens leave no room for output within max_model_len 2,048"
+    assert report.first_errors[0].message == (
+        f"{path}:2: field 'prompt': {plain:,} {too_long} (config.json max_position_embeddings); "
+        "run gives this row a prompt_too_long error: shorten it"
+    )
+    assert report.first_errors[2].message.startswith(f"{path}:5: field 'messages': {chat:,} ")
+    assert "rows                  5 (2 valid, 3 invalid)" in format_report(report)
+
+
+def test_without_a_model_too_long_prompts_are_not_checked(tmp_path: Path, tiny_model: Path) -> None:
+    path, _ = too_long_file(tmp_path, tiny_model)
+    report = check(path, max_line_bytes=1 << 20)
+    assert (report.valid, report.invalid) == (4, 1)
+    assert [p.line for p in report.first_errors] == [4]
 
 
 def test_no_tokenizer_json_skips_token_stats(prompts_file: Path, tmp_path: Path) -> None:
@@ -314,6 +366,30 @@ def test_token_stats_through_the_cli(prompts_file: Path, tiny_model: Path) -> No
     figures = orjson.loads(invoke(str(prompts_file), "-m", str(tiny_model), "--json").stdout)
     assert figures["prompt_tokens"]["rows"] == 4
     assert figures["work"]["prompt_tokens"] == figures["prompt_tokens"]["total"] > 0
+
+
+def test_too_long_prompts_exit_1_naming_lines_and_counted_in_json(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    path, (plain, chat) = too_long_file(tmp_path, tiny_model)
+    # Without the invalid row: the too-long ones alone make the exit code 1.
+    rows = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(rows[:3] + rows[4:]))
+
+    result = invoke(str(path), "-m", str(tiny_model))
+    assert result.exit_code == 1, result.output
+    assert f"  {path}:2: field 'prompt': {plain:,} prompt tokens" in result.stdout
+    assert f"  {path}:4: field 'messages': {chat:,} prompt tokens" in result.stdout
+    assert result.stdout.endswith(f"{path}: 2 of 4 rows invalid\n")
+
+    result = invoke(str(path), "-m", str(tiny_model), "--json")
+    assert result.exit_code == 1
+    figures = orjson.loads(result.stdout)
+    assert (figures["ok"], figures["valid"], figures["invalid"]) == (False, 2, 2)
+    assert [e["line"] for e in figures["errors"]] == [2, 4]
+    assert figures["prompt_tokens"]["rows_too_long"] == 2
+
+    assert invoke(str(path)).exit_code == 0  # without a model, nothing to check them by
 
 
 def test_model_without_tokenizer_says_so_and_exit_code_is_unchanged(
