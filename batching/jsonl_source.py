@@ -14,6 +14,7 @@ import orjson
 
 from batching.config import InputConfig
 from batching.errors import InputError
+from batching.field_spelling import FieldSpelling
 from batching.id_registry import IdRegistry
 from batching.openai_batch import CustomIdRegistry, is_openai_line, parse_openai_row
 from batching.records import Row
@@ -211,6 +212,8 @@ class JsonlSource(RowSource):
         fields = self._cfg
         chunk_size = fields.chunk_size
         check_id = self._ids.check
+        spelling = FieldSpelling(fields)
+        cleared = spelling.cleared
         name = self.name
         # Live input (a pipe read as it arrives): hand over what is here whenever the
         # next line is not, instead of holding rows until a chunk fills.
@@ -272,6 +275,9 @@ class JsonlSource(RowSource):
                     else:
                         row = parse_row(obj, index=index, line=line, fields=fields, where=where)
                         row = check_id(obj, row, where)
+                        # spelling.check's first test, inlined: most rows stop here.
+                        if type(obj) is dict and not cleared.issuperset(obj):
+                            spelling.check(obj, where)
             chunk.append(row)
             index += 1
             if len(chunk) >= chunk_size or (ready is not None and not ready()):

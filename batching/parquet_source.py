@@ -7,6 +7,7 @@ from typing import Any
 
 from batching.config import InputConfig
 from batching.errors import InputError
+from batching.field_spelling import FieldSpelling
 from batching.id_registry import IdRegistry
 from batching.records import SAMPLING_FIELDS, Row
 from batching.row_source import RowSource, open_binary, size_if_regular
@@ -57,6 +58,8 @@ class ParquetSource(RowSource):
             *SAMPLING_FIELDS,
             *cfg.keep_fields,
         )
+        # Every row has every column: one check names a misspelt one for the file.
+        FieldSpelling(cfg).check(self._file.schema_arrow.names, path)
         # Only the columns a row can use are decoded; a wide table of features next
         # to the prompts costs nothing.
         self._columns = [name for name in dict.fromkeys(wanted) if name in names]

@@ -19,7 +19,9 @@ for the model's context is an invalid row then: `run` would give it an error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -104,6 +106,9 @@ class ValidationReport:
 
     With token figures against a context length, a prompt too long for it is
     invalid: counted in `invalid` and listed in `first_errors` like a schema error.
+    `warnings` counts what the reader warned about (a field that looks misspelt, a
+    repeated custom_id) and `first_warnings` holds the first of those messages;
+    they do not make a row invalid.
 
     `max_new_tokens` is the most the run can generate: each valid row's
     `max_tokens`, or `default_max_tokens` where the row sets none, times its `n`.
@@ -122,6 +127,8 @@ class ValidationReport:
     token_stats: TokenStats | None = None
     # Why there are no token figures when a model was given (no tokenizer.json, ...).
     token_stats_skipped: str | None = None
+    warnings: int = 0
+    first_warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -145,6 +152,8 @@ class ValidationReport:
             "sampling_override_rows": self.sampling_override_rows,
             "errors": [p.to_dict() for p in self.first_errors],
             "errors_not_listed": self.invalid - len(self.first_errors),
+            "warnings": list(self.first_warnings),
+            "warnings_not_listed": self.warnings - len(self.first_warnings),
             "prompt_tokens": None if stats is None else stats.to_dict(),
             "prompt_tokens_skipped": self.token_stats_skipped,
             "work": {
@@ -175,7 +184,10 @@ def validate(
     ...          max_line_bytes=16 * 1024 * 1024).token_stats.median  # doctest: +SKIP
     57
     """
-    with open_source(cfg, max_line_bytes=max_line_bytes, stdin=stdin) as source:
+    with (
+        _reader_warnings() as warnings,
+        open_source(cfg, max_line_bytes=max_line_bytes, stdin=stdin) as source,
+    ):
         tally: _TokenTally | None = None
         skipped: str | None = None
         if tokenizer_dir is not None:
@@ -221,7 +233,39 @@ def validate(
             max_new_tokens=max_new_tokens,
             token_stats=None if tally is None else tally.finish(),
             token_stats_skipped=skipped,
+            warnings=warnings.count,
+            first_warnings=tuple(warnings.first),
         )
+
+
+class _Warnings(logging.Handler):
+    """Counts the reader's warnings and keeps the first few messages."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.first: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.first) < MAX_LISTED_ERRORS:
+            self.first.append(record.getMessage())
+
+
+@contextmanager
+def _reader_warnings() -> Iterator[_Warnings]:
+    """The readers' warnings while reading, for the report instead of stderr.
+
+    They are logged (on "bizra_batch") where `run` shows them on stderr; with a
+    handler of ours there, Python's last-resort handler prints none of them twice.
+    """
+    handler = _Warnings()
+    logger = logging.getLogger("bizra_batch")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 class _Skip(Exception):
@@ -356,6 +400,12 @@ def format_report(report: ValidationReport) -> str:
     p.jsonl: every row valid
     """
     lines: list[str] = []
+    if report.first_warnings:
+        lines.append(f"warnings ({report.warnings:,}):")
+        lines += [f"  {message}" for message in report.first_warnings]
+        if report.warnings > len(report.first_warnings):
+            lines.append(f"  ... and {report.warnings - len(report.first_warnings):,} more")
+        lines.append("")
     if report.first_errors:
         lines.append(f"invalid rows ({report.invalid:,}):")
         lines += [f"  {problem.message}" for problem in report.first_errors]
@@ -384,11 +434,14 @@ def format_report(report: ValidationReport) -> str:
         )
     )
     if not report.rows:
-        lines.append(f"{report.source}: no rows")
+        verdict = "no rows"
     elif report.ok:
-        lines.append(f"{report.source}: every row valid")
+        verdict = "every row valid"
     else:
-        lines.append(f"{report.source}: {report.invalid:,} of {report.rows:,} rows invalid")
+        verdict = f"{report.invalid:,} of {report.rows:,} rows invalid"
+    if report.warnings:
+        verdict += f", {report.warnings:,} warning{'' if report.warnings == 1 else 's'}"
+    lines.append(f"{report.source}: {verdict}")
     return "\n".join(lines)
 
 

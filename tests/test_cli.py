@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from cli.app import app
 
 runner = CliRunner()
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 ROWS = [
     {"id": "a", "prompt": "hello there", "topic": "greeting"},
@@ -225,3 +228,25 @@ def test_bad_engine_arg_is_a_usage_error(prompts_file: Path) -> None:
     result = invoke(str(prompts_file), "-m", "fake", "--engine-arg", "novalue")
     assert result.exit_code == 2
     assert "KEY=VALUE" in result.stderr
+
+
+def test_misspelt_fields_are_named_once_on_stderr_and_the_rows_run(tmp_path: Path) -> None:
+    # A process of its own: under pytest a capture handler on the root logger stands
+    # in for the last-resort handler that prints the readers' warnings for a user.
+    source = tmp_path / "typo.jsonl"
+    source.write_bytes(
+        jsonl([{"id": f"r{i}", "prompt": "abc", "max_token": 1, "temprature": 5} for i in range(3)])
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "run", str(source), "--engine", "fake", "-m", "x", "-q"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [row["output"] for row in read_jsonl(done.stdout)] == ["cba"] * 3  # defaults
+    assert done.stderr.splitlines() == [
+        f"{source}:1: unknown field 'max_token' is ignored; did you mean 'max_tokens'?",
+        f"{source}:1: unknown field 'temprature' is ignored; did you mean 'temperature'?",
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from batching.readers import (
     open_source,
     row_place,
 )
-from batching.records import InvalidRow, Request, Row
+from batching.records import InvalidRow, Request, Row, Sampling
 
 Open = Callable[..., RowSource]
 
@@ -172,6 +173,38 @@ def test_row_place_names_a_row_as_the_source_does(tmp_path: Path, kind: str) -> 
 
 def test_row_place_of_a_label_that_is_no_file_name() -> None:
     assert row_place(InputConfig(path="<submit>"))(4) == "<submit>:4"
+
+
+def test_misspelt_fields_are_warned_about_once_and_the_rows_still_run(
+    open_jsonl: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = jsonl(
+        {"id": "x", "prompt": "c", "max_token": 1, "temprature": 5},
+        {"id": "y", "prompt": "d", "max_token": 2, "topic": "kept elsewhere"},
+        {"id": "z", "prompt": "e", "temprature": 0},
+    )
+    with caplog.at_level(logging.WARNING, logger="bizra_batch"):
+        source = open_jsonl(data)
+        rows = read_all(source)
+
+    assert all(isinstance(row, Request) and row.sampling == Sampling() for row in rows)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{source.name}:1: unknown field 'max_token' is ignored; did you mean 'max_tokens'?",
+        f"{source.name}:1: unknown field 'temprature' is ignored; did you mean 'temperature'?",
+    ]
+
+
+def test_a_misspelt_parquet_column_is_warned_about_at_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "max_token": 3, "topic": "t"}] * 3), path)
+    with caplog.at_level(logging.WARNING, logger="bizra_batch"):
+        rows = read_all(open_source(InputConfig(path=str(path))))
+    assert len(rows) == 3
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: unknown field 'max_token' is ignored; did you mean 'max_tokens'?"
+    ]
 
 
 @pytest.mark.parametrize("length", [65, 3 * 1024 * 1024])

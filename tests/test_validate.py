@@ -250,6 +250,50 @@ def test_without_a_model_too_long_prompts_are_not_checked(tmp_path: Path, tiny_m
     assert [p.line for p in report.first_errors] == [4]
 
 
+def test_misspelt_fields_are_warnings_and_the_rows_stay_valid(tmp_path: Path) -> None:
+    path = tmp_path / "typo.jsonl"
+    path.write_bytes(
+        jsonl(
+            [
+                {"id": "x", "prompt": "c", "max_token": 1, "temprature": 5},
+                {"id": "y", "prompt": "d", "max_token": 2, "topic": "t"},
+            ]
+        )
+    )
+    report = check(path)
+    assert report.ok and report.valid == 2
+    assert report.warnings == 2
+    assert report.first_warnings == (
+        f"{path}:1: unknown field 'max_token' is ignored; did you mean 'max_tokens'?",
+        f"{path}:1: unknown field 'temprature' is ignored; did you mean 'temperature'?",
+    )
+    text = format_report(report)
+    assert text.startswith(f"warnings (2):\n  {path}:1: unknown field 'max_token'")
+    assert text.endswith(f"{path}: every row valid, 2 warnings")
+
+
+def test_only_the_first_warnings_are_kept(tmp_path: Path) -> None:
+    typos = [
+        f"{field}{c}" for field in ("max_tokens", "temperature", "logprobs") for c in "abcdefghi"
+    ]
+    path = tmp_path / "typos.jsonl"
+    path.write_bytes(jsonl([{"prompt": "p", typo: 1} for typo in typos]))
+    report = check(path)
+    assert report.ok and report.warnings == len(typos) == 27
+    assert len(report.first_warnings) == MAX_LISTED_ERRORS
+    assert report.to_dict()["warnings_not_listed"] == 27 - MAX_LISTED_ERRORS
+    assert format_report(report).count("unknown field") == MAX_LISTED_ERRORS
+
+
+def test_the_openai_readers_warnings_are_listed_too(tmp_path: Path) -> None:
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}}
+    path = tmp_path / "batch.jsonl"
+    path.write_bytes(jsonl([line, line]))
+    report = check(path)
+    assert report.ok and report.warnings == 1
+    assert report.first_warnings[0].startswith(f"{path}:2: custom_id 'a' was first used")
+
+
 def test_no_tokenizer_json_skips_token_stats(prompts_file: Path, tmp_path: Path) -> None:
     report = check(prompts_file, model=tmp_path)
     assert report.ok and report.token_stats is None
@@ -346,8 +390,8 @@ def test_json_report(mixed_file: Path) -> None:
     figures = orjson.loads(result.stdout)
     assert set(figures) == {
         "input", "ok", "rows", "valid", "invalid", "plain_rows", "chat_rows",
-        "sampling_override_rows", "errors", "errors_not_listed", "prompt_tokens",
-        "prompt_tokens_skipped", "work",
+        "sampling_override_rows", "errors", "errors_not_listed", "warnings",
+        "warnings_not_listed", "prompt_tokens", "prompt_tokens_skipped", "work",
     }  # fmt: skip
     assert figures["invalid"] == 5 and figures["ok"] is False
     assert figures["errors"][0] == {"line": 2, "message": figures["errors"][0]["message"]}
@@ -390,6 +434,21 @@ def test_too_long_prompts_exit_1_naming_lines_and_counted_in_json(
     assert figures["prompt_tokens"]["rows_too_long"] == 2
 
     assert invoke(str(path)).exit_code == 0  # without a model, nothing to check them by
+
+
+def test_warnings_go_to_the_report_not_stderr_and_leave_the_exit_code(tmp_path: Path) -> None:
+    path = tmp_path / "typo.jsonl"
+    path.write_bytes(jsonl([{"prompt": "c", "max_token": 1}, {"prompt": "d"}]))
+    warning = f"{path}:1: unknown field 'max_token' is ignored; did you mean 'max_tokens'?"
+
+    result = invoke(str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert f"warnings (1):\n  {warning}\n" in result.stdout
+    assert result.stdout.endswith(f"{path}: every row valid, 1 warning\n")
+
+    figures = orjson.loads(invoke(str(path), "--json").stdout)
+    assert (figures["warnings"], figures["warnings_not_listed"]) == ([warning], 0)
 
 
 def test_model_without_tokenizer_says_so_and_exit_code_is_unchanged(
