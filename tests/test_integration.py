@@ -88,6 +88,8 @@ def test_jsonl_file_to_file_one_ordered_row_each_and_exit_1_for_the_bad_row(
     for row, given in zip(out, rows, strict=True):
         assert_valid_output_row(row, given.get("max_tokens", MAX_TOKENS))
     assert out[7]["error"]["type"] == "prompt_too_long"
+    # vLLM's refusal, led by the row's place as the schema's messages are.
+    assert out[7]["error"]["message"].startswith(f"{reference['work'] / 'in.jsonl'}:8: ")
     assert [r["id"] for r in out if r["error"]] == ["too-long"]
     assert [r.get("topic") for r in out] == [r.get("topic") for r in rows]
 
