@@ -17,7 +17,7 @@ import logging
 from collections.abc import Collection
 
 from batching.config import InputConfig
-from batching.records import SAMPLING_FIELDS
+from batching.schema import ROW_SAMPLING_FIELDS
 
 __all__ = ["FieldSpelling"]
 
@@ -52,8 +52,7 @@ class FieldSpelling:
             fields.prompt_field,
             fields.messages_field,
             fields.id_field,
-            *SAMPLING_FIELDS,
-            "response_format",
+            *ROW_SAMPLING_FIELDS,
         )
         # A kept field is the user's own on purpose, however it is spelt.
         self.cleared = {*self._read, *fields.keep_fields}

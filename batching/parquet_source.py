@@ -9,9 +9,9 @@ from batching.config import InputConfig
 from batching.errors import InputError
 from batching.field_spelling import FieldSpelling
 from batching.id_registry import IdRegistry
-from batching.records import SAMPLING_FIELDS, Row
+from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
-from batching.schema import parse_row
+from batching.schema import ROW_SAMPLING_FIELDS, parse_row
 from batching.uri import is_remote, local_path, open_remote_parquet
 
 __all__ = ["ParquetSource"]
@@ -55,7 +55,7 @@ class ParquetSource(RowSource):
             cfg.prompt_field,
             cfg.messages_field,
             cfg.id_field,
-            *SAMPLING_FIELDS,
+            *ROW_SAMPLING_FIELDS,
             *cfg.keep_fields,
         )
         # Every row has every column: one check names a misspelt one for the file.

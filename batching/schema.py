@@ -40,6 +40,7 @@ from batching.records import (
 )
 
 __all__ = [
+    "ROW_SAMPLING_FIELDS",
     "check_messages",
     "describe",
     "invalid_row",
@@ -243,7 +244,7 @@ def parse_sampling(
     if _ROW_SAMPLING_KEY_SET.isdisjoint(row):
         return NO_SAMPLING, None
     values: dict[str, Any] = {}
-    for name in _ROW_SAMPLING_KEYS:
+    for name in ROW_SAMPLING_FIELDS:
         value = row.get(name)
         if value is None:
             continue
@@ -380,5 +381,6 @@ _EXPECTED = {
     '"json_schema": {"schema": {...}})',
 }
 # Checked in this order, so the first bad field in Sampling's order is named.
-_ROW_SAMPLING_KEYS = (*SAMPLING_FIELDS, "response_format")
-_ROW_SAMPLING_KEY_SET = frozenset(_ROW_SAMPLING_KEYS)
+# The sampling fields a row may set: `Sampling`'s, and OpenAI's response_format.
+ROW_SAMPLING_FIELDS = (*SAMPLING_FIELDS, "response_format")
+_ROW_SAMPLING_KEY_SET = frozenset(ROW_SAMPLING_FIELDS)

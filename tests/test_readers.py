@@ -562,6 +562,23 @@ def test_parquet_chat_messages_kept_fields_and_sampling(tmp_path: Path) -> None:
     assert row.sampling.max_tokens == 8
 
 
+def test_parquet_response_format_column_is_read(tmp_path: Path) -> None:
+    # It was not among the columns decoded, so the constraint was dropped unseen.
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    path = write_parquet(
+        tmp_path / "in.parquet",
+        {"prompt": ["Hi", "Yo"], "response_format": [response_format, None]},
+    )
+
+    first, second = read_all(open_source(InputConfig(path=str(path))))
+
+    assert isinstance(first, Request) and isinstance(second, Request)
+    assert first.sampling.json_schema is not None
+    assert orjson.loads(first.sampling.json_schema) == schema
+    assert second.sampling.json_schema is None
+
+
 def test_parquet_null_id_means_the_row_index(tmp_path: Path) -> None:
     path = write_parquet(tmp_path / "in.parquet", {"id": ["a", None], "prompt": ["x", "y"]})
 
