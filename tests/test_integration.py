@@ -73,7 +73,14 @@ def reference(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         str(source), "-o", str(out), "--report", str(report), "--keep-fields", "topic",
         "--max-num-seqs", "32", model=tiny_model,
     )  # fmt: skip
-    return {"rows": rows, "result": result, "out": out, "report": report, "work": work}
+    return {
+        "rows": rows,
+        "result": result,
+        "out": out,
+        "report": report,
+        "work": work,
+        "source": source,
+    }
 
 
 def test_jsonl_file_to_file_one_ordered_row_each_and_exit_1_for_the_bad_row(
@@ -116,6 +123,17 @@ def read_outputs(data: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in data.splitlines()]
 
 
+def unplaced(rows: list[dict[str, Any]], place: str) -> list[dict[str, Any]]:
+    """`rows` with `place` (the input's name for the row) cut from error messages:
+    runs of one input from a file, stdin or Parquet name their rows differently."""
+    for row in rows:
+        error = row["error"]
+        if error is not None:
+            assert error["message"].startswith(place), error["message"]
+            row["error"] = {**error, "message": error["message"].removeprefix(place)}
+    return rows
+
+
 # The runs below feed the reference's rows in the reference's order, so the engine
 # sees the same batches: greedy decoding is deterministic for the same batches, but
 # not across different batch mates (float sums in another order can flip a near-tie).
@@ -130,7 +148,8 @@ def test_stdin_to_stdout_gives_the_file_run_output(
     )
     assert result.returncode == 1, result.stderr.decode()[-2000:]
     assert result.stderr == b""  # --quiet
-    assert read_outputs(result.stdout) == read_outputs(reference["out"].read_bytes())
+    expected = unplaced(read_outputs(reference["out"].read_bytes()), f"{reference['source']}:8")
+    assert unplaced(read_outputs(result.stdout), "<stdin>:8") == expected
 
 
 def test_parquet_in_and_out_with_chat_rows(reference: dict[str, Any], tiny_model: Path) -> None:
@@ -146,8 +165,8 @@ def test_parquet_in_and_out_with_chat_rows(reference: dict[str, Any], tiny_model
         model=tiny_model,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr.decode()[-2000:]
-    written = pq.read_table(out).to_pylist()
-    expected = read_outputs(reference["out"].read_bytes())
+    written = unplaced(pq.read_table(out).to_pylist(), f"{source} row 8")
+    expected = unplaced(read_outputs(reference["out"].read_bytes()), f"{reference['source']}:8")
     assert [r["id"] for r in written] == [r["id"] for r in expected]
     assert [r["output"] for r in written] == [r["output"] for r in expected]
     assert [r["error"] for r in written] == [r["error"] for r in expected]
@@ -155,14 +174,20 @@ def test_parquet_in_and_out_with_chat_rows(reference: dict[str, Any], tiny_model
 
 def test_a_model_that_is_not_there_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     # The most common typo: vLLM raises from deep in transformers' hub code.
+    # A path that is not there is refused before vLLM loads (exit 2); a directory that
+    # is no model fails in vLLM (exit 1), and leaves no empty output behind.
     source = tmp_path / "in.jsonl"
     source.write_bytes(b'{"prompt": "hi"}\n')
-    missing = tmp_path / "no-such-model"
-    result = bizra(str(source), "-q", model=missing)
-    stderr = result.stderr.decode()
-    assert result.returncode == 1
-    assert "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("bizra-batch: error:")]
-    assert len(errors) == 1
-    assert str(missing) in errors[0] and "--model" in errors[0]
-    assert result.stdout == b""
+    missing, empty = tmp_path / "no-such-model", tmp_path / "not-a-model"
+    empty.mkdir()
+    for model, code in ((missing, 2), (empty, 1)):
+        out = tmp_path / "out.jsonl"
+        result = bizra(str(source), "-o", str(out), model=model)
+        stderr = result.stderr.decode()
+        assert result.returncode == code, stderr
+        assert "Traceback" not in stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("bizra-batch: error:")]
+        assert len(errors) == 1, stderr
+        assert str(model) in errors[0] and "--model" in errors[0]
+        assert "0 ok" not in stderr  # no summary of a run that never began
+        assert not out.exists()
