@@ -400,18 +400,8 @@ def format_report(report: ValidationReport) -> str:
     p.jsonl: every row valid
     """
     lines: list[str] = []
-    if report.first_warnings:
-        lines.append(f"warnings ({report.warnings:,}):")
-        lines += [f"  {message}" for message in report.first_warnings]
-        if report.warnings > len(report.first_warnings):
-            lines.append(f"  ... and {report.warnings - len(report.first_warnings):,} more")
-        lines.append("")
-    if report.first_errors:
-        lines.append(f"invalid rows ({report.invalid:,}):")
-        lines += [f"  {problem.message}" for problem in report.first_errors]
-        if report.invalid > len(report.first_errors):
-            lines.append(f"  ... and {report.invalid - len(report.first_errors):,} more")
-        lines.append("")
+    lines += _listing("warnings", report.warnings, report.first_warnings)
+    lines += _listing("invalid rows", report.invalid, [p.message for p in report.first_errors])
     figure = "{:<22}{}".format
     lines.append(
         figure("rows", f"{report.rows:,} ({report.valid:,} valid, {report.invalid:,} invalid)")
@@ -443,6 +433,16 @@ def format_report(report: ValidationReport) -> str:
         verdict += f", {report.warnings:,} warning{'' if report.warnings == 1 else 's'}"
     lines.append(f"{report.source}: {verdict}")
     return "\n".join(lines)
+
+
+def _listing(title: str, count: int, first: Sequence[str]) -> list[str]:
+    """A titled list of the first messages, with how many more there are."""
+    if not first:
+        return []
+    lines = [f"{title} ({count:,}):", *(f"  {message}" for message in first)]
+    if count > len(first):
+        lines.append(f"  ... and {count - len(first):,} more")
+    return [*lines, ""]
 
 
 def _token_lines(stats: TokenStats) -> list[str]:
