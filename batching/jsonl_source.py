@@ -334,8 +334,11 @@ def _undecodable(raw: bytes, exc: orjson.JSONDecodeError, where: str) -> str:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
         return f"{where}: not valid UTF-8 at byte {bad.start + 1}; save the file as UTF-8"
+    # The line is parsed with its newline, so a line cut short ends "at line 2,
+    # column 1"; the column the user can find is just past the line's own end.
+    column = exc.colno if exc.lineno <= 1 else len(raw.rstrip(b"\r\n").decode()) + 1
     return (
-        f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must hold "
+        f"{where}: not valid JSON ({exc.msg} at column {column}); each line must hold "
         "one JSON object"
     )
 
