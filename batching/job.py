@@ -89,8 +89,8 @@ def run(
         _check_formats(config)
         if _is_file(output.path) and not is_remote(output.path):
             stack.enter_context(OutputLock(str(output.path)))
-            # Runs after the writers close, while the lock is still held.
-            stack.push(_UntouchedOutputs(config))
+        # Runs after the writers close, while the lock (if any) is still held.
+        stack.push(_UntouchedOutputs(config))
         existing = scan_output(output) if output.resume else None
         if config.on_invalid == "abort":
             stdin = _check_every_row(config, stdin, stack)
@@ -147,14 +147,17 @@ def run(
 class _UntouchedOutputs:
     """On a failed run, removes the output (and errors file) it made and wrote nothing
     to: a model that would not load, or an input that turned out unreadable, left an
-    empty output behind, and the corrected command was then refused for it."""
+    empty output behind, and the corrected command was then refused for it.
+
+    Only paths that did not exist when the run began: a file --overwrite emptied, or
+    a symlink to one, is the user's, and the same command still runs over it."""
 
     def __init__(self, config: RunConfig) -> None:
         output = config.output
-        self._files: list[str] = []  # made by this run, or emptied by --overwrite
+        self._files: list[str] = []  # made by this run
         for given in (output.path, config.errors_path):
             local = _is_file(given) and not is_remote(given) and not output.resume
-            if local and (output.overwrite or not os.path.lexists(str(given))):
+            if local and not os.path.lexists(str(given)):
                 self._files.append(str(given))
         # A Parquet output is a parts directory until the run ends.
         self._parts = None
@@ -167,7 +170,8 @@ class _UntouchedOutputs:
             return False  # success, or an interrupt: what was made stays for --resume
         for path in self._files:
             with contextlib.suppress(OSError):
-                if os.path.isfile(path) and os.path.getsize(path) == 0:
+                made = os.path.isfile(path) and not os.path.islink(path)
+                if made and os.path.getsize(path) == 0:
                     os.remove(path)
         if self._parts is not None:
             with contextlib.suppress(OSError):

@@ -330,3 +330,29 @@ def test_a_failed_start_keeps_what_the_run_did_not_make(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="already exists"):
         run(config(source, out), _no_engine)
     assert out.exists()
+    # --overwrite emptied it, but the path is the user's: the same command runs again.
+    out.write_bytes(b"old\n")
+    with pytest.raises(EngineStartError):
+        run(config(source, out, overwrite=True), _no_engine)
+    assert out.exists()
+
+
+def test_a_failed_start_never_removes_a_symlinked_output(tmp_path: Path) -> None:
+    source, real, link = tmp_path / "in.jsonl", tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    write_prompts(source, 5)
+    real.write_bytes(b"old\n")
+    link.symlink_to(real)
+    with pytest.raises(EngineStartError):
+        run(config(source, link, overwrite=True), _no_engine)
+    assert link.is_symlink() and real.exists()
+
+
+def test_a_failed_start_removes_an_errors_file_beside_stdout(tmp_path: Path) -> None:
+    # Results on stdout, failures in a file: the empty file used to stay, and the
+    # corrected command was refused for it.
+    source, errors = tmp_path / "in.jsonl", tmp_path / "e.jsonl"
+    write_prompts(source, 5)
+    cfg = replace(config(source, tmp_path / "unused"), output=OutputConfig(path=None))
+    with pytest.raises(EngineStartError):
+        run(replace(cfg, errors_path=str(errors)), _no_engine, stdout=io.BytesIO())
+    assert not errors.exists()
