@@ -6,6 +6,7 @@ See `writers` for what a crash leaves behind and how `--resume` continues it;
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -26,7 +27,7 @@ from batching.parquet_format import (
 )
 from batching.records import Result
 from batching.result_writer import ResultWriter
-from batching.sink import Sink, exists_message, open_error
+from batching.sink import Sink, exists_message, open_error, write_failed
 
 __all__ = ["ParquetPartsWriter", "ParquetStreamWriter"]
 
@@ -163,22 +164,36 @@ class ParquetPartsWriter(_ParquetRows):
         schema = read_schema(parts[0]) if parts else None
         return cls(path, row_group_rows, schema, next_part=len(parts))
 
+    def write(self, results: Sequence[Result]) -> None:
+        with self._writing():
+            super().write(results)
+
     def flush(self, durable: bool = False) -> None:
-        self._write_row_group()
-        if durable:
-            self._seal()
-        elif self._part_file is not None:
-            self._part_file.flush()
+        with self._writing():
+            self._write_row_group()
+            if durable:
+                self._seal()
+            elif self._part_file is not None:
+                self._part_file.flush()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        with self._writing():
+            try:
+                self._write_row_group()
+            finally:
+                self._seal()
+            self._assemble()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (a full disk) as one line for the user, not a traceback."""
         try:
-            self._write_row_group()
-        finally:
-            self._seal()
-        self._assemble()
+            yield
+        except OSError as exc:
+            raise write_failed(self._path, exc) from exc
 
     def __exit__(
         self,
@@ -194,7 +209,10 @@ class ParquetPartsWriter(_ParquetRows):
         # them here could raise a second error over the one the user needs to see.
         self._closed = True
         self._pending = []
-        self._seal()
+        # Keep the rows written so far; if the disk refuses that too, the error the
+        # user needs is the one that ended the run.
+        with contextlib.suppress(OSError):
+            self._seal()
 
     def _write_table(self, table: Any) -> None:
         if self._part_writer is None:

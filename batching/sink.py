@@ -6,6 +6,8 @@ output path that cannot be opened for writing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import stat
@@ -13,8 +15,9 @@ import sys
 from typing import BinaryIO, Literal
 
 from batching.errors import OutputError, OutputWriteError
+from batching.uri import is_remote
 
-__all__ = ["Sink", "exists_message", "open_error"]
+__all__ = ["Sink", "exists_message", "open_error", "write_failed"]
 
 _TAIL_BLOCK = 64 * 1024
 
@@ -79,7 +82,7 @@ class Sink:
             while view:
                 written = self._stream.write(view)
                 if written is None:  # a non-blocking descriptor that is full
-                    raise BlockingIOError(f"{self.name}: cannot write without blocking")
+                    raise BlockingIOError(errno.EAGAIN, "it would block")
                 view = view[written:]
         except BrokenPipeError:
             self.broken = True
@@ -90,24 +93,13 @@ class Sink:
         return len(data)
 
     def write_error(self, exc: OSError) -> OutputWriteError:
-        """The one-line error for a failed write to this sink.
-
-        >>> sink = Sink(io.BytesIO(), "out.jsonl", owned=True)
-        >>> print(sink.write_error(OSError(28, "No space")))
-        out.jsonl: cannot write (No space); the rows before it are saved: --resume continues
-        """
-        reason = exc.strerror or str(exc)
-        if self.name == "stdout":
-            return OutputWriteError(f"stdout: cannot write ({reason})")
-        return OutputWriteError(
-            f"{self.name}: cannot write ({reason}); the rows before it are saved: "
-            "--resume continues"
-        )
+        """The one-line error for a failed write to this sink."""
+        return write_failed(self.name, exc)
 
     def flush(self, *, durable: bool = False) -> None:
         if self.broken or self.closed:
             return
-        self._stream.flush()
+        self._flush_stream()
         if durable:
             try:
                 fd = self._stream.fileno()
@@ -129,9 +121,45 @@ class Sink:
             if self._owned:
                 self._stream.close()
             return
-        self._stream.flush()
+        try:
+            self._flush_stream()
+        except BaseException:
+            if self._owned:
+                with contextlib.suppress(OSError):
+                    self._stream.close()
+            raise
         if self._owned:
-            self._stream.close()
+            try:
+                self._stream.close()  # a remote stream uploads here: its failures show here
+            except OSError as exc:
+                raise self.write_error(exc) from exc
+
+    def _flush_stream(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self.broken = True
+            raise
+        except OSError as exc:
+            raise self.write_error(exc) from exc
+
+
+def write_failed(name: str, exc: OSError) -> OutputWriteError:
+    """The one-line error for a write to `name` that failed mid-run (a full disk).
+
+    >>> print(write_failed("out.jsonl", OSError(28, "No space")))
+    out.jsonl: cannot write (No space); the rows before it are saved: --resume continues
+    >>> print(write_failed("s3://b/out.jsonl", OSError(5, "I/O error")))
+    s3://b/out.jsonl: cannot write (I/O error)
+    """
+    reason = exc.strerror or str(exc)
+    # stdout cannot be continued, and an object store keeps nothing of a failed
+    # stream (and has no --resume).
+    if name == "stdout" or is_remote(name):
+        return OutputWriteError(f"{name}: cannot write ({reason})")
+    return OutputWriteError(
+        f"{name}: cannot write ({reason}); the rows before it are saved: --resume continues"
+    )
 
 
 def exists_message(path: str) -> str:

@@ -282,3 +282,36 @@ def test_an_interrupted_parquet_run_says_where_its_rows_are(tmp_path: Path) -> N
         f"interrupted; completed rows are saved in {parts}/; run again with --resume to "
         f"finish and write {out}"
     ) in stderr.decode()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_file_too_large_is_one_line_and_resume_finishes_it(
+    full_input: Path, reference: bytes, tmp_path: Path, suffix: str
+) -> None:
+    # `ulimit -f` makes writes past 256 KiB fail with EFBIG, as a full disk fails them.
+    out = tmp_path / f"out{suffix}"
+    capped = subprocess.run(
+        ["bash", "-c", 'ulimit -f 256; exec "$@"', "bash", *_fake_run(str(full_input)),
+         "-o", str(out), "-q"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    assert capped.returncode == 1
+    assert capped.stderr.decode() == (
+        f"bizra-batch: error: {out}: cannot write (File too large); the rows before it are "
+        "saved: --resume continues\n"
+    )
+    resumed = subprocess.run(
+        [*_fake_run(str(full_input)), "-o", str(out), "--resume", "-q"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    if suffix == ".jsonl":
+        assert out.read_bytes() == reference
+    else:
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(out).column("id").to_pylist() == [f"q{i}" for i in range(ROWS)]
