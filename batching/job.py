@@ -32,6 +32,7 @@ from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
 from batching.sink import exists_message
 from batching.uri import check_remote_output, is_remote, local_path
+from batching.validate import MAX_LISTED_ERRORS
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
 __all__ = ["RowsRunner", "run"]
@@ -231,8 +232,12 @@ def _check_local_targets(config: RunConfig) -> None:
         if os.path.isdir(path):
             raise OutputError(f"{path}: is a directory; name a file")
         parent = os.path.dirname(path) or "."
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise OutputError(f"{path}: {parent} is a file, not a directory")
         if not os.path.isdir(parent):
             raise OutputError(f"{path}: directory {parent} does not exist; create it")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: permission denied in {parent}; write somewhere else")
 
 
 def _check_errors_file_free(config: RunConfig) -> None:
@@ -370,8 +375,8 @@ def _check_every_row(
         more = ""
         if count > len(bad):
             more = (
-                f"\n  ... and {count - len(bad)} more (to get them all, a dry run without "
-                "--on-invalid abort: --engine fake --errors bad.jsonl)"
+                f"\n  ... and {count - len(bad)} more (bizra-batch validate lists up to "
+                f"{MAX_LISTED_ERRORS})"
             )
         raise UsageError(
             f"{count} invalid input rows; nothing was run (--on-invalid abort):\n  "

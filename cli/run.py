@@ -487,11 +487,14 @@ def _checked_model(model: str | None, engine: EngineChoice, *, local: bool) -> s
         raise UsageError("--model is required: a model name or local path (or BIZRA_BATCH_MODEL)")
     # Only a path can start so; a Hugging Face id is `name` or `org/name`. A path on
     # a remote Ray cluster's nodes need not exist here.
-    looks_local = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+    # vLLM also loads from URIs (s3://...), which are no local paths.
+    looks_local = "://" not in model and (
+        model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+    )
     if engine is EngineChoice.vllm and local and looks_local:
         path = os.path.expanduser(model)
         if not os.path.exists(path):
-            raise UsageError(f"--model {model}: no such directory")
+            raise UsageError(f"--model {model}: no such file or directory")
     return model
 
 
@@ -605,6 +608,7 @@ def _execute(
         # final flush cannot complain.
         _silence_stdout()
         exit_code = _CLOSED_STDOUT
+        collector.record_interrupt("SIGPIPE")  # the report covers part of the input
     except BatchError as exc:
         if debug:
             console.print_exception()
@@ -621,6 +625,9 @@ def _execute(
             write_report(final, config.report_path)
         except OSError as exc:  # the directory was checked at start; the disk may be full
             print_error(f"{config.report_path}: cannot write the report ({exc.strerror or exc})")
+            exit_code = exit_code or 1
+        except BatchError as exc:  # a remote report: the object store refused it
+            print_error(str(exc))
             exit_code = exit_code or 1
     if exit_code == _CLOSED_STDOUT:
         return exit_code

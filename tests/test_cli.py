@@ -142,8 +142,17 @@ def test_a_model_path_that_is_not_there_is_refused_before_loading(tmp_path: Path
     missing = str(tmp_path / "no-such-model")
     result = runner.invoke(app, ["run", str(prompts), "-m", missing, "-o", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"bizra-batch: error: --model {missing}: no such directory"
+    assert result.stderr.strip() == (
+        f"bizra-batch: error: --model {missing}: no such file or directory"
+    )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("model", ["s3://bucket/models/llama", "org/name", "name"])
+def test_model_names_that_are_no_local_paths_are_left_to_vllm(model: str) -> None:
+    from cli.run import EngineChoice, _checked_model
+
+    assert _checked_model(model, EngineChoice.vllm, local=True) == model
 
 
 @pytest.mark.parametrize(

@@ -181,7 +181,7 @@ def test_on_invalid_abort_says_how_to_see_rows_it_does_not_list(tmp_path: Path) 
         run(config(source, out, on_invalid="abort"), FakeEngine)
     message = str(caught.value)
     assert message.count("not valid JSON") == 5
-    assert "... and 3 more (to get them all, a dry run without --on-invalid abort:" in message
+    assert "... and 3 more (bizra-batch validate lists up to 20)" in message
 
 
 def test_on_invalid_abort_on_stdin_still_runs_a_clean_input(tmp_path: Path) -> None:
@@ -290,6 +290,14 @@ def test_a_target_in_a_missing_directory_is_refused_before_the_engine_starts(
         run(cfg, factory)
     assert factory.calls == 0
     assert not out.exists()
+
+
+def test_a_target_under_a_file_is_named_so(tmp_path: Path) -> None:
+    # Not "directory in.jsonl does not exist; create it".
+    source = tmp_path / "in.jsonl"
+    write_prompts(source, 5)
+    with pytest.raises(OutputError, match=r"x\.jsonl: .*in\.jsonl is a file, not a directory"):
+        run(config(source, source / "x.jsonl"), FakeEngine)
 
 
 def test_an_output_that_is_a_directory_is_named_so(tmp_path: Path) -> None:

@@ -229,8 +229,9 @@ def test_closed_stdout_ends_quietly(full_input: Path, tmp_path: Path) -> None:
     assert "Traceback" not in messages and "Exception ignored" not in messages, messages
     assert "Error" not in messages, messages
     assert messages == ""  # no summary either: the user ended the run on purpose
-    written = orjson.loads(report.read_bytes())["rows"]
-    assert 1 <= written < ROWS
+    figures = orjson.loads(report.read_bytes())
+    assert 1 <= figures["rows"] < ROWS
+    assert figures["interrupted"] == "SIGPIPE"  # a partial run, and why
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
