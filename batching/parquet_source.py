@@ -63,6 +63,15 @@ class ParquetSource(RowSource):
         # Only the columns a row can use are decoded; a wide table of features next
         # to the prompts costs nothing.
         self._columns = [name for name in dict.fromkeys(wanted) if name in names]
+        # A struct column holds, in every row, every key any row has: the keys a
+        # row's schema lacks come back as null, and a JSON Schema with a null
+        # keyword is refused by the grammar. Nulls are dropped from those.
+        schema = self._file.schema_arrow
+        self._structured = [
+            name
+            for name in _SCHEMA_FIELDS
+            if name in names and pa.types.is_struct(schema.field(name).type)
+        ]
         self._cfg = cfg
         self._arrow_error: type[Exception] = pa.ArrowException
 
@@ -91,6 +100,8 @@ class ParquetSource(RowSource):
                 break
             chunk: list[Row] = []
             for obj in batch.to_pylist():
+                for name in self._structured:
+                    obj[name] = _without_nulls(obj[name])
                 line = index + 1
                 where = f"{self.name} row {line}"
                 row = parse_row(obj, index=index, line=line, fields=cfg, where=where)
@@ -102,3 +113,19 @@ class ParquetSource(RowSource):
             if self.total_bytes is not None and total_rows:
                 self.bytes_read = self.total_bytes * index // total_rows
             yield chunk
+
+
+_SCHEMA_FIELDS = ("json_schema", "response_format")
+
+
+def _without_nulls(value: object) -> object:
+    """`value` with the null members of its objects dropped, at every depth.
+
+    >>> _without_nulls({"type": "object", "required": None, "properties": {"a": None}})
+    {'type': 'object', 'properties': {}}
+    """
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value

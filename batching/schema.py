@@ -290,7 +290,13 @@ def _check_json_schema(value: object) -> str | None:
 
 
 def _check_response_format(value: object) -> str | None:
-    """OpenAI's response_format as schema text; "" for {"type": "text"}."""
+    """OpenAI's response_format (an object, or its JSON text) as schema text; "" for
+    {"type": "text"}."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
     if not isinstance(value, dict):
         return None
     kind = value.get("type")
@@ -377,8 +383,8 @@ _EXPECTED = {
     "n": "an integer >= 1",
     "logprobs": "an integer >= 0 (top tokens per position)",
     "json_schema": "a JSON Schema object (or its JSON text)",
-    "response_format": 'an object with "type" text, json_object, or json_schema (with '
-    '"json_schema": {"schema": {...}})',
+    "response_format": 'an object (or its JSON text) with "type" text, json_object, or '
+    'json_schema (with "json_schema": {"schema": {...}})',
 }
 # Checked in this order, so the first bad field in Sampling's order is named.
 # The sampling fields a row may set: `Sampling`'s, and OpenAI's response_format.

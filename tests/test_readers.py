@@ -564,19 +564,46 @@ def test_parquet_chat_messages_kept_fields_and_sampling(tmp_path: Path) -> None:
 
 def test_parquet_response_format_column_is_read(tmp_path: Path) -> None:
     # It was not among the columns decoded, so the constraint was dropped unseen.
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    # As a struct column, each row also gets the keys of the others' schemas, as
+    # nulls, which a grammar refuses: they are dropped.
+    first_schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    second_schema = {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]}
+
+    def response_format(schema: dict[str, object]) -> dict[str, object]:
+        return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
     path = write_parquet(
         tmp_path / "in.parquet",
-        {"prompt": ["Hi", "Yo"], "response_format": [response_format, None]},
+        {
+            "prompt": ["Hi", "Yo", "Hey"],
+            "response_format": [
+                response_format(first_schema),
+                None,
+                response_format(second_schema),
+            ],
+        },
     )
 
-    first, second = read_all(open_source(InputConfig(path=str(path))))
+    first, second, third = read_all(open_source(InputConfig(path=str(path))))
 
     assert isinstance(first, Request) and isinstance(second, Request)
-    assert first.sampling.json_schema is not None
-    assert orjson.loads(first.sampling.json_schema) == schema
+    assert isinstance(third, Request)
+    assert first.sampling.json_schema is not None and third.sampling.json_schema is not None
+    assert orjson.loads(first.sampling.json_schema) == first_schema
     assert second.sampling.json_schema is None
+    assert orjson.loads(third.sampling.json_schema) == second_schema
+
+
+def test_response_format_as_json_text_is_read(tmp_path: Path) -> None:
+    # The way to keep a null keyword in Parquet: a string column of JSON text.
+    schema = {"type": "object", "properties": {"a": {"default": None}}}
+    text = orjson.dumps({"type": "json_schema", "json_schema": {"schema": schema}}).decode()
+    path = write_parquet(tmp_path / "in.parquet", {"prompt": ["Hi"], "response_format": [text]})
+
+    [row] = read_all(open_source(InputConfig(path=str(path))))
+
+    assert isinstance(row, Request) and row.sampling.json_schema is not None
+    assert orjson.loads(row.sampling.json_schema) == schema
 
 
 def test_parquet_null_id_means_the_row_index(tmp_path: Path) -> None:
