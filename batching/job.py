@@ -203,6 +203,8 @@ def _check_distinct_files(config: RunConfig) -> None:
     source = local_path(given) if _is_file(given) and not is_remote(given) else None
     if config.errors_path == STDIO and not _is_file(config.output.path):
         raise UsageError("--errors - writes to stdout, where the results go; give --errors a file")
+    if config.report_path == STDIO and not _is_file(config.output.path):
+        raise UsageError("--report - writes to stdout, where the results go; give --report a file")
     output = config.output.path if _is_file(config.output.path) else None
     errors = config.errors_path if _is_file(config.errors_path) else None
     if output and errors and not is_remote(errors) and _same_file(output, errors):

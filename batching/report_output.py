@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -144,6 +145,11 @@ def write_report(report: Report, path: str | os.PathLike[str]) -> None:
     """
     target = os.fspath(path)
     data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
+    if target == "-":  # stdout, when the results go to a file
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
     if is_remote(target):
         # An object store writes the object whole when the stream closes.
         with open_remote_output(target, overwrite=True) as stream:

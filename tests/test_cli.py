@@ -259,3 +259,21 @@ def test_misspelt_fields_are_named_once_on_stderr_and_the_rows_run(tmp_path: Pat
         f"{source}:1: unknown field 'max_token' is ignored; did you mean 'max_tokens'?",
         f"{source}:1: unknown field 'temprature' is ignored; did you mean 'temperature'?",
     ]
+
+
+def test_report_dash_is_stdout_when_the_results_go_to_a_file(
+    prompts_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    result = invoke(str(prompts_file), "-o", str(out), "--report", "-", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert orjson.loads(result.stdout)["rows"] == len(ROWS)
+    assert len(read_jsonl(out.read_bytes())) == len(ROWS)
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+
+
+def test_report_dash_beside_results_on_stdout_is_refused(prompts_file: Path) -> None:
+    result = invoke(str(prompts_file), "--report", "-")
+    assert result.exit_code == 2
+    assert "--report - writes to stdout, where the results go" in result.stderr
+    assert result.stdout == ""
