@@ -328,15 +328,17 @@ class _TokenTally:
                 if text is not None:
                     chats.append(request)
                     rendered.append(text)
-        texts = [r.prompt for r in plain if r.prompt is not None]
+        texts = [r.prompt for r in plain if r.prompt is not None]  # for the type checker
         counts = self._tokenizer.count(texts, add_special_tokens=True)
         counts += self._tokenizer.count(rendered, add_special_tokens=False)
         too_long: dict[int, RowProblem] = {}
         for request, tokens in zip([*plain, *chats], counts, strict=True):
-            self._histogram.add(tokens)
             if self._context is not None and tokens >= self._context[0]:
                 self._too_long += 1
                 too_long[request.index] = self._too_long_problem(request, tokens)
+            else:
+                # Invalid rows are no work: the statistics cover the rows that run.
+                self._histogram.add(tokens)
         return too_long
 
     def _too_long_problem(self, request: Request, tokens: int) -> RowProblem:

@@ -233,6 +233,9 @@ def test_prompts_too_long_for_the_model_are_invalid_rows_in_their_place(
     assert (report.plain_rows, report.chat_rows, report.sampling_override_rows) == (1, 1, 1)
     assert report.max_new_tokens == 3 + 256
     assert report.token_stats is not None and report.token_stats.rows_too_long == 2
+    # The statistics are of the work: the two valid rows, as max new tokens is.
+    assert report.token_stats.rows == 2 and report.token_stats.max is not None
+    assert report.token_stats.max < 2048 and report.token_stats.total < plain
     assert [p.line for p in report.first_errors] == [2, 4, 5]
     too_long = "prompt tokens leave no room for output within max_model_len 2,048"
     assert report.first_errors[0].message == (
