@@ -20,17 +20,21 @@ for the model's context is an invalid row then: `run` would give it an error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from batching.config import InputConfig
-from batching.readers import open_source, row_place
+from batching.readers import open_source
 from batching.records import NO_SAMPLING, InvalidRow, Request
-
-if TYPE_CHECKING:
-    from batching.prompt_tokens import PromptTokenizer
+from batching.token_figures import (
+    MAX_LISTED_ERRORS,
+    NoTokenFigures,
+    RowProblem,
+    TokenStats,
+    TokenTally,
+)
 
 __all__ = [
     "MAX_LISTED_ERRORS",
@@ -40,64 +44,6 @@ __all__ = [
     "format_report",
     "validate",
 ]
-
-# Enough to see the pattern in a broken file; a file with a million bad rows
-# should not print a million lines (or keep them in memory).
-MAX_LISTED_ERRORS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class RowProblem:
-    """One row's problem; `message` starts with the place (file:line) and names the field."""
-
-    line: int
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "message": self.message}
-
-
-@dataclass(frozen=True, slots=True)
-class TokenStats:
-    """Prompt token figures from the model's tokenizer, over the valid rows it counted.
-
-    `rows_too_long` counts prompts that leave no room for one output token
-    (tokens >= `max_model_len`): `run` gives those a prompt_too_long error, so they
-    are among the report's invalid rows too. Chat rows the template could not render
-    are not counted; `template_errors` says how many, and `chat_rows_skipped` how
-    many went uncounted for want of a template.
-    """
-
-    tokenizer_dir: str
-    rows: int
-    min: int | None
-    median: int | None
-    p95: int | None
-    max: int | None
-    total: int
-    max_model_len: int | None
-    max_model_len_from: str | None
-    rows_too_long: int | None
-    chat_rows_skipped: int
-    template_errors: int
-    first_template_errors: tuple[RowProblem, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tokenizer_dir": self.tokenizer_dir,
-            "rows": self.rows,
-            "min": self.min,
-            "median": self.median,
-            "p95": self.p95,
-            "max": self.max,
-            "total": self.total,
-            "max_model_len": self.max_model_len,
-            "max_model_len_from": self.max_model_len_from,
-            "rows_too_long": self.rows_too_long,
-            "chat_rows_skipped": self.chat_rows_skipped,
-            "template_errors": self.template_errors,
-            "first_template_errors": [p.to_dict() for p in self.first_template_errors],
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +134,12 @@ def validate(
         _reader_warnings() as warnings,
         open_source(cfg, max_line_bytes=max_line_bytes, stdin=stdin) as source,
     ):
-        tally: _TokenTally | None = None
+        tally: TokenTally | None = None
         skipped: str | None = None
         if tokenizer_dir is not None:
             try:
-                tally = _TokenTally.start(tokenizer_dir, max_model_len, cfg)
-            except _Skip as reason:
+                tally = TokenTally.start(tokenizer_dir, max_model_len, cfg)
+            except NoTokenFigures as reason:
                 skipped = str(reason)
         rows = valid = plain = chat = overrides = max_new_tokens = 0
         errors: list[RowProblem] = []
@@ -266,127 +212,6 @@ def _reader_warnings() -> Iterator[_Warnings]:
         yield handler
     finally:
         logger.removeHandler(handler)
-
-
-class _Skip(Exception):
-    """No token figures this time; the message tells the user why."""
-
-
-class _TokenTally:
-    """Token counts of the valid rows, fed a chunk at a time."""
-
-    def __init__(
-        self,
-        tokenizer: PromptTokenizer,
-        tokenizer_dir: str,
-        context: tuple[int, str] | None,
-        cfg: InputConfig,
-    ) -> None:
-        from batching.prompt_tokens import TokenHistogram
-
-        self._tokenizer = tokenizer
-        self._tokenizer_dir = tokenizer_dir
-        self._context = context
-        self._cfg = cfg
-        # The readers' form of a place, so these read like the schema's messages.
-        self._place: Callable[[int], str] = row_place(cfg)
-        self._histogram = TokenHistogram()
-        self._too_long = 0
-        self._chat_skipped = 0
-        self._template_errors = 0
-        self._first_template_errors: list[RowProblem] = []
-
-    @classmethod
-    def start(cls, tokenizer_dir: str, max_model_len: int | None, cfg: InputConfig) -> _TokenTally:
-        try:
-            # Imported here: tokenizers and jinja2 come with vLLM, and `validate`
-            # without --model must work without either.
-            from batching.prompt_tokens import PromptTokenizer, TokenizerUnavailable, context_length
-        except ImportError as exc:
-            raise _Skip(
-                f"token statistics need the tokenizers and jinja2 packages ({exc}); "
-                "pip install tokenizers jinja2"
-            ) from None
-        try:
-            tokenizer = PromptTokenizer.load(tokenizer_dir)
-        except TokenizerUnavailable as exc:
-            raise _Skip(str(exc)) from None
-        context: tuple[int, str] | None = (max_model_len, "given") if max_model_len else None
-        if context is None:
-            found = context_length(tokenizer_dir)
-            context = None if found is None else (found[0], f"config.json {found[1]}")
-        return cls(tokenizer, tokenizer_dir, context, cfg)
-
-    def add(self, requests: Sequence[Request]) -> dict[int, RowProblem]:
-        """Count the prompt tokens of `requests`; the problems of those too long, by index."""
-        plain = [r for r in requests if r.prompt is not None]
-        chats: list[Request] = []
-        rendered: list[str] = []
-        for request in requests:
-            if request.messages is not None:
-                text = self._render(request)
-                if text is not None:
-                    chats.append(request)
-                    rendered.append(text)
-        texts = [r.prompt for r in plain if r.prompt is not None]  # for the type checker
-        counts = self._tokenizer.count(texts, add_special_tokens=True)
-        counts += self._tokenizer.count(rendered, add_special_tokens=False)
-        too_long: dict[int, RowProblem] = {}
-        for request, tokens in zip([*plain, *chats], counts, strict=True):
-            if self._context is not None and tokens >= self._context[0]:
-                self._too_long += 1
-                too_long[request.index] = self._too_long_problem(request, tokens)
-            else:
-                # Invalid rows are no work: the statistics cover the rows that run.
-                self._histogram.add(tokens)
-        return too_long
-
-    def _too_long_problem(self, request: Request, tokens: int) -> RowProblem:
-        assert self._context is not None
-        limit, source = self._context
-        field = self._cfg.prompt_field if request.prompt is not None else self._cfg.messages_field
-        message = (
-            f"{self._place(request.line)}: field {field!r}: {tokens:,} prompt tokens leave no "
-            f"room for output within max_model_len {limit:,} ({source}); run gives this row "
-            "a prompt_too_long error: shorten it"
-        )
-        return RowProblem(request.line, message)
-
-    def _render(self, request: Request) -> str | None:
-        from batching.prompt_tokens import ChatTemplateError
-
-        assert request.messages is not None
-        if not self._tokenizer.has_chat_template:
-            self._chat_skipped += 1
-            return None
-        try:
-            return self._tokenizer.render_chat(request.messages)
-        except ChatTemplateError as exc:
-            self._template_errors += 1
-            if len(self._first_template_errors) < MAX_LISTED_ERRORS:
-                where = self._place(request.line)
-                message = f"{where}: the chat template fails on this row ({exc})"
-                self._first_template_errors.append(RowProblem(request.line, message))
-            return None
-
-    def finish(self) -> TokenStats:
-        h = self._histogram
-        context = self._context
-        return TokenStats(
-            tokenizer_dir=self._tokenizer_dir,
-            rows=h.count,
-            min=h.min,
-            median=h.quantile(0.5),
-            p95=h.quantile(0.95),
-            max=h.max,
-            total=h.total,
-            max_model_len=None if context is None else context[0],
-            max_model_len_from=None if context is None else context[1],
-            rows_too_long=None if context is None else self._too_long,
-            chat_rows_skipped=self._chat_skipped,
-            template_errors=self._template_errors,
-            first_template_errors=tuple(self._first_template_errors),
-        )
 
 
 def format_report(report: ValidationReport) -> str:
