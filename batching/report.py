@@ -200,8 +200,9 @@ class Report:
     - rows_resumed: rows already in the output from an earlier run (`--resume`); they
       were not run again and are not in `rows`, so the output holds rows +
       rows_resumed.
-    - interrupted: the signal that stopped the run early ("SIGINT", "SIGTERM"), so
-      the output and these figures are partial; None when the run ended on its own.
+    - interrupted: the signal that stopped the run early ("SIGINT", "SIGTERM"; "SIGPIPE"
+      when stdout was closed), so the output and these figures are partial; None when
+      the run ended on its own.
     - gpu_devices, gpu_samples, gpu_utilization_avg_pct, gpu_utilization_max_pct,
       gpu_memory_peak_mib, gpu_memory_total_mib: sampled while the engine ran (see
       `batching.gpu_monitor`); absent from `to_dict()` where there is no GPU.

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperCommand
 
 from batching import interrupts
-from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
+from batching.config import STDIO, EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
 from batching.readers import DEFAULT_MAX_LINE_BYTES
@@ -485,9 +485,9 @@ def _checked_model(model: str | None, engine: EngineChoice, *, local: bool) -> s
         if engine is EngineChoice.fake:
             return "fake"
         raise UsageError("--model is required: a model name or local path (or BIZRA_BATCH_MODEL)")
-    # Only a path can start so; a Hugging Face id is `name` or `org/name`. A path on
-    # a remote Ray cluster's nodes need not exist here.
-    # vLLM also loads from URIs (s3://...), which are no local paths.
+    # Only a path can start so, or have two slashes; a Hugging Face id is `name` or
+    # `org/name`, and a URI (s3://...) vLLM loads itself. A path on a remote Ray
+    # cluster's nodes need not exist here.
     looks_local = "://" not in model and (
         model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
     )
@@ -652,9 +652,12 @@ def _saved_where(config: RunConfig) -> str:
     from batching.uri import is_remote, local_path
 
     path = config.output.path
-    if path is None or path == "-" or is_remote(path):
-        return "completed rows are saved."
-    if output_format(path, config.output.format) != "parquet":
+    if (
+        path is None
+        or path == STDIO
+        or is_remote(path)
+        or output_format(path, config.output.format) != "parquet"
+    ):
         return "completed rows are saved."
     path = local_path(path)
     return (
