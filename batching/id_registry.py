@@ -124,6 +124,7 @@ class IdRegistry(DefaultIdRuns):
     def check(self, obj: Any, row: Row, where: str) -> Row:
         """`row`, or an `InvalidRow` if its id repeats one; `obj` is the decoded row.
 
+        >>> from batching.records import Request
         >>> ids = IdRegistry("id", "line")
         >>> ids.check({"prompt": "a"}, Request(index=0, id=0, line=1, prompt="a"), "p:1").id
         0
@@ -157,11 +158,7 @@ class IdRegistry(DefaultIdRuns):
             return row
         if isinstance(row, InvalidRow):
             return row
-        message = (
-            f"{where}: field {self._id_field!r}: duplicate id, {describe(raw)} was first "
-            f"seen at {self._unit} {first}; ids must be unique"
-        )
-        return invalid_row(row.index, row.line, message, row_id=row.id, kept=row.kept)
+        return self._duplicate(row, where, raw, first, "; ids must be unique")
 
     def _check_explicit(self, raw: int, row: Row, where: str) -> Row:
         """Refuse an integer id that an earlier row without an id has as its default."""
@@ -171,22 +168,35 @@ class IdRegistry(DefaultIdRuns):
         self._first_seen[raw] = line  # a later repeat is told of the earliest row
         if isinstance(row, InvalidRow):
             return row
-        message = (
-            f"{where}: field {self._id_field!r}: duplicate id, {describe(raw)} was first "
-            f"seen at {self._unit} {line} as that row's default id (it has no "
-            f"{self._id_field!r}, so its id is its 0-based row number); {_FIX}"
+        return self._duplicate(
+            row,
+            where,
+            raw,
+            line,
+            f" as that row's default id (it has no {self._id_field!r}, so its id is its "
+            f"0-based row number); {_FIX}",
         )
-        return invalid_row(row.index, row.line, message, row_id=row.id, kept=row.kept)
 
     def _check_default(self, row: Row, where: str) -> Row:
         """Refuse a row without an id whose default id an earlier row gave explicitly."""
         first = self._first_seen.get(row.index)
         if first is None or isinstance(row, InvalidRow):
             return row
+        return self._duplicate(
+            row,
+            where,
+            row.index,
+            first,
+            f"; this row has no {self._id_field!r}, so its id is its 0-based row number, "
+            f"{row.index}; {_FIX}",
+        )
+
+    def _duplicate(self, row: Row, where: str, value: object, first: int, rest: str) -> Row:
+        """`row` refused for repeating `value`, first seen at line (or row) `first`;
+        `rest` ends the message: how the two came to share it, and what to do."""
         message = (
-            f"{where}: field {self._id_field!r}: duplicate id, {describe(row.index)} was "
-            f"first seen at {self._unit} {first}; this row has no {self._id_field!r}, so "
-            f"its id is its 0-based row number, {row.index}; {_FIX}"
+            f"{where}: field {self._id_field!r}: duplicate id, {describe(value)} was first "
+            f"seen at {self._unit} {first}{rest}"
         )
         return invalid_row(row.index, row.line, message, row_id=row.id, kept=row.kept)
 
