@@ -27,9 +27,16 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
-from batching.records import ERROR_PROMPT_TOO_LONG, Sample, TokenLogprob
+from batching.records import ERROR_PROMPT_TOO_LONG, Sample, Sampling, TokenLogprob
 
-__all__ = ["FakeEngine", "FakeEngineFactory", "expected_output", "schema_instance"]
+__all__ = [
+    "FakeEngine",
+    "FakeEngineFactory",
+    "expected_output",
+    "fake_encode",
+    "fake_samples",
+    "schema_instance",
+]
 
 
 def expected_output(text: str, max_tokens: int | None) -> str:
@@ -78,18 +85,12 @@ class FakeEngine:
     _queue: deque[EngineRequest] = field(default_factory=deque)
     _step_count: int = 0
 
+    last_step_sequences: int | None = None  # sequences the last step ran
+
     def encode(
         self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
     ) -> list[list[int] | PermanentRequestError]:
-        encoded: list[list[int] | PermanentRequestError] = []
-        for prompt in prompts:
-            try:
-                text = prompt if isinstance(prompt, str) else _render_chat(prompt)
-            except (KeyError, TypeError) as exc:
-                encoded.append(PermanentRequestError(f"cannot render chat: {exc}"))
-                continue
-            encoded.append([ord(ch) for ch in text])
-        return encoded
+        return fake_encode(prompts)
 
     def add(self, request: EngineRequest) -> None:
         self._check_alive()
@@ -112,6 +113,7 @@ class FakeEngine:
             raise EngineOutOfMemoryError(f"{len(self._queue)} requests do not fit")
         running = [self._queue[i] for i in range(min(self.max_num_seqs, len(self._queue)))]
         self.steps.append([r.key for r in running])
+        self.last_step_sequences = sum(r.sampling.n or 1 for r in running)
         if self._step_count in self.flaky_steps:
             raise RuntimeError(f"transient fault at step {self._step_count}")
         if any(bad in _decode(r.prompt_token_ids) for r in running for bad in self.poison):
@@ -142,24 +144,52 @@ class FakeEngine:
 
     @staticmethod
     def _finish(request: EngineRequest) -> EngineOutput:
-        text = _decode(request.prompt_token_ids)
-        sampling = request.sampling
-        samples = []
-        for number in range(sampling.n or 1):
-            if sampling.json_schema is not None:
-                output = orjson.dumps(schema_instance(orjson.loads(sampling.json_schema))).decode()
-                finish_reason = "stop"
-            else:
-                # Sample k > 0 is the reversal of the prompt followed by "#k", so the
-                # samples of one prompt differ and each can be checked.
-                full = text[::-1] + (f"#{number}" if number else "")
-                output = full if sampling.max_tokens is None else full[: sampling.max_tokens]
-                finish_reason = "length" if len(output) < len(full) else "stop"
-            logprobs = None
-            if sampling.logprobs is not None:
-                logprobs = tuple(_token_logprob(ch, sampling.logprobs) for ch in output)
-            samples.append(Sample(output, finish_reason, len(output), logprobs))
+        samples = fake_samples(_decode(request.prompt_token_ids), request.sampling)
         return EngineOutput.of_samples(request.key, samples, len(request.prompt_token_ids))
+
+
+def fake_encode(
+    prompts: Sequence[str | Sequence[Mapping[str, Any]]],
+) -> list[list[int] | PermanentRequestError]:
+    """The fake model's tokens: one per character (a chat is rendered as `role: text`
+    lines); a chat that cannot be rendered gets its error in place.
+
+    >>> fake_encode(["hi", [{"role": "user", "content": "yo"}]])
+    [[104, 105], [117, 115, 101, 114, 58, 32, 121, 111]]
+    """
+    encoded: list[list[int] | PermanentRequestError] = []
+    for prompt in prompts:
+        try:
+            text = prompt if isinstance(prompt, str) else _render_chat(prompt)
+        except (KeyError, TypeError) as exc:
+            encoded.append(PermanentRequestError(f"cannot render chat: {exc}"))
+            continue
+        encoded.append([ord(ch) for ch in text])
+    return encoded
+
+
+def fake_samples(text: str, sampling: Sampling) -> list[Sample]:
+    """The fake model's samples for a prompt text, one per `n`.
+
+    >>> [s.text for s in fake_samples("abc", Sampling(max_tokens=2, n=2))]
+    ['cb', 'cb']
+    """
+    samples = []
+    for number in range(sampling.n or 1):
+        if sampling.json_schema is not None:
+            output = orjson.dumps(schema_instance(orjson.loads(sampling.json_schema))).decode()
+            finish_reason = "stop"
+        else:
+            # Sample k > 0 is the reversal of the prompt followed by "#k", so the
+            # samples of one prompt differ and each can be checked.
+            full = text[::-1] + (f"#{number}" if number else "")
+            output = full if sampling.max_tokens is None else full[: sampling.max_tokens]
+            finish_reason = "length" if len(output) < len(full) else "stop"
+        logprobs = None
+        if sampling.logprobs is not None:
+            logprobs = tuple(_token_logprob(ch, sampling.logprobs) for ch in output)
+        samples.append(Sample(output, finish_reason, len(output), logprobs))
+    return samples
 
 
 def _token_logprob(token: str, top: int) -> TokenLogprob:

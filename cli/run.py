@@ -56,6 +56,7 @@ class EngineChoice(str, Enum):
     vllm = "vllm"
     openai = "openai"
     fake = "fake"
+    sim = "sim"
 
 
 class OnInvalidChoice(str, Enum):
@@ -228,7 +229,9 @@ def run(
         typer.Option(
             help="vllm: load the model here; openai: send rows to a running "
             "OpenAI-compatible server (--base-url); fake: a model-free engine that echoes "
-            "each prompt reversed, for dry runs of a job's input and output.",
+            "each prompt reversed, for dry runs of a job's input and output; sim: the fake "
+            "engine's output at an accelerator's pace (--engine-arg step_ms=15, "
+            "prefill_us_per_token=30; --max-num-seqs), to rehearse a job's timing.",
             rich_help_panel=ENGINE,
         ),
     ] = EngineChoice.vllm,
@@ -459,10 +462,10 @@ def run(
             max_model_len=max_model_len,
         )
         cluster = _ray_options(ray, replicas, engine, tensor_parallel_size, debug)
+        factory = _engine_factory(engine, engine_config, debug, remote)
     except BatchError as exc:
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    factory = _engine_factory(engine, engine_config, debug, remote)
     raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
 
 
@@ -482,8 +485,8 @@ def _checked_model(model: str | None, engine: EngineChoice, *, local: bool) -> s
     loading: missing, or a local path that is not there (Hugging Face then says the
     name is not a valid repo id)."""
     if model is None:
-        if engine is EngineChoice.fake:
-            return "fake"
+        if engine in (EngineChoice.fake, EngineChoice.sim):
+            return str(engine.value)
         raise UsageError("--model is required: a model name or local path (or BIZRA_BATCH_MODEL)")
     # Only a path can start so, or have two slashes; a Hugging Face id is `name` or
     # `org/name`, and a URI (s3://...) vLLM loads itself. A path on a remote Ray
@@ -551,6 +554,10 @@ def _engine_factory(
         from batching.testing import FakeEngine
 
         return FakeEngine
+    if choice is EngineChoice.sim:
+        from batching.sim_engine import sim_engine_factory
+
+        return sim_engine_factory(config)
     if remote is not None:
         remote_config = remote
 
