@@ -113,9 +113,16 @@ class RunConfig:
     # "abort": any bad row stops the run before the engine starts.
     on_invalid: OnInvalid = "record"
     max_line_bytes: int = 16 * 1024 * 1024
-    # How many requests the engine holds at once. Enough to keep vLLM's scheduler
-    # full (it runs at most max_num_seqs at a time) without queueing a whole file.
-    max_in_flight: int = 512
+    # How many requests the engine holds at once; None: ceil(1.1 x the engine's
+    # max_num_seqs). A slot freed in a step is refilled only after `step()` returns,
+    # so the engine needs ~10% waiting beside a full batch (Ray Data LLM keeps the
+    # same margin); a fixed 512 left half of a 1,024-sequence GPU batch empty.
+    max_in_flight: int | None = None
+    # Finished rows waiting for an earlier, slower one: reading pauses while they
+    # hold more than this (an estimate, `ordering.result_bytes`). Bytes, not rows: one
+    # long answer early in a file must not stop reading after a few thousand short
+    # ones finish beside it, which drained the engine down to that one row.
+    reorder_buffer_bytes: int = 256 * 1024 * 1024
     # Live input (a pipe that delivers rows slowly): a partial chunk goes to the
     # engine once its first row has waited this long, instead of at end of input.
     max_wait_ms: float = 50.0

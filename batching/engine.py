@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from batching.records import ERROR_INVALID_REQUEST, RowError, Sample, Sampling
 
 __all__ = [
+    "CountsSequences",
     "Engine",
     "EngineDeadError",
     "EngineFactory",
@@ -172,6 +173,20 @@ class Engine(Protocol):
 EngineFactory = Callable[[], Engine]
 
 
+@runtime_checkable
+class CountsSequences(Protocol):
+    """An engine that says how many sequences its last step ran (for the report's
+    `engine_occupancy`); None where it cannot tell for that step.
+
+    >>> from batching.testing import FakeEngine
+    >>> isinstance(FakeEngine(), CountsSequences)
+    True
+    """
+
+    @property
+    def last_step_sequences(self) -> int | None: ...
+
+
 class KeptOpen:
     """An engine lent to a run that must leave it running: `close` does nothing.
 
@@ -191,6 +206,12 @@ class KeptOpen:
     @property
     def max_num_seqs(self) -> int:
         return self._engine.max_num_seqs
+
+    @property
+    def last_step_sequences(self) -> int | None:
+        if isinstance(self._engine, CountsSequences):
+            return self._engine.last_step_sequences
+        return None
 
     def encode(
         self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]

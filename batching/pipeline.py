@@ -5,12 +5,14 @@ so it never drains between chunks, and the next chunk is tokenized in an encoder
 thread while the engine runs, so nothing of ours runs between its steps but handing
 requests over and taking results. Memory is bounded by three numbers, none of which
 grows with the input: the chunk size (rows read ahead), the in-flight window (rows
-inside the engine) and the reorder limit (finished rows waiting for an earlier one).
+inside the engine; by default 10% above the engine's batch) and the reorder limit
+(the bytes finished rows waiting for an earlier one may hold).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 from batching.config import RunConfig
 from batching.engine import (
+    CountsSequences,
     Engine,
     EngineFactory,
     EngineOutput,
@@ -158,12 +161,16 @@ class _Runner:
         self.on_result = on_result
         self.encode_ahead = encode_ahead
         self.place = place
-        self.window = max(1, config.max_in_flight)
-        chunk_size = config.input.chunk_size
-        # Results may wait for one slow early row; past this many we stop reading
-        # ahead and let the engine catch up, so the buffer stays bounded.
-        self.reorder_limit = 2 * chunk_size + self.window
+        # One request until the engine starts and says its batch size (see
+        # `RunConfig.max_in_flight`); the first chunk starts it.
+        self.window = max(1, config.max_in_flight or 1)
+        self._window_from_engine = config.max_in_flight is None
+        # Results may wait for one slow early row; past this many bytes we stop
+        # reading ahead and let the engine catch up, so the buffer stays bounded.
+        self.reorder_limit_bytes = config.reorder_buffer_bytes
         self.reorder = ReorderBuffer(start=start_index)
+        self._paused_since: float | None = None  # reading stopped by the reorder limit
+        self._sequence_counter: CountsSequences | None = None  # the engine, if it counts
         self.pending: deque[_Pending] = deque()
         self.in_flight: dict[int, _Pending] = {}
         self.chunk_ends: deque[int] = deque()
@@ -199,6 +206,8 @@ class _Runner:
                 self._step()
                 self._emit()
         finally:
+            self._resume_reading()
+            self.report.record_reorder(self.reorder.peak_bytes, self.reorder.peak_rows)
             if isinstance(chunks, LiveChunks):
                 chunks.close()  # first: it wakes an encoder thread waiting for rows
             if self._ahead is not None:
@@ -207,8 +216,13 @@ class _Runner:
     def _top_up(self, chunks: Iterator[list[Row]], exhausted: bool) -> bool:
         while len(self.in_flight) < self.window:
             if not self.pending:
-                if exhausted or len(self.reorder) > self.reorder_limit:
+                if exhausted:
                     break
+                if self.reorder.held_bytes > self.reorder_limit_bytes:
+                    if self._paused_since is None:
+                        self._paused_since = self.clock()
+                    break
+                self._resume_reading()
                 waited_from = self.clock()
                 engine_idle = not self.in_flight
                 chunk = self._read(chunks)
@@ -225,6 +239,11 @@ class _Runner:
                 continue
             self._submit(self.pending.popleft())
         return exhausted
+
+    def _resume_reading(self) -> None:
+        if self._paused_since is not None:
+            self.report.record_reading_paused(self.clock() - self._paused_since)
+            self._paused_since = None
 
     def _read(self, chunks: Iterator[list[Row]]) -> _Chunk | None:
         """The next chunk, encoded and ordered; None at the end, and an empty chunk
@@ -344,7 +363,10 @@ class _Runner:
         """One engine step, timed for the report; its finished rows completed."""
         started = self.clock()
         outputs = self.engine.step()
-        self.report.record_step(len(self.in_flight), self.clock() - started)
+        duration = self.clock() - started
+        counter = self._sequence_counter
+        sequences = counter.last_step_sequences if counter is not None else None
+        self.report.record_step(len(self.in_flight), duration, sequences)
         for output in outputs:
             self._complete(output)
 
@@ -510,6 +532,12 @@ class _Runner:
         started = self.clock()
         engine = self.engine_factory()
         self.report.engine_started(self.clock() - started)
+        self.report.record_engine_capacity(engine.max_num_seqs)
+        self._sequence_counter = engine if isinstance(engine, CountsSequences) else None
+        if self._window_from_engine:
+            # Once: a restart keeps the window an out-of-memory back-off left.
+            self._window_from_engine = False
+            self.window = max(1, math.ceil(1.1 * engine.max_num_seqs))
         return engine
 
     def _record_lethal_row(self, item: _Pending, error: Exception) -> None:

@@ -208,6 +208,16 @@ class Report:
       `batching.gpu_monitor`); absent from `to_dict()` where there is no GPU.
     - replicas: each engine replica's throughput (`ReplicaThroughput`); only in a
       run on Ray, and only then a key of `to_dict()`.
+    - engine_occupancy: the mean number of sequences the engine ran, over processing
+      time, divided by its sequence capacity (`max_num_seqs`, summed over replicas):
+      1.0 is an engine never below a full batch, whatever the pipeline did around it.
+      From the engine's own count of what each step ran (`Engine` may expose
+      `last_step_sequences`: the fake and sim engines do, vLLM where its scheduler
+      runs in this process); None where the engine does not say, never guessed.
+    - reorder_peak_bytes, reorder_peak_rows: the most that finished rows waiting for
+      an earlier one held (bytes estimated, see `ordering.result_bytes`);
+      reading_paused_seconds: how long reading stopped because they held more than
+      `--reorder-buffer-mb` while the engine had room for more.
 
     >>> report = Report(rows=10, rows_ok=10, wall_seconds=2.0, engine_startup_seconds=1.0)
     >>> report.requests_per_second
@@ -239,6 +249,12 @@ class Report:
     replicas: tuple[ReplicaThroughput, ...] = ()
     rows_resumed: int = 0
     interrupted: str | None = None
+    # Sum over steps of sequences run x step seconds; None once a step went uncounted.
+    sequence_seconds: float | None = None
+    engine_capacity: int | None = None
+    reorder_peak_bytes: int = 0
+    reorder_peak_rows: int = 0
+    reading_paused_seconds: float = 0.0
 
     @property
     def processing_seconds(self) -> float:
@@ -272,6 +288,12 @@ class Report:
         if not self.batches:
             return None
         return _ratio(self.engine_wait_seconds, self.wall_seconds)
+
+    @property
+    def engine_occupancy(self) -> float | None:
+        if not self.batches or self.sequence_seconds is None or not self.engine_capacity:
+            return None
+        return _ratio(self.sequence_seconds, self.processing_seconds * self.engine_capacity)
 
     @property
     def between_steps_share(self) -> float | None:
@@ -313,6 +335,11 @@ class Report:
             # Last, after the keys readers already know.
             "rows_resumed": self.rows_resumed,
             "interrupted": self.interrupted,
+            "engine_occupancy": _rounded(self.engine_occupancy, 4),
+            "engine_capacity": self.engine_capacity,
+            "reorder_peak_bytes": self.reorder_peak_bytes,
+            "reorder_peak_rows": self.reorder_peak_rows,
+            "reading_paused_seconds": round(self.reading_paused_seconds, 6),
         }
         if self.gpu is not None:
             # Only where a GPU was sampled: on CPU the keys are absent, not 0.
@@ -373,6 +400,11 @@ class ReportCollector:
         self._replicas: tuple[ReplicaThroughput, ...] = ()
         self._rows_resumed = 0
         self._interrupted: str | None = None
+        self._sequence_seconds: float | None = 0.0
+        self._engine_capacity: int | None = None
+        self._reorder_peak_bytes = 0
+        self._reorder_peak_rows = 0
+        self._reading_paused_s = 0.0
 
     def start(self) -> None:
         """Start the wall clock; call before the engine is started."""
@@ -395,11 +427,32 @@ class ReportCollector:
         """A chunk went to the engine in `order` (what `auto` chose, or the fixed one)."""
         self._chunk_orders[order] = self._chunk_orders.get(order, 0) + 1
 
-    def record_step(self, batch_size: int, duration_s: float) -> None:
-        """One engine step ran `batch_size` requests and took `duration_s`."""
+    def record_step(self, batch_size: int, duration_s: float, sequences: int | None = None) -> None:
+        """One engine step, `batch_size` requests in the engine, took `duration_s`.
+
+        `sequences`: what the engine says the step ran (None where it does not say,
+        which leaves the run's occupancy unknown rather than guessed).
+        """
         self._batches += 1
         self._batch_requests += batch_size
         self._batch_seconds += duration_s
+        if sequences is None:
+            self._sequence_seconds = None
+        elif self._sequence_seconds is not None:
+            self._sequence_seconds += sequences * duration_s
+
+    def record_engine_capacity(self, sequences: int) -> None:
+        """The engines of this run run at most `sequences` sequences a step in all."""
+        self._engine_capacity = sequences
+
+    def record_reorder(self, peak_bytes: int, peak_rows: int) -> None:
+        """The most the reorder buffer held (a later call keeps the larger figures)."""
+        self._reorder_peak_bytes = max(self._reorder_peak_bytes, peak_bytes)
+        self._reorder_peak_rows = max(self._reorder_peak_rows, peak_rows)
+
+    def record_reading_paused(self, seconds: float) -> None:
+        """Reading stopped `seconds` because the reorder buffer was full."""
+        self._reading_paused_s += seconds
 
     @property
     def output_tokens(self) -> int:
@@ -464,6 +517,13 @@ class ReportCollector:
         if part.oom_window is not None:
             self._oom_window = part.oom_window
         self._engine_wait_s += part.engine_wait_seconds
+        if part.sequence_seconds is None or not part.batches:
+            if part.batches:
+                self._sequence_seconds = None
+        elif self._sequence_seconds is not None:
+            self._sequence_seconds += part.sequence_seconds
+        self.record_reorder(part.reorder_peak_bytes, part.reorder_peak_rows)
+        self._reading_paused_s += part.reading_paused_seconds
 
     def record_replicas(self, replicas: tuple[ReplicaThroughput, ...]) -> None:
         """Each replica's throughput so far (replaces what was recorded before)."""
@@ -539,4 +599,9 @@ class ReportCollector:
             replicas=self._replicas,
             rows_resumed=self._rows_resumed,
             interrupted=self._interrupted,
+            sequence_seconds=self._sequence_seconds if self._batches else None,
+            engine_capacity=self._engine_capacity,
+            reorder_peak_bytes=self._reorder_peak_bytes,
+            reorder_peak_rows=self._reorder_peak_rows,
+            reading_paused_seconds=self._reading_paused_s,
         )

@@ -101,6 +101,18 @@ def render_report(report: Report, console: Console) -> None:
         if report.between_steps_share is not None:
             waited += f"; {report.between_steps_share:.1%} of processing time outside engine steps"
         table.add_row("engine waited on us", waited)
+    if report.engine_occupancy is not None:
+        table.add_row(
+            "engine occupancy",
+            f"{report.engine_occupancy:.1%} of {report.engine_capacity or 0:,} sequence slots",
+        )
+    if report.reading_paused_seconds > 0:
+        table.add_row(
+            "reading paused",
+            f"{format_duration(report.reading_paused_seconds)}: rows waiting for an earlier one "
+            f"held {report.reorder_peak_bytes / 2**20:,.0f} MiB ({report.reorder_peak_rows:,} "
+            "rows); raise --reorder-buffer-mb",
+        )
     if report.chunks_by_order:
         orders = ", ".join(f"{order} {n:,}" for order, n in report.chunks_by_order.items())
         table.add_row("chunk order", orders)

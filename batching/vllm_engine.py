@@ -167,6 +167,14 @@ class VllmEngine:
         self._dead: str | None = None
         # Top logprobs asked for, by request key: vLLM's output does not say.
         self._top_logprobs: dict[int, int] = {}
+        self._scheduler: Any = _in_process_scheduler(llm)
+        self._last_step_sequences: int | None = None
+
+    @property
+    def last_step_sequences(self) -> int | None:
+        """Sequences the last step ran, from the scheduler where it runs in this process
+        (the CPU build; vLLM's default on a GPU runs it in a subprocess: None there)."""
+        return self._last_step_sequences
 
     @property
     def llm(self) -> Any:
@@ -385,6 +393,11 @@ class VllmEngine:
                 request_outputs = self._engine.step()
         except Exception as error:
             raise self._engine_failure(error) from error
+        scheduler = self._scheduler
+        if scheduler is not None:
+            # What still runs, and what finished in this step: `finished_req_ids` is
+            # cleared when the next step schedules (v1/core/sched/scheduler.py).
+            self._last_step_sequences = len(scheduler.running) + len(scheduler.finished_req_ids)
         finished: list[EngineOutput] = []
         for output in request_outputs:
             if not output.finished:
@@ -464,6 +477,15 @@ class VllmEngine:
         if isinstance(error, self._vllm_dead):
             return EngineDeadError(f"the vLLM engine died: {error}")
         return EngineDeadError(f"the vLLM engine failed: {type(error).__name__}: {error}")
+
+
+def _in_process_scheduler(llm: Any) -> Any:
+    """vLLM's scheduler where its engine core runs in this process, else None."""
+    core = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
+    scheduler = getattr(core, "scheduler", None)
+    if hasattr(scheduler, "running") and hasattr(scheduler, "finished_req_ids"):
+        return scheduler
+    return None
 
 
 def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine:

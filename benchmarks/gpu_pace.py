@@ -98,7 +98,7 @@ def write_file(path: Path, kind: str, rows: int) -> tuple[list[int], list[int]]:
 def command(case: Case, input_path: Path, out_dir: Path, extra: Sequence[str]) -> list[str]:
     command = [
         sys.executable, "-m", "cli", "run", str(input_path), "--engine", "sim",
-        "--max-num-seqs", str(case.max_num_seqs), "-o", str(out_dir / f"{case.name}.jsonl"),
+        "--max-num-seqs", str(case.max_num_seqs), "-o", str(out_dir / f"{case.name}.out.jsonl"),
         "--overwrite", "--report", str(out_dir / f"{case.name}.report.json"), "-q",
     ]  # fmt: skip
     if case.replicas:

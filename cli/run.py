@@ -304,9 +304,23 @@ def run(
         ),
     ] = OrderChoice.auto,
     max_in_flight: Annotated[
-        int,
-        typer.Option(min=1, help="Requests inside the engine at once.", rich_help_panel=RUNNING),
-    ] = 512,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests inside the engine at once; default 10% above the engine's "
+            "batch (max_num_seqs), so each step's freed slots refill at once.",
+            rich_help_panel=RUNNING,
+        ),
+    ] = None,
+    reorder_buffer_mb: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Finished rows waiting for an earlier, slower one may hold this many MiB; "
+            "reading pauses past it.",
+            rich_help_panel=RUNNING,
+        ),
+    ] = 256,
     max_wait_ms: Annotated[
         float,
         typer.Option(
@@ -432,6 +446,7 @@ def run(
             max_retries=max_retries,
             max_engine_restarts=max_engine_restarts,
             max_in_flight=max_in_flight,
+            reorder_buffer_bytes=int(reorder_buffer_mb * 1024 * 1024),
             max_wait_ms=max_wait_ms,
             report_path=report,
             errors_path=errors,

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from batching.config import InputConfig, RunConfig
 from batching.engine import EngineFactory, EngineOutput, PermanentRequestError
+from batching.ordering import result_bytes
 from batching.pipeline import EngineFailedError, run_rows
 from batching.prefetch import Arrival, LiveChunks
 from batching.records import (
@@ -29,6 +30,7 @@ from batching.records import (
 )
 from batching.report import Report
 from batching.retry import RetryPolicy
+from batching.sim_engine import SimEngine
 from batching.testing import FakeEngine, FakeEngineFactory, expected_output
 from tests.clocks import FakeClock
 
@@ -603,3 +605,85 @@ def test_a_transient_fault_then_an_engine_death_does_not_convict_the_row() -> No
     results, report = run(prompts(["X"]), factory, chunk_size=1, max_in_flight=1)
     assert results[0].ok and results[0].output == "X"
     assert report.engine_restarts == 1
+
+
+@dataclass(eq=False)
+class QueueWatchingEngine(FakeEngine):
+    """Records the most requests it ever held at a step."""
+
+    most_held: int = 0
+
+    def step(self) -> list[EngineOutput]:
+        self.most_held = max(self.most_held, len(self._queue))
+        return super().step()
+
+
+def test_the_default_window_is_ten_percent_above_the_engines_batch() -> None:
+    engine = QueueWatchingEngine(max_num_seqs=10)
+    rows = prompts([f"row {i}" for i in range(100)])
+    config = RunConfig(input=InputConfig(path="-", chunk_size=50))
+    assert config.max_in_flight is None
+    sink = ListSink()
+    run_rows(ListSupply(rows, 50), sink, lambda: engine, config)
+    assert_complete_and_ordered(sink.results, rows)
+    assert engine.most_held == 11  # ceil(1.1 x 10): a full batch and its refill
+
+
+def slow_first_row(reorder_buffer_bytes: int) -> tuple[list[Result], Report]:
+    """Row 0 runs 400 steps on a 4-sequence sim engine; the 2,000 after it one each."""
+    clock = SimClock()
+    rows: list[Row] = [
+        Request(
+            index=i,
+            id=i,
+            line=i + 1,
+            prompt="p",
+            sampling=Sampling(max_tokens=400 if i == 0 else 1),
+        )
+        for i in range(2001)
+    ]
+    config = RunConfig(
+        input=InputConfig(path="-", chunk_size=100), reorder_buffer_bytes=reorder_buffer_bytes
+    )
+    engine = SimEngine(max_num_seqs=4, step_ms=1, prefill_us_per_token=0, sleep=clock.sleep)
+    sink = ListSink()
+    report = run_rows(
+        ListSupply(rows, 100), sink, lambda: engine, config, clock=clock, encode_ahead=False
+    )
+    assert_complete_and_ordered(sink.results, rows)
+    return sink.results, report
+
+
+@dataclass
+class SimClock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_reorder_buffer_is_bounded_by_bytes_and_reading_pauses_past_them() -> None:
+    limit_rows = 50
+    _, report = slow_first_row(reorder_buffer_bytes=limit_rows * result_bytes(Result(0, 0, "p")))
+    # Past the limit nothing more is read: only rows already read (a chunk) or in the
+    # engine (its window) can still finish.
+    window = 5  # ceil(1.1 x 4)
+    assert limit_rows < report.reorder_peak_rows <= limit_rows + window + 100
+    assert report.reading_paused_seconds > 0.2  # of the 0.4 s row 0 runs
+
+
+def test_one_long_early_answer_does_not_stop_reading_under_the_default_limit() -> None:
+    _, report = slow_first_row(
+        reorder_buffer_bytes=RunConfig(InputConfig("-")).reorder_buffer_bytes
+    )
+    # Every later row finished beside row 0 and waited for it: reading never paused,
+    # so the engine never drained down to the one long row.
+    assert report.reading_paused_seconds == 0
+    # The other 3 slots finished 1,200 rows during row 0's 400 steps; row 0 joined them.
+    assert report.reorder_peak_rows == 1201
+    # And the run took the sim's bound: ceil(2,400 tokens / 4 slots) steps of 1 ms.
+    assert report.wall_seconds == pytest.approx(0.6)
+    assert report.engine_occupancy == pytest.approx(1.0)

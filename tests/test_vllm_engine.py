@@ -288,6 +288,20 @@ def test_abort_drops_requests_and_keeps_the_others(vllm_engine: VllmEngine) -> N
 
 
 @pytest.mark.vllm
+def test_each_step_says_how_many_sequences_the_scheduler_ran(vllm_engine: VllmEngine) -> None:
+    # Five requests of 1..5 new tokens, all admitted at once: each step runs every
+    # request not finished before it, the prefill step included.
+    ids = _ids(vllm_engine.encode(_plain_prompts(5)))
+    for key, prompt in enumerate(ids):
+        vllm_engine.add(EngineRequest(key, prompt, Sampling(max_tokens=key + 1, temperature=0)))
+    counts = []
+    while vllm_engine.has_unfinished():
+        vllm_engine.step()
+        counts.append(vllm_engine.last_step_sequences)
+    assert counts == [5, 4, 3, 2, 1]
+
+
+@pytest.mark.vllm
 def test_step_failures_map_to_our_errors(
     vllm_engine: VllmEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
