@@ -65,22 +65,25 @@ def render_bench(result: BenchResult, console: Console) -> None:
 
 
 def render_vs_generate(result: VsGenerateResult, console: Console) -> None:
-    """Both sides' throughput, then the pipeline's over `LLM.generate`'s.
+    """What ran, both sides' throughput, then the pipeline's over `LLM.generate`'s.
 
     >>> render_vs_generate(result, Console())  # doctest: +SKIP
     """
-    table = Table(
-        title=(
-            f"bizra-batch bench --vs-generate: {result.prompts} prompts, "
-            f"{result.prompt_tokens_mean:.0f} prompt tokens on average, "
-            f"max_tokens {result.max_tokens}, engine max_num_seqs {result.max_num_seqs}"
-        ),
-        title_justify="left",
-        caption=(
-            f"{result.engine}; each side warmed up on {result.warmup_prompts} prompts, untimed"
-        ),
-        caption_justify="left",
+    # Plain unwrapped lines around the table: a title or caption would wrap at its
+    # narrow width, and a line that greps whole is worth more than one that fits.
+    console.print(
+        f"bizra-batch bench --vs-generate: {result.prompts} prompts, "
+        f"{result.prompt_tokens_mean:.0f} prompt tokens on average, max_tokens "
+        f"{result.max_tokens} where a row sets none, engine max_num_seqs {result.max_num_seqs}",
+        highlight=False,
+        soft_wrap=True,
     )
+    console.print(
+        f"{result.engine}; each side warmed up on {result.warmup_prompts} prompts, untimed",
+        highlight=False,
+        soft_wrap=True,
+    )
+    table = Table()
     for header in ("run", "wall s", "rows/s", "output tokens", "output tok/s"):
         table.add_column(header, justify="left" if header == "run" else "right")
     for row in (result.generate, result.pipeline):
@@ -96,6 +99,7 @@ def render_vs_generate(result: VsGenerateResult, console: Console) -> None:
         f"pipeline/generate: {result.rows_ratio:.3f}x rows/s, "
         f"{result.output_tokens_ratio:.3f}x output tok/s",
         highlight=False,
+        soft_wrap=True,
     )
 
 
