@@ -158,7 +158,7 @@ def run_vs_generate(
     if not requests:
         raise ValueError("no prompts to benchmark")
     # Every prompt encodes, or the bench stops before either side runs (LLM.generate
-    # would fail the whole call on one bad prompt); the mean length is for the title.
+    # would fail the whole call on one bad prompt); the mean length is for the heading.
     encoded = encode_prompts(engine, [prompt_of(request) for request in requests])
     warm = requests[:WARMUP_PROMPTS]
 
