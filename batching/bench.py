@@ -32,8 +32,12 @@ __all__ = [
     "DEFAULT_BATCH_SIZES",
     "BenchResult",
     "BenchRow",
+    "as_requests",
     "encode_prompts",
+    "pipeline_config",
+    "prompt_of",
     "run_bench",
+    "run_through_pipeline",
     "synthetic_prompts",
 ]
 
@@ -264,20 +268,38 @@ class _Borrowed:
         pass
 
 
-def run_through_pipeline(
-    engine: Engine,
-    prompts: Sequence[Prompt],
-    sampling: Sampling,
-    config: RunConfig,
-    clock: Callable[[], float] = time.perf_counter,
-) -> BenchRow:
-    """The prompts through `run_rows` (what `run` does, without the files)."""
-    rows: list[Row] = [
+def as_requests(prompts: Sequence[Prompt]) -> list[Request]:
+    """Rows numbered from 0 for prompts that come without a file (no own settings).
+
+    >>> [r.prompt for r in as_requests(["ab", "cd"])]
+    ['ab', 'cd']
+    """
+    return [
         Request(index=i, id=i, line=i + 1, prompt=p)
         if isinstance(p, str)
         else Request(index=i, id=i, line=i + 1, messages=tuple(p))
         for i, p in enumerate(prompts)
     ]
+
+
+def prompt_of(request: Request) -> Prompt:
+    """The text or the chat a row asks the engine about."""
+    return request.prompt if request.prompt is not None else list(request.messages or ())
+
+
+def run_through_pipeline(
+    engine: Engine,
+    requests: Sequence[Request],
+    sampling: Sampling,
+    config: RunConfig,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BenchRow:
+    """The rows through `run_rows` (what `run` does, without the files).
+
+    `sampling` is the run's default; a row's own settings override it, as in `run`.
+    """
+    # The pipeline numbers rows from 0 (its reorder buffer keys on the index).
+    rows: list[Row] = [replace(request, index=i) for i, request in enumerate(requests)]
     sink = _LatencySink()
     lent: Engine = _Borrowed(engine)
     started = clock()
@@ -335,7 +357,8 @@ def run_bench(
     runs first. `on_row` sees each row as it is measured (for progress).
 
     >>> from batching.testing import FakeEngine
-    >>> result = run_bench(FakeEngine(), ["ab", "cd"], Sampling(max_tokens=2), batch_sizes=[1, 2])
+    >>> result = run_bench(FakeEngine(), ["ab", "cd"], Sampling(max_tokens=2),
+    ...                    batch_sizes=[1, 2], pipeline=pipeline_config())
     >>> [row.label for row in result.rows]
     ['serial', 'batch 2', 'run pipeline']
     """
@@ -358,7 +381,7 @@ def run_bench(
         on_row(row)
     if pipeline is not None:
         assert serial is not None
-        row = run_through_pipeline(engine, prompts, sampling, pipeline, clock)
+        row = run_through_pipeline(engine, as_requests(prompts), sampling, pipeline, clock)
         row = _against_serial(row, serial, None)
         rows.append(row)
         on_row(row)

@@ -11,8 +11,15 @@ from rich.table import Table
 
 from batching.bench import BenchResult, BenchRow
 from batching.errors import UsageError
+from batching.vs_generate import VsGenerateResult
 
-__all__ = ["check_plotting", "plot_bench", "render_bench", "write_bench_json"]
+__all__ = [
+    "check_plotting",
+    "plot_bench",
+    "render_bench",
+    "render_vs_generate",
+    "write_bench_json",
+]
 
 PLOT_HINT = "--plot needs matplotlib: pip install 'bizra-batch[plot]'"
 
@@ -57,7 +64,46 @@ def render_bench(result: BenchResult, console: Console) -> None:
     console.print(table)
 
 
-def write_bench_json(result: BenchResult, path: str | os.PathLike[str]) -> None:
+def render_vs_generate(result: VsGenerateResult, console: Console) -> None:
+    """What ran, both sides' throughput, then the pipeline's over `LLM.generate`'s.
+
+    >>> render_vs_generate(result, Console())  # doctest: +SKIP
+    """
+    # Plain unwrapped lines around the table: a title or caption would wrap at its
+    # narrow width, and a line that greps whole is worth more than one that fits.
+    console.print(
+        f"bizra-batch bench --vs-generate: {result.prompts} prompts, "
+        f"{result.prompt_tokens_mean:.0f} prompt tokens on average, max_tokens "
+        f"{result.max_tokens} where a row sets none, engine max_num_seqs {result.max_num_seqs}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"{result.engine}; each side warmed up on {result.warmup_prompts} prompts, untimed",
+        highlight=False,
+        soft_wrap=True,
+    )
+    table = Table()
+    for header in ("run", "wall s", "rows/s", "output tokens", "output tok/s"):
+        table.add_column(header, justify="left" if header == "run" else "right")
+    for row in (result.generate, result.pipeline):
+        table.add_row(
+            row.label,
+            _num(row.wall_seconds, 2),
+            _num(row.requests_per_second),
+            f"{row.output_tokens:,}",
+            _num(row.output_tokens_per_second),
+        )
+    console.print(table)
+    console.print(
+        f"pipeline/generate: {result.rows_ratio:.3f}x rows/s, "
+        f"{result.output_tokens_ratio:.3f}x output tok/s",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def write_bench_json(result: BenchResult | VsGenerateResult, path: str | os.PathLike[str]) -> None:
     with open(path, "w", encoding="utf-8") as out:
         json.dump(result.to_dict(), out, indent=2)
         out.write("\n")

@@ -52,6 +52,7 @@ __all__ = [
     "VllmEngine",
     "apply_vllm_env_defaults",
     "create_vllm_engine",
+    "generate_all",
 ]
 
 # Distinct sampling settings are few (most rows use the run's defaults), so a small
@@ -527,3 +528,45 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
                 "the engine options (--debug shows vLLM's traceback)"
             ) from error
         return VllmEngine(llm)
+
+
+def generate_all(
+    engine: VllmEngine,
+    prompts: Sequence[str | Sequence[Mapping[str, Any]]],
+    samplings: Sequence[Sampling],
+) -> list[EngineOutput]:
+    """Every prompt through one `LLM.generate` call on the engine's own `vllm.LLM`.
+
+    The baseline `bench --vs-generate` compares `run` with: the same loaded model and
+    engine settings, and each prompt's SamplingParams built exactly as `add` builds
+    them (the model's generation config under the row's settings). Plain prompts go
+    in as text, tokenized inside the call as a user's own script would have them;
+    chats are rendered by `encode` (what `LLM.chat` does), inside the call's time,
+    so one call covers a file that mixes both. Outputs are in prompt order.
+
+    >>> [out] = generate_all(engine, ["Hi"], [Sampling(max_tokens=4)])  # doctest: +SKIP
+    >>> out.completion_tokens  # doctest: +SKIP
+    4
+    """
+    if len(prompts) != len(samplings):
+        raise ValueError(f"{len(prompts)} prompts but {len(samplings)} sampling settings")
+    engine._check_alive()
+    params = [engine._sampling_params(sampling) for sampling in samplings]
+    inputs: list[Any] = list(prompts)
+    chats = [i for i, prompt in enumerate(prompts) if not isinstance(prompt, str)]
+    for index, ids in zip(chats, engine.encode([prompts[i] for i in chats]), strict=True):
+        if isinstance(ids, PermanentRequestError):
+            raise PermanentRequestError(f"prompt {index + 1}: {ids}", ids.error_type)
+        inputs[index] = {"prompt_token_ids": ids}
+    outputs = engine.llm.generate(inputs, params, use_tqdm=False)
+    return [
+        EngineOutput.of_samples(
+            key,
+            [
+                Sample(completion.text, completion.finish_reason, len(completion.token_ids))
+                for completion in sorted(output.outputs, key=lambda c: c.index)
+            ],
+            len(output.prompt_token_ids or ()),
+        )
+        for key, output in enumerate(outputs)
+    ]

@@ -6,7 +6,7 @@ folder, then runs, as whole processes and alternating (bizra, raw, bizra, raw, .
   bizra  `python -m cli run FILE -m MODEL -o OUT --max-tokens N --temperature 0 -q`
   raw    this file with `--raw`: read the file with orjson, start `vllm.LLM` with the
          engine arguments and environment bizra uses, call `LLM.generate` once over
-         every prompt, write JSONL.
+         every prompt (the call `bench --vs-generate` makes), write JSONL.
 
 Each is timed from process start to exit (imports, engine start-up and writing
 included) with its CPU seconds and peak RSS from `wait4`. It prints the tables, the
@@ -52,32 +52,32 @@ TARGET_RATIO = 0.98
 
 
 def raw_generate(input_path: Path, output_path: Path, model: str, max_tokens: int) -> None:
-    """The baseline: everything in memory, one `LLM.generate`, then write it all."""
-    from batching.config import EngineConfig
-    from batching.vllm_engine import apply_vllm_env_defaults
+    """The baseline: everything in memory, one `LLM.generate`, then write it all.
 
-    # The environment bizra sets before importing vLLM (logging, CPU KV cache size,
-    # in-process engine core), so both engines are configured identically.
-    apply_vllm_env_defaults()
-    import vllm
+    The call is `bench --vs-generate`'s (`batching.vs_generate.raw_generate`): the
+    engine started as bizra starts it (environment, `EngineConfig(model)`'s engine
+    arguments), and each prompt's SamplingParams built as bizra builds them, so the
+    two processes differ only in what runs around the engine.
+    """
+    from batching.config import EngineConfig
+    from batching.records import Sampling
+    from batching.vllm_engine import create_vllm_engine
+    from batching.vs_generate import raw_generate as generate_once
 
     with input_path.open("rb") as lines:
         rows = [orjson.loads(line) for line in lines]
-    kwargs = EngineConfig(model=model).llm_kwargs()
-    kwargs["use_tqdm_on_load"] = False  # as bizra does when stderr is not a terminal
-    llm = vllm.LLM(**kwargs)
-    params = vllm.SamplingParams(max_tokens=max_tokens, temperature=0)
-    outputs = llm.generate([row["prompt"] for row in rows], params, use_tqdm=False)
+    engine = create_vllm_engine(EngineConfig(model=model))
+    sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
+    outputs = generate_once(engine, [row["prompt"] for row in rows], [sampling] * len(rows))
     with output_path.open("wb") as out:
         for row, result in zip(rows, outputs, strict=True):
-            completion = result.outputs[0]
             out.write(
                 orjson.dumps(
                     {
                         "id": row["id"],
-                        "output": completion.text,
-                        "finish_reason": completion.finish_reason,
-                        "completion_tokens": len(completion.token_ids),
+                        "output": result.text,
+                        "finish_reason": result.finish_reason,
+                        "completion_tokens": result.completion_tokens,
                     }
                 )
                 + b"\n"

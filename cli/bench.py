@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from batching.bench import ALL, DEFAULT_BATCH_SIZES, Prompt
+from batching.bench import ALL, DEFAULT_BATCH_SIZES, BenchResult, BenchRow
 from batching.config import EngineConfig, InputConfig
-from batching.engine import Engine
+from batching.engine import Engine, PermanentRequestError
 from batching.errors import BatchError, UsageError
-from batching.records import InvalidRow, Sampling
+from batching.records import InvalidRow, Request, Sampling
+from batching.vs_generate import VsGenerateResult
 from cli.config_file import ConfigOption
 from cli.console import print_error, stderr_console
 from cli.options import (
@@ -31,6 +33,7 @@ from cli.options import (
 __all__ = ["bench"]
 
 PROMPTS = "Prompts"
+DEFAULT_PROMPTS = 64
 DEFAULT_SIZES = ",".join("all" if size == ALL else str(size) for size in DEFAULT_BATCH_SIZES)
 
 
@@ -72,23 +75,52 @@ def _parse_lengths(text: str) -> list[int]:
     return lengths
 
 
-def _read_prompts(path: str, prompt_field: str, messages_field: str, limit: int) -> list[Prompt]:
+def _read_rows(
+    path: str, prompt_field: str, messages_field: str, limit: int | None
+) -> list[Request]:
+    """The file's first `limit` rows (all with None), each with its own settings."""
     from batching.readers import open_source
 
-    prompts: list[Prompt] = []
+    rows: list[Request] = []
     config = InputConfig(path=path, prompt_field=prompt_field, messages_field=messages_field)
     with open_source(config) as source:
         for chunk in source.chunks():
             for row in chunk:
                 if isinstance(row, InvalidRow):
                     raise UsageError(f"{path}: {row.error.message}; fix it or pick another file")
-                prompts.append(row.prompt if row.prompt is not None else list(row.messages or ()))
-                if len(prompts) >= limit:
-                    return prompts
-    return prompts
+                rows.append(row)
+                if limit is not None and len(rows) >= limit:
+                    return rows
+    if not rows:
+        raise UsageError(f"{path}: no prompts in the file")
+    return rows
+
+
+def _check_vs_generate(
+    ctx: typer.Context, engine: BenchEngine, plot: str | None, pipeline: bool
+) -> None:
+    """What --vs-generate cannot be combined with, before the engine starts."""
+    if engine is BenchEngine.fake:
+        raise UsageError(
+            "--vs-generate compares with vLLM's LLM.generate, which --engine fake does not "
+            "have; use --engine vllm"
+        )
+    if not pipeline:
+        raise UsageError("--vs-generate runs the pipeline; leave out --no-pipeline")
+    if plot:
+        raise UsageError(
+            "--plot draws the batch-size sweep, which --vs-generate skips; leave out --plot"
+        )
+    # By name: typer 0.29 runs on its own vendored click, whose enum is not click's.
+    source = ctx.get_parameter_source("batch_sizes")
+    if source is not None and source.name == "COMMANDLINE":
+        raise UsageError(
+            "--batch-sizes sets the sweep, which --vs-generate skips; leave out --batch-sizes"
+        )
 
 
 def bench(
+    ctx: typer.Context,
     model: ModelOption,
     input_path: Annotated[
         str | None,
@@ -101,8 +133,16 @@ def bench(
         ),
     ] = None,
     prompts: Annotated[
-        int, typer.Option("--prompts", min=1, help="How many prompts.", rich_help_panel=PROMPTS)
-    ] = 64,
+        int | None,
+        typer.Option(
+            "--prompts",
+            min=1,
+            help=f"How many prompts [default: {DEFAULT_PROMPTS}; with --vs-generate and "
+            "--input, every row of the file].",
+            show_default=False,
+            rich_help_panel=PROMPTS,
+        ),
+    ] = None,
     prompt_tokens: Annotated[
         str,
         typer.Option(
@@ -120,6 +160,15 @@ def bench(
     pipeline: Annotated[
         bool, typer.Option(help="Also run the prompts through the `run` pipeline.")
     ] = True,
+    vs_generate: Annotated[
+        bool,
+        typer.Option(
+            "--vs-generate",
+            help="Instead of the sweep: the prompts through one raw LLM.generate call and "
+            "through the `run` pipeline on the same engine; prints both throughputs and "
+            "pipeline/generate. Rows keep their own max_tokens and temperature.",
+        ),
+    ] = False,
     json_path: Annotated[
         str | None, typer.Option("--json", help="Also write the results as JSON here.")
     ] = None,
@@ -160,23 +209,27 @@ def bench(
     """Measure batching on the real engine: serial, a sweep of batch sizes, and `run`.
 
     Prints requests/s, output tokens/s, p50/p95 request latency, speed-up over serial
-    and efficiency against linear scaling per batch size. Exit codes: 0 done; 1 the
-    engine failed; 2 usage error.
+    and efficiency against linear scaling per batch size. With --vs-generate, instead:
+    wall seconds, rows/s and output tokens/s of one raw LLM.generate call and of the
+    `run` pipeline on the same engine, and pipeline/generate. Exit codes: 0 done; 1
+    the engine failed; 2 usage error.
     """
-    from batching.bench import pipeline_config, run_bench, synthetic_prompts
-    from batching.bench_output import check_plotting, plot_bench, render_bench, write_bench_json
+    from batching.bench import as_requests, pipeline_config, prompt_of, synthetic_prompts
 
     console = stderr_console()
     try:
+        if vs_generate:
+            _check_vs_generate(ctx, engine, plot, pipeline)
         sizes = _parse_sizes(batch_sizes)
         lengths = _parse_lengths(prompt_tokens)
         if plot:
+            from batching.bench_output import check_plotting
+
             check_plotting()
-        texts = (
-            _read_prompts(input_path, prompt_field, messages_field, prompts) if input_path else None
-        )
-        if texts is not None and not texts:
-            raise UsageError(f"{input_path}: no prompts in the file")
+        # The sweep runs every prompt once per batch size (serially too), so it takes
+        # the first 64 by default; --vs-generate runs the file as `run` would.
+        limit = prompts if prompts or vs_generate else DEFAULT_PROMPTS
+        rows = _read_rows(input_path, prompt_field, messages_field, limit) if input_path else None
         engine_config = EngineConfig(
             model=model,
             dtype=dtype,
@@ -191,40 +244,75 @@ def bench(
         raise typer.Exit(exc.exit_code) from None
 
     console.print(f"bizra-batch bench: starting {model} ...")
-    live = _start_engine(engine, engine_config, debug)
     try:
-        if texts is None:
-            texts = list(synthetic_prompts(live, prompts, lengths, seed=seed))
-        sampling = Sampling(max_tokens=max_tokens, temperature=0.0, seed=seed)
-        result = run_bench(
-            live,
-            texts,
-            sampling,
-            batch_sizes=sizes,
-            pipeline=pipeline_config() if pipeline else None,
-            on_row=lambda row: console.print(
-                f"  {row.label}: {row.wall_seconds:.2f} s, {row.requests_per_second:.2f} req/s"
-            ),
-            settings={
-                "model": model,
-                "engine": engine.value,
-                "input": input_path,
-                "prompt_tokens": None if input_path else lengths,
-                "enable_prefix_caching": enable_prefix_caching,
-                "cpus": os.cpu_count(),
-            },
-        )
-    except (ValueError, RuntimeError) as exc:
+        live = _start_engine(engine, engine_config, debug)
+    except BatchError as exc:
+        print_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    settings = {
+        "model": model,
+        "engine": engine.value,
+        "input": input_path,
+        "prompt_tokens": None if input_path else lengths,
+        "enable_prefix_caching": enable_prefix_caching,
+        "cpus": os.cpu_count(),
+    }
+    sampling = Sampling(max_tokens=max_tokens, temperature=0.0, seed=seed)
+    try:
+        if rows is None:
+            texts = synthetic_prompts(live, prompts or DEFAULT_PROMPTS, lengths, seed=seed)
+            rows = as_requests(texts)
+        result: BenchResult | VsGenerateResult
+        if vs_generate:
+            from batching.vs_generate import run_vs_generate
+
+            result = run_vs_generate(
+                live, rows, sampling, pipeline_config(), on_row=_progress(console),
+                settings=settings,
+            )  # fmt: skip
+        else:
+            from batching.bench import run_bench
+
+            result = run_bench(
+                live, [prompt_of(row) for row in rows], sampling, batch_sizes=sizes,
+                pipeline=pipeline_config() if pipeline else None, on_row=_progress(console),
+                settings=settings,
+            )  # fmt: skip
+    except (ValueError, RuntimeError, PermanentRequestError) as exc:
         if debug:
             console.print_exception()
         print_error(str(exc))
         raise typer.Exit(1) from None
     finally:
         live.close()
+    _show(result, json_path, plot, console)
+
+
+def _progress(console: Console) -> Callable[[BenchRow], None]:
+    def show(row: BenchRow) -> None:
+        console.print(
+            f"  {row.label}: {row.wall_seconds:.2f} s, {row.requests_per_second:.2f} req/s"
+        )
+
+    return show
+
+
+def _show(
+    result: BenchResult | VsGenerateResult,
+    json_path: str | None,
+    plot: str | None,
+    console: Console,
+) -> None:
+    from batching.bench_output import plot_bench, render_bench, render_vs_generate, write_bench_json
+
     # The table is the command's result, so it goes to stdout (redirect it to a file).
-    render_bench(result, Console(width=max(120, Console().width)))
+    table_console = Console(width=max(120, Console().width))
+    if isinstance(result, VsGenerateResult):
+        render_vs_generate(result, table_console)
+    else:
+        render_bench(result, table_console)
     if json_path:
         write_bench_json(result, json_path)
-    if plot:
+    if plot and isinstance(result, BenchResult):
         plot_bench(result, plot)
         console.print(f"plot written to {plot}")

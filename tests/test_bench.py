@@ -1,5 +1,6 @@
 """`bench`: the sweep's arithmetic on a fake engine and clock, its output files, the
-CLI's errors, and one short run on the real engine."""
+CLI's errors, `--vs-generate` against a fake generate call, and short runs on the
+real engine."""
 
 from __future__ import annotations
 
@@ -7,22 +8,31 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
 
 from batching.bench import (
     ALL,
+    as_requests,
     encode_prompts,
+    pipeline_config,
     run_bench,
     run_static_batches,
     sweep_sizes,
     synthetic_prompts,
 )
-from batching.records import Sampling
+from batching.engine import Engine, EngineOutput, EngineRequest
+from batching.records import Request, Sampling
 from batching.testing import FakeEngine
+from batching.vs_generate import WARMUP_PROMPTS, run_vs_generate
 from cli.app import app
+
+if TYPE_CHECKING:
+    from batching.vllm_engine import VllmEngine
 
 runner = CliRunner()
 
@@ -182,3 +192,130 @@ def test_bench_on_the_real_engine(tiny_model: Path, tmp_path: Path) -> None:
     assert all(r["output_tokens"] == 8 * 4 for r in rows)  # random weights rarely stop early
     # Batching 8 requests beats running them one at a time on any real engine.
     assert rows[1]["speedup"] > 1.5
+
+
+# -- --vs-generate ----------------------------------------------------------------------
+
+
+class FakeGenerate:
+    """LLM.generate's part on a fake engine: every prompt in one go, calls recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[object], list[Sampling]]] = []
+
+    def __call__(
+        self, engine: Engine, prompts: Sequence[object], samplings: Sequence[Sampling]
+    ) -> list[EngineOutput]:
+        self.calls.append((list(prompts), list(samplings)))
+        ids = encode_prompts(engine, prompts)  # type: ignore[arg-type]
+        for key, (prompt_ids, sampling) in enumerate(zip(ids, samplings, strict=True)):
+            engine.add(EngineRequest(key, prompt_ids, sampling))
+        outputs: dict[int, EngineOutput] = {}
+        while engine.has_unfinished():
+            outputs.update((out.key, out) for out in engine.step())
+        return [outputs[key] for key in range(len(prompts))]
+
+
+def test_vs_generate_runs_the_same_rows_and_settings_on_both_sides() -> None:
+    engine = FakeEngine(max_num_seqs=4)
+    rows = as_requests([f"prompt number {i}" for i in range(12)])
+    rows[3] = Request(index=3, id=3, line=4, prompt="short", sampling=Sampling(max_tokens=2))
+    generate = FakeGenerate()
+    result = run_vs_generate(
+        engine, rows, Sampling(max_tokens=5, temperature=0.0), pipeline_config(chunk_size=4),
+        generate=generate, clock=StepClock(),
+    )  # fmt: skip
+    # A warm-up over the first rows, then one call over every row.
+    warm, measured = generate.calls
+    assert len(warm[0]) == WARMUP_PROMPTS and result.warmup_prompts == WARMUP_PROMPTS
+    assert measured[0] == [row.prompt for row in rows]
+    assert measured[1][3] == Sampling(max_tokens=2, temperature=0.0)  # the row's own
+    assert measured[1][0] == Sampling(max_tokens=5, temperature=0.0)
+    # The fake engine makes min(len(prompt), max_tokens) tokens: equal on both sides.
+    assert result.generate.output_tokens == result.pipeline.output_tokens == 11 * 5 + 2
+    assert (result.generate.label, result.pipeline.label) == ("LLM.generate", "run pipeline")
+    assert result.generate.wall_seconds == 1.0  # the step clock: one read either side
+    assert result.rows_ratio == pytest.approx(
+        result.generate.wall_seconds / result.pipeline.wall_seconds
+    )
+    data = result.to_dict()
+    assert [row["label"] for row in data["rows"]] == ["LLM.generate", "run pipeline"]
+    assert data["pipeline_over_generate"]["requests_per_second"] == round(result.rows_ratio, 4)
+    assert not engine.closed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "fake"],
+         "--vs-generate compares with vLLM's LLM.generate, which --engine fake does not "
+         "have; use --engine vllm"),
+        (["--no-pipeline"], "--vs-generate runs the pipeline; leave out --no-pipeline"),
+        (["--plot", "b.png"],
+         "--plot draws the batch-size sweep, which --vs-generate skips; leave out --plot"),
+        (["--batch-sizes", "1,8"],
+         "--batch-sizes sets the sweep, which --vs-generate skips; leave out --batch-sizes"),
+    ],
+)  # fmt: skip
+def test_vs_generate_usage_errors_exit_2_before_the_engine_starts(
+    args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["bench", "-m", "some/model", "--vs-generate", *args])
+    assert result.exit_code == 2
+    assert result.stderr == f"bizra-batch: error: {message}\n"
+
+
+@pytest.mark.vllm
+def test_generate_all_matches_the_engine_row_by_row(vllm_engine: VllmEngine) -> None:
+    from batching.vllm_engine import generate_all
+
+    prompts: list[str | list[dict[str, str]]] = [
+        "The river", [{"role": "user", "content": "Name a bird."}], "A quiet garden",
+    ]  # fmt: skip
+    samplings = [Sampling(max_tokens=4, temperature=0.0), Sampling(max_tokens=3, temperature=0.0),
+                 Sampling(max_tokens=5, temperature=0.0, seed=1)]  # fmt: skip
+    raw = generate_all(vllm_engine, prompts, samplings)
+    encoded = encode_prompts(vllm_engine, prompts)
+    for key, (ids, sampling) in enumerate(zip(encoded, samplings, strict=True)):
+        vllm_engine.add(EngineRequest(100 + key, ids, sampling))
+    ours: dict[int, EngineOutput] = {}
+    while vllm_engine.has_unfinished():
+        ours.update((out.key - 100, out) for out in vllm_engine.step())
+    for key, out in enumerate(raw):
+        assert (out.key, out.text, out.completion_tokens, out.prompt_tokens) == (
+            key, ours[key].text, ours[key].completion_tokens, ours[key].prompt_tokens,
+        )  # fmt: skip
+
+
+@pytest.mark.vllm
+def test_vs_generate_on_the_real_engine(tiny_model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    rows = [{"prompt": f"Request {i}. Tell me about rivers and gardens."} for i in range(10)]
+    rows[2] = {"messages": [{"role": "user", "content": "Name a bird."}], "max_tokens": 2}
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out_json = tmp_path / "vs.json"
+    # A child process, as in test_bench_on_the_real_engine.
+    child = subprocess.run(
+        [sys.executable, "-m", "cli", "bench", "-m", str(tiny_model), "--dtype", "float32",
+         "--engine-arg", "enforce_eager=true", "--input", str(source), "--max-tokens", "4",
+         "--vs-generate", "--json", str(out_json)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, timeout=600, check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    lines = child.stdout.splitlines()
+    assert lines[0].startswith("bizra-batch bench --vs-generate: 10 prompts, ")
+    assert lines[1] == (
+        "one engine, loaded once: LLM.generate runs on the vllm.LLM the pipeline drives; "
+        "each side warmed up on 8 prompts, untimed"
+    )
+    table = [line.split("│") for line in lines if line.startswith("│")]
+    assert [cells[1].strip() for cells in table] == ["LLM.generate", "run pipeline"]
+    assert lines[-1].startswith("pipeline/generate: ")
+    data = json.loads(out_json.read_text())
+    generate, pipeline = data["rows"]
+    assert generate["requests"] == pipeline["requests"] == 10
+    # Random weights rarely stop early; the chat row asks for 2 tokens.
+    assert generate["output_tokens"] == pipeline["output_tokens"] == 9 * 4 + 2
+    # The table shows the same token counts as the JSON.
+    assert [int(cells[4].replace(",", "")) for cells in table] == [38, 38]
