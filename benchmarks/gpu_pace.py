@@ -15,9 +15,12 @@ so every gap between that bound and the measured time is the pipeline's: the eng
 waiting for rows, running below capacity, or draining. Cases, each a child process:
 
 - tail: 20k rows whose `max_tokens` have a long tail (lognormal, median 40, at most
-  1,000), and one 1,500-token answer at row 5; one process, 1,024 sequences. The
-  long answer takes 1,500 steps and everything else fits beside it, so the bound is
-  reachable, but only if reading never stops while that one row runs.
+  400), and one 1,500-token answer at row 5; one process, 1,024 sequences. The long
+  answer takes 1,500 steps and everything else fits beside it (1,075 full steps, and
+  no row admitted after that needs more than 400), so the bound is reachable, but
+  only if reading never stops while that one row runs. (With a tail up to 1,000,
+  rows read late could not finish by step 1,500 in any first-come order: measured,
+  1,686 steps.)
 - even: 20k rows, `max_tokens` spread evenly over 24..72; one process, 1,024
   sequences.
 - rayN: the even file on Ray, N replicas of 256 sequences each.
@@ -55,6 +58,7 @@ from batching.sim_engine import bound_seconds
 SEED = 13
 LONG_ANSWER = 1500
 LONG_ROW = 5
+TAIL_CAP = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,7 @@ def write_file(path: Path, kind: str, rows: int) -> tuple[list[int], list[int]]:
             prompt = f"Row {i}. " + "x" * rng.randint(2, 42)
             prompt = prompt[: max(10, min(50, len(prompt)))]
             if kind == "tail":
-                tokens = LONG_ANSWER if i == LONG_ROW else min(1000, round(rng.lognormvariate(
+                tokens = LONG_ANSWER if i == LONG_ROW else min(TAIL_CAP, round(rng.lognormvariate(
                     math.log(40), 0.8)))  # fmt: skip
             else:
                 tokens = rng.randint(24, 72)
