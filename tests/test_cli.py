@@ -158,17 +158,44 @@ def test_model_names_that_are_no_local_paths_are_left_to_vllm(model: str) -> Non
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--top-k", "-5"], "--top-k -5: must be at least 1, or -1 or 0 for no limit"),
-        (["--keep-fields", "topic,output"], "--keep-fields output: every output row has"),
-        (["--keep-fields", "id"], "--keep-fields id: every output row has"),
+        (
+            ["--top-k", "-5"],
+            "--top-k: expected an integer >= 1, or -1 or 0 for no limit, found integer -5",
+        ),
+        (
+            ["--temperature", "inf"],
+            "--temperature: expected a finite number >= 0, found number inf",
+        ),
+        (
+            ["--temperature", "nan"],
+            "--temperature: expected a finite number >= 0, found number nan",
+        ),
+        (["--top-p", "0"], "--top-p: expected a number in (0, 1], found number 0.0"),
+        (["--n", "0"], "--n: expected an integer >= 1, found integer 0"),
+        (["--max-tokens", "0"], "--max-tokens: expected an integer >= 1, found integer 0"),
+        (
+            ["--logprobs", "-1"],
+            "--logprobs: expected an integer >= 0 (top tokens per position), found integer -1",
+        ),
+        (
+            ["--keep-fields", "topic,output"],
+            "--keep-fields output: every output row has its own "
+            "'output' column; copy the input field under another name first",
+        ),
+        (
+            ["--keep-fields", "id"],
+            "--keep-fields id: every output row has its own 'id' column; "
+            "copy the input field under another name first",
+        ),
     ],
 )
 def test_flags_a_row_could_not_use_are_refused_up_front(
     prompts_file: Path, args: list[str], message: str
 ) -> None:
+    # The same check, and the same words, as a row's own value gets.
     result = invoke(str(prompts_file), *args)
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert result.stderr == f"bizra-batch: error: {message}\n"
     assert result.stdout == ""
 
 
