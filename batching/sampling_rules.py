@@ -63,7 +63,7 @@ def describe(value: object) -> str:
         if len(value) <= _QUOTE_CHARS:
             return f"string {value!r}"
         return f"a {len(value)}-character string starting {value[:_QUOTE_CHARS]!r}..."
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # a tuple: a setting given from Python
         return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
     if isinstance(value, dict):
         if not value:

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -13,6 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from batching.config import InputConfig, OutputConfig, RunConfig
+from batching.errors import UsageError
+from batching.records import Sampling
 from cli.app import app
 
 runner = CliRunner()
@@ -304,3 +308,42 @@ def test_report_dash_beside_results_on_stdout_is_refused(prompts_file: Path) -> 
     assert result.exit_code == 2
     assert "--report - writes to stdout, where the results go" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "build", "message"),
+    [
+        (
+            ["--temperature", "inf"],
+            lambda i, o: RunConfig(InputConfig(i), sampling=Sampling(temperature=float("inf"))),
+            "--temperature: expected a finite number >= 0, found number inf",
+        ),
+        (
+            ["--resume"],
+            lambda i, o: RunConfig(InputConfig(i), OutputConfig(resume=True)),
+            "--resume needs an output file (-o); stdout cannot be continued",
+        ),
+        (
+            ["-o", "OUT", "--resume", "--overwrite"],
+            lambda i, o: RunConfig(InputConfig(i), OutputConfig(o, resume=True, overwrite=True)),
+            "OUT: pass --resume or --overwrite, not both",
+        ),
+        (
+            ["--report", "-"],
+            lambda i, o: RunConfig(InputConfig(i), report_path="-"),
+            "--report - writes to stdout, where the results go; give --report a file",
+        ),
+    ],
+)
+def test_python_and_the_command_line_are_refused_alike(
+    prompts_file: Path, tmp_path: Path, args: list[str], build: Any, message: str
+) -> None:
+    # One check in the config, whichever builds it; the CLI maps it to exit 2.
+    out = str(tmp_path / "out.jsonl")
+    message = message.replace("OUT", out)
+    with pytest.raises(UsageError) as refused:
+        build(str(prompts_file), out)
+    assert str(refused.value) == message
+    result = invoke(str(prompts_file), *(out if a == "OUT" else a for a in args))
+    assert result.exit_code == 2
+    assert result.stderr == f"bizra-batch: error: {message}\n"
