@@ -129,28 +129,30 @@ def _check_stop(value: object) -> tuple[str, ...] | None:
     return tuple(value)
 
 
-def _check_json_schema(value: object) -> str | None:
-    """A JSON Schema (an object, or its JSON text) as compact JSON text."""
+def _json_object(value: object) -> dict[str, Any] | None:
+    """An object, or the object its JSON text holds; None for anything else."""
     if isinstance(value, str):
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
             return None
-    if not isinstance(value, dict):
+    return value if isinstance(value, dict) else None
+
+
+def _check_json_schema(value: object) -> str | None:
+    """A JSON Schema (an object, or its JSON text) as compact JSON text."""
+    schema = _json_object(value)
+    if schema is None:
         return None
     # Key order is kept: the grammar generates properties in the order given.
-    return orjson.dumps(value).decode()
+    return orjson.dumps(schema).decode()
 
 
 def _check_response_format(value: object) -> str | None:
     """OpenAI's response_format (an object, or its JSON text) as schema text; "" for
     {"type": "text"}."""
-    if isinstance(value, str):
-        try:
-            value = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return None
-    if not isinstance(value, dict):
+    value = _json_object(value)
+    if value is None:
         return None
     kind = value.get("type")
     if kind == "text":
