@@ -193,17 +193,17 @@ def _check_distinct_files(config: RunConfig) -> None:
             f"{errors_file}: the errors file is the output; give --errors another path"
         )
     if source.is_local:
-        for path, what in ((output, "output"), (errors, "errors file")):
-            if path is not None and path.is_local and _same_file(path.path, source.path):
+        for target, what in ((output, "output"), (errors, "errors file")):
+            if target is not None and target.is_local and _same_file(target.path, source.path):
                 raise UsageError(
-                    f"{path.path}: the {what} is the input file; write it to another path"
+                    f"{target.path}: the {what} is the input file; write it to another path"
                 )
     # The report is written over at the end of the run, whatever file it names.
     report = config.report_location
     if report is None or not report.is_local:
         return
-    for path, what in ((source, "input file"), (output, "output"), (errors, "errors file")):
-        if path is not None and path.is_local and _same_file(report.path, path.path):
+    for other, what in ((source, "input file"), (output, "output"), (errors, "errors file")):
+        if other is not None and other.is_local and _same_file(report.path, other.path):
             raise UsageError(f"{report.path}: the report is the {what}; give --report another path")
 
 
@@ -239,8 +239,9 @@ def _check_errors_file_free(config: RunConfig) -> None:
 def _check_formats(config: RunConfig) -> None:
     """Refuse an output or errors file whose format cannot be written to its name
     before either is made (the errors file is opened after the output)."""
+    errors_format = config.errors_format  # asks the output's format first
     if config.errors_location is not None:
-        output_format(config.errors_location, config.errors_format)
+        output_format(config.errors_location, errors_format)
 
 
 def _same_file(first: str, second: str) -> bool:
@@ -332,7 +333,7 @@ def _check_every_row(
     file (on disk, not in memory), which the run then reads.
     """
     given = config.input.location
-    if not given.is_stdio and is_local_pipe(given):
+    if is_local_pipe(given):
         # Opening a named pipe a second time would wait for a writer that is gone.
         raise UsageError(
             f"{given.name}: --on-invalid abort reads the input twice, and a pipe "
