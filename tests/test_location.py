@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from batching.config import InputConfig, OutputConfig, RunConfig
@@ -65,22 +67,29 @@ def test_reading_and_writing_tell_a_remote_uris_format_alike() -> None:
     assert input_format(uri) == output_format(uri) == "parquet"
 
 
-def test_a_gzip_output_is_refused_since_writers_do_not_compress() -> None:
+@pytest.mark.parametrize(
+    ("resolve", "message"),
+    [
+        # Writers do not compress: a .jsonl.gz would hold plain JSON Lines.
+        (
+            lambda: output_format("out.jsonl.gz"),
+            "out.jsonl.gz: unknown output format for extension .gz; name the file .jsonl or "
+            ".parquet, or pass --output-format jsonl, parquet or openai",
+        ),
+        # A config cannot be built on a path it cannot resolve.
+        (
+            lambda: InputConfig("file://server/data/in.jsonl"),
+            "file://server/data/in.jsonl: a file:// URI names a file on this machine; write "
+            "file:///path (three slashes) or the plain path",
+        ),
+    ],
+)
+def test_a_path_that_names_nothing_usable_is_refused(
+    resolve: Callable[[], object], message: str
+) -> None:
     with pytest.raises(UsageError) as refused:
-        output_format("out.jsonl.gz")
-    assert str(refused.value) == (
-        "out.jsonl.gz: unknown output format for extension .gz; name the file .jsonl or "
-        ".parquet, or pass --output-format jsonl, parquet or openai"
-    )
-
-
-def test_a_file_uri_of_another_machine_cannot_make_a_config() -> None:
-    with pytest.raises(UsageError) as refused:
-        InputConfig("file://server/data/in.jsonl")
-    assert str(refused.value) == (
-        "file://server/data/in.jsonl: a file:// URI names a file on this machine; write "
-        "file:///path (three slashes) or the plain path"
-    )
+        resolve()
+    assert str(refused.value) == message
 
 
 def test_configs_resolve_every_path_when_built() -> None:
