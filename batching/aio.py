@@ -31,16 +31,13 @@ from batching.errors import BatchError
 from batching.grouping import Order
 from batching.pipeline import run_rows
 from batching.prefetch import Arrival, LiveChunks
-from batching.records import SAMPLING_FIELDS, Request, Result, Row, Sampling
+from batching.records import SAMPLING_FIELDS, Result, Row, Sampling
 from batching.report import ReportCollector
 from batching.retry import RetryPolicy
 from batching.schema import parse_row
 
 __all__ = ["BatchQueue", "QueueClosedError", "RequestError"]
 
-# The fields a row may carry and `schema.parse_row` checks; other sampling fields
-# are taken as given.
-_ROW_SAMPLING = frozenset({"max_tokens", "temperature", "top_p", "top_k", "seed", "stop"})
 _FIELDS = InputConfig(path="<submit>")
 
 
@@ -88,11 +85,9 @@ class BatchQueue:
         max_engine_restarts: int = 3,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
         self._factory = engine_factory
+        # Checked as any run's config is (UsageError): a batch size below 1 is a chunk
+        # size below 1, a default sampling setting is held to a row's rules.
         self._config = RunConfig(
             input=dataclasses.replace(_FIELDS, chunk_size=max_batch_size),
             sampling=sampling or Sampling(max_tokens=256),
@@ -259,17 +254,14 @@ def _place(line: int) -> str:
 
 
 def _row(index: int, prompt: str | Sequence[Mapping[str, Any]], sampling: Mapping[str, Any]) -> Row:
-    """The request as a row, checked as a file's row would be (an error is its result)."""
-    obj: dict[str, Any] = {k: v for k, v in sampling.items() if k in _ROW_SAMPLING}
+    """The request as a row, every setting checked as a file's row would be (an
+    error is its result): `submit(..., n=0)` fails as a row with `"n": 0` does."""
+    obj: dict[str, Any] = dict(sampling)
     if isinstance(prompt, str):
         obj["prompt"] = prompt
     else:
         obj["messages"] = list(prompt)
-    row = parse_row(obj, index=index, line=index + 1, fields=_FIELDS, where=_place(index + 1))
-    extra = {k: v for k, v in sampling.items() if k not in _ROW_SAMPLING and v is not None}
-    if extra and isinstance(row, Request):
-        row = dataclasses.replace(row, sampling=dataclasses.replace(row.sampling, **extra))
-    return row
+    return parse_row(obj, index=index, line=index + 1, fields=_FIELDS, where=_place(index + 1))
 
 
 def _resolve(

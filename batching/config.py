@@ -10,31 +10,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batching.errors import OutputError, UsageError
 from batching.grouping import Order
+from batching.location import STDIO, InputFormat, Location, OutputFormat
+from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, output_format
 from batching.records import Sampling
+from batching.sampling_rules import check_default_sampling
 
 __all__ = [
+    "STDIO",
     "EngineConfig",
     "InputConfig",
     "InputFormat",
+    "Location",
     "Order",
     "OutputConfig",
     "OutputFormat",
     "RunConfig",
 ]
 
-# "openai": JSON Lines of OpenAI Batch API requests/responses (batching.openai_batch).
-InputFormat = Literal["jsonl", "parquet", "openai"]
-OutputFormat = Literal["jsonl", "parquet", "openai"]
-
 OnInvalid = Literal["record", "abort"]
-
-STDIO = "-"
 
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
     """Where rows come from and which fields hold what.
+
+    `location` is `path` resolved, once, when the config is built.
 
     >>> InputConfig(path="prompts.jsonl", keep_fields=("topic",))
     """
@@ -46,17 +48,49 @@ class InputConfig:
     id_field: str = "id"
     keep_fields: tuple[str, ...] = ()
     chunk_size: int = 1024
+    location: Location = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise UsageError(f"chunk size must be at least 1, got {self.chunk_size}")
+        for name in self.keep_fields:
+            if name in FIXED_COLUMNS or name in OPTIONAL_COLUMNS:
+                raise UsageError(
+                    f"--keep-fields {name}: every output row has its own {name!r} column; "
+                    "copy the input field under another name first"
+                )
+        object.__setattr__(self, "location", Location.of(self.path))
 
 
 @dataclass(frozen=True, slots=True)
 class OutputConfig:
-    """Where results go. `path` None or "-" writes JSONL to stdout."""
+    """Where results go. `path` None or "-" writes JSONL to stdout.
+
+    `location` is `path` resolved when the config is built; `written_format` the
+    format it gets (asked when the run starts, so that a directory given as the
+    output is named as one rather than as a name without an extension).
+    """
 
     path: str | None = None
     format: OutputFormat | None = None  # None: from the extension
     overwrite: bool = False  # an existing file is never replaced unless asked
     resume: bool = False  # continue an existing output after its last complete row
     model: str = ""  # the model name OpenAI-format output lines carry
+    location: Location = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        location = Location.of(self.path)
+        if self.overwrite and self.resume:
+            name = "stdout" if location.is_stdio else location.path
+            raise OutputError(f"{name}: pass --resume or --overwrite, not both")
+        if self.resume and location.is_stdio:
+            raise UsageError("--resume needs an output file (-o); stdout cannot be continued")
+        object.__setattr__(self, "location", location)
+
+    @property
+    def written_format(self) -> OutputFormat:
+        """`format`, else what the name says; `OutputError` where it says nothing."""
+        return output_format(self.location, self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +160,32 @@ class RunConfig:
     # Live input (a pipe that delivers rows slowly): a partial chunk goes to the
     # engine once its first row has waited this long, instead of at end of input.
     max_wait_ms: float = 50.0
+    errors_location: Location | None = field(init=False, repr=False, compare=False)
+    report_location: Location | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_default_sampling(self.sampling)
+        if self.max_line_bytes < 1:
+            raise UsageError(f"max_line_bytes must be at least 1, got {self.max_line_bytes}")
+        if self.max_wait_ms < 0:
+            raise UsageError(f"max wait must not be negative, got {self.max_wait_ms} ms")
+        errors = None if self.errors_path is None else Location.of(self.errors_path)
+        report = None if self.report_path is None else Location.of(self.report_path)
+        if self.output.location.is_stdio:
+            # Both on stdout, each failed row (or the report) would be mixed into the results.
+            if errors is not None and errors.is_stdio:
+                raise UsageError(
+                    "--errors - writes to stdout, where the results go; give --errors a file"
+                )
+            if report is not None and report.is_stdio:
+                raise UsageError(
+                    "--report - writes to stdout, where the results go; give --report a file"
+                )
+        object.__setattr__(self, "errors_location", errors)
+        object.__setattr__(self, "report_location", report)
+
+    @property
+    def errors_format(self) -> OutputFormat | None:
+        """The format the errors file is asked for: OpenAI lines beside OpenAI output
+        (as OpenAI's batch API writes), else None (from its own extension)."""
+        return "openai" if self.output.written_format == "openai" else None

@@ -13,14 +13,13 @@ from typing import Any
 
 import orjson
 
-from batching.config import STDIO, OutputConfig, OutputFormat
+from batching.config import OutputConfig, OutputFormat
 from batching.errors import OutputError
 from batching.openai_batch import check_line, id_token, result_from_line
 from batching.output_format import (
     FIXED_COLUMNS,
     OPTIONAL_COLUMNS,
     not_ours,
-    output_format,
     read_error,
 )
 from batching.parquet_format import (
@@ -89,15 +88,15 @@ def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
     >>> scan_output(OutputConfig(path="out.jsonl")).rows  # doctest: +SKIP
     1000
     """
-    if cfg.path is None or cfg.path == STDIO:
+    if cfg.location.is_stdio:
         return None
-    fmt = output_format(cfg.path, cfg.format)
+    path, fmt = cfg.location.path, cfg.written_format
     if fmt == "parquet":
-        sources = parquet_sources(cfg.path)
+        sources = parquet_sources(path)
         if sources is None:
             return None
-        return ExistingOutput(cfg.path, "parquet", sum(map(parquet_rows, sources)))
-    return _scan_jsonl(cfg.path, fmt == "openai")
+        return ExistingOutput(path, "parquet", sum(map(parquet_rows, sources)))
+    return _scan_jsonl(path, fmt == "openai")
 
 
 def _scan_jsonl(path: str, openai: bool) -> ExistingOutput | None:

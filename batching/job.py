@@ -12,13 +12,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import BinaryIO, Protocol
 
-from batching.config import STDIO, OutputConfig, RunConfig
+from batching.config import OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import OutputError, UsageError
 from batching.jsonl_source import JsonlSource
+from batching.location import Location
 from batching.openai_batch import OpenAIBatchLines, same_custom_id
 from batching.output_format import output_format
 from batching.parquet_format import PARTS_SUFFIX
@@ -31,7 +31,7 @@ from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
 from batching.retry import RetryPolicy
 from batching.sink import exists_message
-from batching.uri import check_remote_output, is_remote, local_path
+from batching.uri import check_remote_output
 from batching.validate import MAX_LISTED_ERRORS
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
@@ -78,7 +78,6 @@ def run(
     >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
     ...     FakeEngine)   # doctest: +SKIP
     """
-    config = _file_uris_as_paths(config)
     output = config.output
     with contextlib.ExitStack() as stack:
         # Everything that can fail on the user's files fails here, before the engine
@@ -88,8 +87,8 @@ def run(
         _check_local_targets(config)
         _check_errors_file_free(config)
         _check_formats(config)
-        if _is_file(output.path) and not is_remote(output.path):
-            stack.enter_context(OutputLock(str(output.path)))
+        if output.location.is_local:
+            stack.enter_context(OutputLock(output.location.path))
         # Runs after the writers close, while the lock (if any) is still held.
         stack.push(_UntouchedOutputs(config))
         existing = scan_output(output) if output.resume else None
@@ -99,7 +98,7 @@ def run(
             open_source(config.input, max_line_bytes=config.max_line_bytes, stdin=stdin)
         )
         openai_lines = None
-        if output_format(output.path, output.format) == "openai":
+        if output.written_format == "openai":
             token = existing.id_token if existing is not None else None
             openai_lines = OpenAIBatchLines(output.model, token=token)
         writer = stack.enter_context(open_writer(output, stdout=stdout, openai_lines=openai_lines))
@@ -116,8 +115,6 @@ def run(
             )
         if isinstance(source, JsonlSource) and source.live:
             # A pipe (stdin): rows go to the engine as they arrive, not at EOF.
-            if config.max_wait_ms < 0:
-                raise UsageError(f"max wait must not be negative, got {config.max_wait_ms} ms")
             supply = LiveSupply(
                 supply,
                 chunk_size=config.input.chunk_size,
@@ -130,7 +127,7 @@ def run(
             report = report if report is not None else ReportCollector()
             report.record_resumed_rows(done)
         sink: ResultSink = writer
-        if config.errors_path:
+        if config.errors_location is not None:
             errors = stack.enter_context(_open_errors_file(config, existing, openai_lines))
             sink = _ErrorsTee(writer, errors)
         return rows_runner(
@@ -156,15 +153,14 @@ class _UntouchedOutputs:
     def __init__(self, config: RunConfig) -> None:
         output = config.output
         self._files: list[str] = []  # made by this run
-        for given in (output.path, config.errors_path):
-            local = _is_file(given) and not is_remote(given) and not output.resume
-            if local and not os.path.lexists(str(given)):
-                self._files.append(str(given))
+        for location in _local((output.location, config.errors_location)):
+            if not output.resume and not os.path.lexists(location.path):
+                self._files.append(location.path)
         # A Parquet output is a parts directory until the run ends.
         self._parts = None
-        parquet = output_format(output.path, output.format) == "parquet"
-        if parquet and str(output.path) in self._files:
-            self._parts = str(output.path) + PARTS_SUFFIX
+        parquet = output.written_format == "parquet"
+        if parquet and output.location.path in self._files:
+            self._parts = output.location.path + PARTS_SUFFIX
 
     def __call__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
         if exc_type is None or not issubclass(exc_type, Exception):
@@ -180,57 +176,44 @@ class _UntouchedOutputs:
         return False
 
 
-def _is_file(path: str | None) -> bool:
-    return path is not None and path != STDIO
-
-
-def _file_uris_as_paths(config: RunConfig) -> RunConfig:
-    """`file://` outputs as the local paths they name: the lock, fsync, `--resume`
-    and Parquet's parts directory all work on the path."""
-    output, errors = config.output, config.errors_path
-    if output.path is not None:
-        output = replace(output, path=local_path(output.path))
-    if errors is not None:
-        errors = local_path(errors)
-    return replace(config, output=output, errors_path=errors)
+def _local(locations: Sequence[Location | None]) -> list[Location]:
+    """The local files among `locations` (not stdio, not remote, not unset)."""
+    return [location for location in locations if location is not None and location.is_local]
 
 
 def _check_distinct_files(config: RunConfig) -> None:
     """Refuse an output or errors file that is the input, or each other: writing
     over the file being read truncates it, and appending to it feeds the run its
     own output without end (12 GB in ten minutes, seen)."""
-    given = config.input.path
-    source = local_path(given) if _is_file(given) and not is_remote(given) else None
-    if config.errors_path == STDIO and not _is_file(config.output.path):
-        raise UsageError("--errors - writes to stdout, where the results go; give --errors a file")
-    if config.report_path == STDIO and not _is_file(config.output.path):
-        raise UsageError("--report - writes to stdout, where the results go; give --report a file")
-    output = config.output.path if _is_file(config.output.path) else None
-    errors = config.errors_path if _is_file(config.errors_path) else None
-    if output and errors and not is_remote(errors) and _same_file(output, errors):
-        raise UsageError(f"{errors}: the errors file is the output; give --errors another path")
-    for path, what in ((output, "output"), (errors, "errors file")):
-        if source and path and not is_remote(path) and _same_file(path, source):
-            raise UsageError(f"{path}: the {what} is the input file; write it to another path")
+    source = config.input.location
+    output, errors = config.output.location, config.errors_location
+    errors_file = errors.path if errors is not None and errors.is_local else None
+    if errors_file and output.is_local and _same_file(output.path, errors_file):
+        raise UsageError(
+            f"{errors_file}: the errors file is the output; give --errors another path"
+        )
+    if source.is_local:
+        for target, what in ((output, "output"), (errors, "errors file")):
+            if target is not None and target.is_local and _same_file(target.path, source.path):
+                raise UsageError(
+                    f"{target.path}: the {what} is the input file; write it to another path"
+                )
     # The report is written over at the end of the run, whatever file it names.
-    report = config.report_path
-    if report is None or is_remote(report):
+    report = config.report_location
+    if report is None or not report.is_local:
         return
-    report = local_path(report)
-    for path, what in ((source, "input file"), (output, "output"), (errors, "errors file")):
-        if path and not is_remote(path) and _same_file(report, path):
-            raise UsageError(f"{report}: the report is the {what}; give --report another path")
+    for other, what in ((source, "input file"), (output, "output"), (errors, "errors file")):
+        if other is not None and other.is_local and _same_file(report.path, other.path):
+            raise UsageError(f"{report.path}: the report is the {what}; give --report another path")
 
 
 def _check_local_targets(config: RunConfig) -> None:
     """Refuse a local output, errors file or report that could not be created, before
     the engine starts: a report found unwritable only at the end lost the summary
     of a finished run, and a missing directory surfaced as the lock file's error."""
-    targets = [config.output.path, config.errors_path, config.report_path]
-    for given in targets:
-        if not _is_file(given) or is_remote(given):
-            continue
-        path = local_path(str(given))
+    targets = (config.output.location, config.errors_location, config.report_location)
+    for target in _local(targets):
+        path = target.path
         if os.path.isdir(path):
             raise OutputError(f"{path}: is a directory; name a file")
         parent = os.path.dirname(path) or "."
@@ -246,19 +229,19 @@ def _check_errors_file_free(config: RunConfig) -> None:
     """Refuse an existing local errors file before the output is made: found only
     when it is opened, after the output, it left an empty output behind that the
     next try was refused for."""
-    errors, output = config.errors_path, config.output
-    local = _is_file(errors) and not is_remote(errors)
-    if local and not (output.overwrite or output.resume) and os.path.lexists(str(errors)):
-        raise OutputError(exists_message(str(errors)))
+    errors, output = config.errors_location, config.output
+    if errors is None or not errors.is_local or output.overwrite or output.resume:
+        return
+    if os.path.lexists(errors.path):
+        raise OutputError(exists_message(errors.path))
 
 
 def _check_formats(config: RunConfig) -> None:
     """Refuse an output or errors file whose format cannot be written to its name
     before either is made (the errors file is opened after the output)."""
-    output = config.output
-    openai = output_format(output.path, output.format) == "openai"
-    if config.errors_path is not None:
-        output_format(config.errors_path, "openai" if openai else None)
+    errors_format = config.errors_format  # asks the output's format first
+    if config.errors_location is not None:
+        output_format(config.errors_location, errors_format)
 
 
 def _same_file(first: str, second: str) -> bool:
@@ -272,12 +255,12 @@ def _check_remote_outputs(config: RunConfig) -> None:
     """Refuse a remote output (or errors file) that exists, or `--resume` of one,
     before any output is opened: a refused errors file must not leave the output
     written, since an object store has no way to take it back."""
-    output = config.output
-    if is_remote(output.path):
-        check_remote_output(str(output.path), overwrite=output.overwrite, resume=output.resume)
-    if is_remote(config.errors_path):
+    output, errors = config.output, config.errors_location
+    if output.location.is_remote:
+        check_remote_output(output.location.path, overwrite=output.overwrite, resume=output.resume)
+    if errors is not None and errors.is_remote:
         overwrite = output.overwrite or output.resume
-        check_remote_output(str(config.errors_path), overwrite=overwrite, resume=False)
+        check_remote_output(errors.path, overwrite=overwrite, resume=False)
 
 
 class _SourceSupply:
@@ -327,11 +310,9 @@ def _open_errors_file(
     the two can never disagree whatever moment the earlier run died at.
     """
     output = config.output
-    # OpenAI output gets an OpenAI errors file, as OpenAI's batch API writes one.
-    openai = output_format(output.path, output.format) == "openai"
     errors_config = OutputConfig(
         path=config.errors_path,
-        format="openai" if openai else None,
+        format=config.errors_format,
         overwrite=output.overwrite or output.resume,
         model=output.model,
     )
@@ -351,14 +332,15 @@ def _check_every_row(
     Standard input can be read only once, so it is first copied to a temporary
     file (on disk, not in memory), which the run then reads.
     """
-    if config.input.path != STDIO and is_local_pipe(config.input.path):
+    given = config.input.location
+    if is_local_pipe(given):
         # Opening a named pipe a second time would wait for a writer that is gone.
         raise UsageError(
-            f"{config.input.path}: --on-invalid abort reads the input twice, and a pipe "
+            f"{given.name}: --on-invalid abort reads the input twice, and a pipe "
             "can be read once; pipe it to stdin instead (`... | bizra-batch run - "
             "--on-invalid abort`) or save it to a file first"
         )
-    if config.input.path == STDIO:
+    if given.is_stdio:
         spool = stack.enter_context(tempfile.TemporaryFile(prefix="bizra-batch-stdin-"))  # noqa: SIM115
         shutil.copyfileobj(stdin or sys.stdin.buffer, spool, length=1 << 20)
         spool.seek(0)

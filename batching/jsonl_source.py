@@ -20,7 +20,7 @@ from batching.openai_batch import CustomIdRegistry, is_openai_line, parse_openai
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import invalid_row, missing_kept, parse_row
-from batching.uri import RemoteInput, suffix_name
+from batching.uri import RemoteInput
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -133,7 +133,8 @@ class _CountingReader(io.RawIOBase):
 
 
 def open_jsonl_file(cfg: InputConfig, max_line_bytes: int) -> JsonlSource:
-    raw = open_binary(cfg.path)
+    name = cfg.location.name
+    raw = open_binary(cfg.location)
     try:
         total_bytes = size_if_regular(raw)
         counter = _CountingReader(raw)
@@ -143,8 +144,8 @@ def open_jsonl_file(cfg: InputConfig, max_line_bytes: int) -> JsonlSource:
         stream: _LineStream
         if buffered.peek(2)[:2] == _GZIP_MAGIC:
             stream = gzip.GzipFile(fileobj=buffered, mode="rb")
-        elif suffix_name(cfg.path).lower().endswith(".gz"):
-            raise InputError(f"{cfg.path}: named .gz but not gzip-compressed; rename it to .jsonl")
+        elif cfg.location.compressed:
+            raise InputError(f"{name}: named .gz but not gzip-compressed; rename it to .jsonl")
         elif total_bytes is None and not isinstance(raw, RemoteInput):
             # A named pipe or device (`run <(tail -f q.jsonl)`, `mkfifo`): read live,
             # as stdin is, not a chunk at a time (a quiet pipe would hold its rows).
@@ -152,16 +153,16 @@ def open_jsonl_file(cfg: InputConfig, max_line_bytes: int) -> JsonlSource:
             # `buffered` closes the pipe (held here: collected, it would close it).
             head = buffered.read1(_READ_BUFFER_BYTES)
             live = LiveLines(raw.fileno(), head=head, on_close=buffered.close)
-            return JsonlSource(cfg, cfg.path, live, None, None, max_line_bytes)
+            return JsonlSource(cfg, name, live, None, None, max_line_bytes)
         else:
             stream = buffered
     except OSError as exc:
         raw.close()
-        raise InputError(f"{cfg.path}: cannot read ({exc})") from None
+        raise InputError(f"{name}: cannot read ({exc})") from None
     except BaseException:
         raw.close()
         raise
-    return JsonlSource(cfg, cfg.path, stream, counter, total_bytes, max_line_bytes)
+    return JsonlSource(cfg, name, stream, counter, total_bytes, max_line_bytes)
 
 
 class JsonlSource(RowSource):

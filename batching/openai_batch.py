@@ -40,7 +40,9 @@ from batching.records import (
     Row,
     RowError,
 )
-from batching.schema import check_messages, describe, invalid_row, parse_sampling
+from batching.sampling_rules import describe, parse_sampling
+from batching.sampling_rules import message as _message
+from batching.schema import check_messages, invalid_row
 
 __all__ = [
     "CHAT_URL",
@@ -173,10 +175,6 @@ def _sampling_fields(
     elif logprobs is not None:
         values["logprobs"] = logprobs
     return values, None
-
-
-def _message(where: str, field: str, expected: str, found: object) -> str:
-    return f"{where}: field {field!r}: expected {expected}, found {describe(found)}"
 
 
 class CustomIdRegistry(DefaultIdRuns):

@@ -7,14 +7,13 @@ values are written as, and the errors for an existing output that cannot be read
 from __future__ import annotations
 
 import base64
-import os
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from batching.config import STDIO, OutputFormat
 from batching.errors import OutputError
+from batching.location import Location, OutputFormat
 
 __all__ = [
     "FIXED_COLUMNS",
@@ -31,38 +30,35 @@ __all__ = [
 FIXED_COLUMNS = ("id", "output", "finish_reason", "prompt_tokens", "completion_tokens", "error")
 OPTIONAL_COLUMNS = ("logprobs",)
 
-_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
 
-
-def output_format(path: str | None, override: OutputFormat | None = None) -> OutputFormat:
-    """The format to write `path` as: `override`, else from the extension.
+def output_format(
+    where: Location | str | None, override: OutputFormat | None = None
+) -> OutputFormat:
+    """The format to write `where` as: `override`, else what its extension says.
 
     stdout (None or "-") is JSONL unless `override` says otherwise; OpenAI batch
-    lines ("openai", also JSON Lines) are only ever asked for.
+    lines ("openai", also JSON Lines) are only ever asked for. Messages name the
+    path as it is opened (a `file://` URI's local path).
 
     >>> output_format("results.pq")
     'parquet'
     """
+    location = Location.of(where)
     if override is not None:
-        if override != "parquet" and path is not None and path.lower().endswith(_PARQUET_SUFFIXES):
+        if override != "parquet" and location.format == "parquet" and not location.compressed:
             # JSON Lines in a .parquet file: no Parquet reader could open it.
             raise OutputError(
-                f"{path}: --output-format {override} writes JSON Lines, not Parquet; "
+                f"{location.path}: --output-format {override} writes JSON Lines, not Parquet; "
                 f"name the file .jsonl (or drop --output-format {override})"
             )
         return override
-    if path is None or path == STDIO:
-        return "jsonl"
-    name = path.lower()
-    if name.endswith(_JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(_PARQUET_SUFFIXES):
-        return "parquet"
-    suffix = os.path.splitext(name)[1] or "(none)"
+    if location.format is not None and not location.compressed:
+        return location.format
+    # Writers do not compress: a .jsonl.gz would hold plain JSON Lines.
+    extension = ".gz" if location.compressed else location.extension
     raise OutputError(
-        f"{path}: unknown output format for extension {suffix}; name the file .jsonl or "
-        ".parquet, or pass --output-format jsonl, parquet or openai"
+        f"{location.path}: unknown output format for extension {extension}; name the file "
+        ".jsonl or .parquet, or pass --output-format jsonl, parquet or openai"
     )
 
 

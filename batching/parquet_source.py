@@ -12,7 +12,7 @@ from batching.id_registry import IdRegistry
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import ROW_SAMPLING_FIELDS, parse_row
-from batching.uri import is_remote, local_path, open_remote_parquet
+from batching.uri import open_remote_parquet
 
 __all__ = ["ParquetSource"]
 
@@ -23,15 +23,16 @@ class ParquetSource(RowSource):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        path = cfg.path
+        location = cfg.location
+        path = location.name
         source: Any
-        if is_remote(path):
-            source, total_bytes = open_remote_parquet(path)
+        if location.is_remote:
+            source, total_bytes = open_remote_parquet(location.path)
         else:
-            raw = open_binary(path)  # for the same clear messages as JSONL
+            raw = open_binary(location)  # for the same clear messages as JSONL
             total_bytes = size_if_regular(raw)
             raw.close()
-            source = local_path(path)
+            source = location.path
         # A file we opened is ours to close; ParquetFile closes only what it opened.
         self._opened = None if isinstance(source, str) else source
         try:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batching.config import STDIO, RunConfig
+from batching.config import RunConfig
 from batching.engine import EngineFactory
 from batching.errors import BatchError, UsageError
 from batching.interrupts import protected
@@ -69,6 +69,10 @@ class RayOptions:
     # Ray's own notices on stderr (--debug); off, they are ones a user can do nothing about.
     verbose: bool = False
 
+    def __post_init__(self) -> None:
+        if self.replicas is not None and self.replicas < 1:
+            raise UsageError(f"--replicas {self.replicas}: must be at least 1")
+
 
 def require_ray() -> None:
     """Raise `UsageError` (exit 2) with the install hint unless Ray Data imports."""
@@ -93,13 +97,11 @@ def run_on_ray(
     ...            FakeEngine, RayOptions(replicas=2))  # doctest: +SKIP
     """
     require_ray()
-    if config.input.path == STDIO:
+    if config.input.location.is_stdio:
         raise UsageError(
             "--ray reads the input on the cluster, which cannot see this process's stdin; "
             "pass the input file's path"
         )
-    if options.replicas is not None and options.replicas < 1:
-        raise UsageError(f"--replicas {options.replicas}: must be at least 1")
     return run_job(
         config,
         engine_factory,

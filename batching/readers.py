@@ -22,12 +22,12 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from batching.config import STDIO, InputConfig, InputFormat
-from batching.errors import InputError, UsageError
+from batching.config import InputConfig, InputFormat
+from batching.errors import InputError
 from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
+from batching.location import Location
 from batching.parquet_source import ParquetSource
 from batching.row_source import RowSource
-from batching.uri import is_remote, local_path, suffix_name
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
@@ -41,9 +41,6 @@ __all__ = [
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 STDIN_NAME = "<stdin>"
-
-_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def open_source(
@@ -60,12 +57,8 @@ def open_source(
     >>> [row.prompt for chunk in source.chunks() for row in chunk]
     ['Hi']
     """
-    if cfg.chunk_size < 1:
-        raise UsageError(f"chunk size must be at least 1, got {cfg.chunk_size}")
-    if max_line_bytes < 1:
-        raise UsageError(f"max_line_bytes must be at least 1, got {max_line_bytes}")
-    fmt = input_format(cfg.path, cfg.format)
-    if cfg.path == STDIO:
+    fmt = input_format(cfg.location, cfg.format)
+    if cfg.location.is_stdio:
         if fmt == "parquet":
             raise InputError(
                 "stdin: Parquet cannot be streamed from stdin; pass the file's path instead"
@@ -87,31 +80,26 @@ def _process_stdin() -> BinaryIO | LiveLines:
     return LiveLines(fd)
 
 
-def input_format(path: str, override: InputFormat | None = None) -> InputFormat:
-    """The format to read `path` as: `override`, else from the extension.
+def input_format(where: Location | str, override: InputFormat | None = None) -> InputFormat:
+    """The format to read `where` as: `override`, else what its extension says.
 
     >>> input_format("prompts.jsonl.gz")
     'jsonl'
     """
     if override is not None:
         return override
-    if path == STDIO:
-        return "jsonl"
-    name = suffix_name(path).lower().removesuffix(".gz")
-    if name.endswith(_JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(_PARQUET_SUFFIXES):
-        return "parquet"
-    if is_local_pipe(path):
+    location = Location.of(where)
+    if location.format is not None:  # stdin too: JSON Lines
+        return location.format
+    if is_local_pipe(location):
         # A pipe (`run <(tail -f q.jsonl)` names /dev/fd/63) is JSON Lines, like stdin:
         # Parquet cannot be streamed anyway.
         return "jsonl"
-    if not is_remote(path) and os.path.isdir(local_path(path)):
-        raise InputError(f"{path}: is a directory; pass a .jsonl or .parquet file")
-    suffix = os.path.splitext(name)[1] or "(none)"
+    if location.is_local and os.path.isdir(location.path):
+        raise InputError(f"{location.name}: is a directory; pass a .jsonl or .parquet file")
     raise InputError(
-        f"{path}: unknown input format for extension {suffix}; name the file .jsonl, "
-        ".jsonl.gz or .parquet, or pass --input-format jsonl, parquet or openai"
+        f"{location.name}: unknown input format for extension {location.extension}; name the "
+        "file .jsonl, .jsonl.gz or .parquet, or pass --input-format jsonl, parquet or openai"
     )
 
 
@@ -124,9 +112,9 @@ def row_place(cfg: InputConfig) -> Callable[[int], str]:
     >>> row_place(InputConfig(path="prompts.parquet"))(3)
     'prompts.parquet row 3'
     """
-    name = STDIN_NAME if cfg.path == STDIO else cfg.path
+    name = STDIN_NAME if cfg.location.is_stdio else cfg.location.name
     try:
-        parquet = input_format(cfg.path, cfg.format) == "parquet"
+        parquet = input_format(cfg.location, cfg.format) == "parquet"
     except InputError:  # a label rather than a file (an API caller's): read as JSONL
         parquet = False
     # The sources' own forms (JsonlSource, ParquetSource); a test holds them equal.
@@ -135,12 +123,13 @@ def row_place(cfg: InputConfig) -> Callable[[int], str]:
     return lambda line: f"{name}:{line}"
 
 
-def is_local_pipe(path: str) -> bool:
-    """Whether `path` is a local pipe or device rather than a file (or missing)."""
-    if is_remote(path):
+def is_local_pipe(where: Location | str) -> bool:
+    """Whether `where` is a local pipe or device rather than a file (or missing)."""
+    location = Location.of(where)
+    if not location.is_local:
         return False
     try:
-        mode = os.stat(local_path(path)).st_mode
+        mode = os.stat(location.path).st_mode
     except OSError:
         return False
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)

@@ -15,8 +15,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from batching.location import Location
 from batching.report import Report
-from batching.uri import is_remote, local_path, open_remote_output
+from batching.uri import open_remote_output
 
 __all__ = ["format_duration", "render_report", "write_report"]
 
@@ -150,24 +151,24 @@ def render_report(report: Report, console: Console) -> None:
     console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
-def write_report(report: Report, path: str | os.PathLike[str]) -> None:
+def write_report(report: Report, path: Location | str | os.PathLike[str]) -> None:
     """Write the report as JSON; readers see the old file or the new one, never half.
 
     >>> write_report(Report(rows=1, rows_ok=1), "report.json")  # doctest: +SKIP
     """
-    target = os.fspath(path)
+    location = Location.of(path if isinstance(path, Location) else os.fspath(path))
     data = (json.dumps(report.to_dict(), indent=2) + "\n").encode()
-    if target == "-":  # stdout, when the results go to a file
+    if location.is_stdio:  # stdout, when the results go to a file
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    if is_remote(target):
+    target = location.path
+    if location.is_remote:
         # An object store writes the object whole when the stream closes.
         with open_remote_output(target, overwrite=True) as stream:
             stream.write(data)
         return
-    target = local_path(target)
     directory = os.path.dirname(target) or "."
     # Same directory so os.replace is a rename on one filesystem, hence atomic.
     tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from types import TracebackType
 
 from batching.errors import InputError
+from batching.location import Location
 from batching.records import Row
-from batching.uri import RemoteInput, is_remote, local_path, open_remote_input
+from batching.uri import RemoteInput, open_remote_input
 
 __all__ = ["RowSource", "open_binary", "size_if_regular"]
 
@@ -66,15 +67,16 @@ class RowSource(ABC):
         self.close()
 
 
-def open_binary(path: str) -> io.RawIOBase:
-    """Open `path` unbuffered for reading; `InputError` with a next step if it cannot be.
+def open_binary(location: Location) -> io.RawIOBase:
+    """Open `location` unbuffered for reading; `InputError` with a next step if it cannot be.
 
-    `path` may be a URI (`file://`, `s3://`, ...); messages name it as given.
+    Messages name it as it was given (a `file://` URI as the URI).
     """
-    if is_remote(path):
-        return open_remote_input(path)
+    path = location.name
+    if location.is_remote:
+        return open_remote_input(location.path)
     try:
-        return io.FileIO(local_path(path), "r")
+        return io.FileIO(location.path, "r")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file; check the path (use - to read stdin)") from None
     except IsADirectoryError:

@@ -15,7 +15,6 @@ import sys
 from typing import BinaryIO, Literal
 
 from batching.errors import OutputError, OutputWriteError
-from batching.uri import is_remote
 
 __all__ = ["Sink", "exists_message", "open_error", "write_failed"]
 
@@ -33,10 +32,12 @@ class Sink:
     8
     """
 
-    def __init__(self, stream: BinaryIO, name: str, *, owned: bool) -> None:
+    def __init__(self, stream: BinaryIO, name: str, *, owned: bool, resumable: bool = True) -> None:
         self._stream = stream
         self.name = name
         self._owned = owned
+        # Whether `--resume` can continue what was written (not stdout, not a store).
+        self.resumable = resumable
         self.broken = False  # the reader of a pipe went away
         self.closed = False
 
@@ -62,18 +63,18 @@ class Sink:
     @classmethod
     def for_stdout(cls, stdout: BinaryIO | None) -> Sink:
         if stdout is not None:
-            return cls(stdout, "stdout", owned=False)
+            return cls(stdout, "stdout", owned=False, resumable=False)
         buffered = sys.stdout.buffer
         try:
             fd = buffered.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
             # A replaced stdout (a test runner's capture) has no descriptor: use it.
-            return cls(buffered, "stdout", owned=False)
+            return cls(buffered, "stdout", owned=False, resumable=False)
         # Anything printed before us goes out first, then we write to the descriptor.
         sys.stdout.flush()
         buffered.flush()
         raw = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115
-        return cls(raw, "stdout", owned=True)
+        return cls(raw, "stdout", owned=True, resumable=False)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """All of `data` (a raw file may take part of it per call), or an exception."""
@@ -94,7 +95,7 @@ class Sink:
 
     def write_error(self, exc: OSError) -> OutputWriteError:
         """The one-line error for a failed write to this sink."""
-        return write_failed(self.name, exc)
+        return write_failed(self.name, exc, resumable=self.resumable)
 
     def flush(self, *, durable: bool = False) -> None:
         if self.broken or self.closed:
@@ -144,18 +145,18 @@ class Sink:
             raise self.write_error(exc) from exc
 
 
-def write_failed(name: str, exc: OSError) -> OutputWriteError:
+def write_failed(name: str, exc: OSError, *, resumable: bool = True) -> OutputWriteError:
     """The one-line error for a write to `name` that failed mid-run (a full disk).
 
     >>> print(write_failed("out.jsonl", OSError(28, "No space")))
     out.jsonl: cannot write (No space); the rows before it are saved: --resume continues
-    >>> print(write_failed("s3://b/out.jsonl", OSError(5, "I/O error")))
+    >>> print(write_failed("s3://b/out.jsonl", OSError(5, "I/O error"), resumable=False))
     s3://b/out.jsonl: cannot write (I/O error)
     """
     reason = exc.strerror or str(exc)
     # stdout cannot be continued, and an object store keeps nothing of a failed
     # stream (and has no --resume).
-    if name == "stdout" or is_remote(name):
+    if not resumable:
         return OutputWriteError(f"{name}: cannot write ({reason})")
     return OutputWriteError(
         f"{name}: cannot write ({reason}); the rows before it are saved: --resume continues"

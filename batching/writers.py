@@ -31,8 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
-from batching.config import STDIO, OutputConfig
-from batching.errors import OutputError
+from batching.config import OutputConfig
 from batching.existing_output import ExistingOutput, scan_output
 from batching.openai_batch import OpenAIBatchLines
 from batching.output_format import dumps_line, output_format
@@ -41,7 +40,7 @@ from batching.parquet_output import ParquetPartsWriter, ParquetStreamWriter
 from batching.records import Result
 from batching.result_writer import ResultWriter
 from batching.sink import Sink
-from batching.uri import is_remote, local_path, open_remote_output
+from batching.uri import open_remote_output
 
 # The public names of the output side live here, whichever module owns them.
 __all__ = [
@@ -77,25 +76,23 @@ def open_writer(
     >>> out.getvalue()[:24]
     b'{"id":7,"output":"Hi","f'
     """
-    fmt = output_format(cfg.path, cfg.format)
+    fmt, location = cfg.written_format, cfg.location
     rows = row_group_rows or PARQUET_ROW_GROUP_ROWS
     to_line: Callable[[Result], dict[str, Any]] = Result.to_dict
     if fmt == "openai":
         to_line = openai_lines or OpenAIBatchLines(cfg.model)
-    if cfg.path is None or cfg.path == STDIO:
+    if location.is_stdio:
         sink = Sink.for_stdout(stdout)
         return ParquetStreamWriter(sink, rows) if fmt == "parquet" else _JsonlWriter(sink, to_line)
-    if cfg.overwrite and cfg.resume:
-        raise OutputError(f"{cfg.path}: pass --resume or --overwrite, not both")
-    if is_remote(cfg.path):
+    path = location.path
+    if location.is_remote:
         # An object store takes one stream: Parquet goes out a whole row group at a
         # time, so the file matches a local output's, footer at close.
-        stream = open_remote_output(cfg.path, overwrite=cfg.overwrite, resume=cfg.resume)
-        sink = Sink(stream, cfg.path, owned=True)
+        stream = open_remote_output(path, overwrite=cfg.overwrite, resume=cfg.resume)
+        sink = Sink(stream, path, owned=True, resumable=False)
         if fmt == "parquet":
             return ParquetStreamWriter(sink, rows, whole_row_groups=True)
         return _JsonlWriter(sink, to_line)
-    path = local_path(cfg.path)  # file:// is the local file
     if fmt == "parquet":
         return ParquetPartsWriter.open(
             path, overwrite=cfg.overwrite, resume=cfg.resume, row_group_rows=rows

@@ -29,6 +29,9 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from batching.records import SAMPLING_FIELDS
+from batching.sampling_rules import setting_problem
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - requires-python is 3.10; tomllib arrived in 3.11
@@ -44,6 +47,9 @@ CONTEXT_SETTINGS: dict[str, Any] = {"auto_envvar_prefix": ENV_PREFIX}
 
 # Options that make no sense in a file: the file itself.
 _NOT_IN_FILE = frozenset({"config_file"})
+# Options whose value is a sampling setting, held to a row's rules (`--json-schema`
+# names a file, not a schema).
+_SAMPLING_OPTIONS = frozenset(SAMPLING_FIELDS) - {"json_schema"}
 
 
 # Commands and parameters are typed Any: they are Typer's vendored Click classes
@@ -153,6 +159,11 @@ def _checked(
                     f"in a [{names[0]}] table"
                 )
             raise _config_error(f"{path}: key {key!r}: {message}") from None
+    problem = (
+        setting_problem(param.name, value) if param and param.name in _SAMPLING_OPTIONS else None
+    )
+    if problem is not None:
+        raise _config_error(f"{path}: key {key!r}: {problem}")
     return value
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -14,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from batching import interrupts
-from batching.config import STDIO, EngineConfig, InputConfig, OutputConfig, RunConfig
+from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
 from batching.readers import DEFAULT_MAX_LINE_BYTES
@@ -130,11 +129,6 @@ def _read_json_schema(path: str) -> str:
     return orjson.dumps(schema).decode()
 
 
-def _check_sampling(name: str, value: float | None, low: float, high: float) -> None:
-    if value is not None and (math.isnan(value) or not low <= value <= high):
-        raise UsageError(f"--{name} {value}: must be between {low} and {high}")
-
-
 def run(
     input_path: Annotated[
         str,
@@ -179,7 +173,8 @@ def run(
             help="Comma-separated input fields copied to each output row.", rich_help_panel=FIELDS
         ),
     ] = "",
-    max_tokens: Annotated[int, typer.Option(min=1, rich_help_panel=SAMPLING)] = 256,
+    # Sampling values are checked by RunConfig, as a row's are (no min= here).
+    max_tokens: Annotated[int, typer.Option(rich_help_panel=SAMPLING)] = 256,
     temperature: Annotated[
         float | None,
         typer.Option(help="Default: the model's generation config.", rich_help_panel=SAMPLING),
@@ -202,7 +197,6 @@ def run(
         int | None,
         typer.Option(
             "--n",
-            min=1,
             help="Samples per prompt; with more than one, output is a list of them all.",
             rich_help_panel=SAMPLING,
         ),
@@ -210,7 +204,6 @@ def run(
     logprobs: Annotated[
         int | None,
         typer.Option(
-            min=0,
             help="Log-probabilities of the N most likely tokens at each output position.",
             rich_help_panel=SAMPLING,
         ),
@@ -402,17 +395,7 @@ def run(
     found bad rows; 130/143 interrupted by SIGINT/SIGTERM; 141 stdout closed early.
     """
     try:
-        if resume and overwrite:
-            raise UsageError("--resume and --overwrite contradict each other; pick one")
-        if resume and (output is None or output == "-"):
-            raise UsageError("--resume needs an output file (-o); stdout cannot be continued")
-        _check_sampling("temperature", temperature, 0.0, math.inf)
-        _check_sampling("top-p", top_p, 1e-9, 1.0)
-        if top_k is not None and top_k < -1:
-            # The rule a row's own top_k is held to (`batching.schema`).
-            raise UsageError(f"--top-k {top_k}: must be at least 1, or -1 or 0 for no limit")
         kept = tuple(f.strip() for f in keep_fields.split(",") if f.strip())
-        _check_kept_fields(kept)
         model = _checked_model(model, engine, local=ray is None or ray == RAY_LOCAL)
         config = RunConfig(
             input=InputConfig(
@@ -482,17 +465,6 @@ def run(
         print_error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
-
-
-def _check_kept_fields(kept: tuple[str, ...]) -> None:
-    from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS
-
-    for name in kept:
-        if name in FIXED_COLUMNS or name in OPTIONAL_COLUMNS:
-            raise UsageError(
-                f"--keep-fields {name}: every output row has its own {name!r} column; "
-                "copy the input field under another name first"
-            )
 
 
 def _checked_model(model: str | None, engine: EngineChoice, *, local: bool) -> str:
@@ -642,9 +614,9 @@ def _execute(
         restore_signals()
         progress.close()
     final = collector.finish()
-    if config.report_path:
+    if config.report_location is not None:
         try:
-            write_report(final, config.report_path)
+            write_report(final, config.report_location)
         except OSError as exc:  # the directory was checked at start; the disk may be full
             print_error(f"{config.report_path}: cannot write the report ({exc.strerror or exc})")
             exit_code = exit_code or 1
@@ -669,19 +641,12 @@ def _execute(
 def _saved_where(config: RunConfig) -> str:
     """Where an interrupted run's rows are: a Parquet file is only written whole, at
     the end; until then they are in its parts directory."""
-    from batching.output_format import output_format
     from batching.parquet_format import PARTS_SUFFIX
-    from batching.uri import is_remote, local_path
 
-    path = config.output.path
-    if (
-        path is None
-        or path == STDIO
-        or is_remote(path)
-        or output_format(path, config.output.format) != "parquet"
-    ):
+    output = config.output
+    if not output.location.is_local or output.written_format != "parquet":
         return "completed rows are saved."
-    path = local_path(path)
+    path = output.location.path
     return (
         f"completed rows are saved in {path}{PARTS_SUFFIX}/; run again with --resume to finish "
         f"and write {path}"

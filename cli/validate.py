@@ -79,14 +79,15 @@ def validate(
     from batching.validate import format_report
     from batching.validate import validate as validate_input
 
-    config = InputConfig(
-        path=input_path,
-        format=input_format.value if input_format else None,
-        prompt_field=prompt_field,
-        messages_field=messages_field,
-        id_field=id_field,
-    )
     try:
+        # Inside the try: the config refuses a path it cannot resolve (file://host/).
+        config = InputConfig(
+            path=input_path,
+            format=input_format.value if input_format else None,
+            prompt_field=prompt_field,
+            messages_field=messages_field,
+            id_field=id_field,
+        )
         report = validate_input(
             config,
             tokenizer_dir=model or None,  # an empty BIZRA_BATCH_MODEL means none

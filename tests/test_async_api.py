@@ -14,6 +14,7 @@ import pytest
 
 from batching.aio import BatchQueue, QueueClosedError, RequestError
 from batching.engine import KeptOpen
+from batching.errors import UsageError
 from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, ERROR_PROMPT_TOO_LONG, Sampling
 from batching.retry import RetryPolicy
 from batching.testing import FakeEngine, FakeEngineFactory, expected_output
@@ -179,3 +180,65 @@ def test_max_batch_size_caps_the_requests_in_the_engine_at_once() -> None:
     health = asyncio.run(main())
     assert health["total_requests"] == 200
     assert 1 < health["avg_batch_size"] <= 8
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"n": 0}, "request 0: field 'n': expected an integer >= 1, found integer 0"),
+        (
+            {"logprobs": -1},
+            "request 0: field 'logprobs': expected an integer >= 0 (top tokens per position), "
+            "found integer -1",
+        ),
+        (
+            {"json_schema": "[1]"},
+            "request 0: field 'json_schema': expected a JSON Schema object (or its JSON text), "
+            "found string '[1]'",
+        ),
+        (
+            {"temperature": float("inf")},
+            "request 0: field 'temperature': expected a finite number >= 0, found number inf",
+        ),
+    ],
+)
+def test_every_sampling_setting_of_a_request_is_checked_as_a_rows_is(
+    setting: dict[str, Any], message: str
+) -> None:
+    # n, logprobs and json_schema used to reach the engine unchecked.
+    async def main() -> BaseException:
+        async with BatchQueue(FakeEngine) as batcher:
+            (refused,) = await bounded(
+                asyncio.gather(batcher.submit("x", **setting), return_exceptions=True)
+            )
+            return refused
+
+    refused = asyncio.run(main())
+    assert isinstance(refused, RequestError)
+    assert refused.error_type == ERROR_INVALID_INPUT
+    assert str(refused) == f"invalid_input: {message}"
+
+
+def test_a_valid_setting_outside_a_rows_usual_fields_still_reaches_the_engine() -> None:
+    async def main() -> Any:
+        async with BatchQueue(FakeEngine) as batcher:
+            return await bounded(batcher.submit("abc", n=2, stop=("x",), max_tokens=2))
+
+    result = asyncio.run(main())
+    assert result.output == ["cb", "cb"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_batch_size": 0}, "chunk size must be at least 1, got 0"),
+        ({"max_wait_ms": -1}, "max wait must not be negative, got -1 ms"),
+        ({"sampling": Sampling(n=0)}, "--n: expected an integer >= 1, found integer 0"),
+    ],
+)
+def test_a_queue_is_refused_a_config_a_run_would_be_refused(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError) as refused:
+        BatchQueue(FakeEngine, **options)
+    assert str(refused.value) == message

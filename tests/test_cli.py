@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -13,6 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from batching.config import InputConfig, OutputConfig, RunConfig
+from batching.errors import UsageError
+from batching.records import Sampling
 from cli.app import app
 
 runner = CliRunner()
@@ -158,17 +162,44 @@ def test_model_names_that_are_no_local_paths_are_left_to_vllm(model: str) -> Non
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--top-k", "-5"], "--top-k -5: must be at least 1, or -1 or 0 for no limit"),
-        (["--keep-fields", "topic,output"], "--keep-fields output: every output row has"),
-        (["--keep-fields", "id"], "--keep-fields id: every output row has"),
+        (
+            ["--top-k", "-5"],
+            "--top-k: expected an integer >= 1, or -1 or 0 for no limit, found integer -5",
+        ),
+        (
+            ["--temperature", "inf"],
+            "--temperature: expected a finite number >= 0, found number inf",
+        ),
+        (
+            ["--temperature", "nan"],
+            "--temperature: expected a finite number >= 0, found number nan",
+        ),
+        (["--top-p", "0"], "--top-p: expected a number in (0, 1], found number 0.0"),
+        (["--n", "0"], "--n: expected an integer >= 1, found integer 0"),
+        (["--max-tokens", "0"], "--max-tokens: expected an integer >= 1, found integer 0"),
+        (
+            ["--logprobs", "-1"],
+            "--logprobs: expected an integer >= 0 (top tokens per position), found integer -1",
+        ),
+        (
+            ["--keep-fields", "topic,output"],
+            "--keep-fields output: every output row has its own "
+            "'output' column; copy the input field under another name first",
+        ),
+        (
+            ["--keep-fields", "id"],
+            "--keep-fields id: every output row has its own 'id' column; "
+            "copy the input field under another name first",
+        ),
     ],
 )
 def test_flags_a_row_could_not_use_are_refused_up_front(
     prompts_file: Path, args: list[str], message: str
 ) -> None:
+    # The same check, and the same words, as a row's own value gets.
     result = invoke(str(prompts_file), *args)
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert result.stderr == f"bizra-batch: error: {message}\n"
     assert result.stdout == ""
 
 
@@ -277,3 +308,42 @@ def test_report_dash_beside_results_on_stdout_is_refused(prompts_file: Path) -> 
     assert result.exit_code == 2
     assert "--report - writes to stdout, where the results go" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "build", "message"),
+    [
+        (
+            ["--temperature", "inf"],
+            lambda i, o: RunConfig(InputConfig(i), sampling=Sampling(temperature=float("inf"))),
+            "--temperature: expected a finite number >= 0, found number inf",
+        ),
+        (
+            ["--resume"],
+            lambda i, o: RunConfig(InputConfig(i), OutputConfig(resume=True)),
+            "--resume needs an output file (-o); stdout cannot be continued",
+        ),
+        (
+            ["-o", "OUT", "--resume", "--overwrite"],
+            lambda i, o: RunConfig(InputConfig(i), OutputConfig(o, resume=True, overwrite=True)),
+            "OUT: pass --resume or --overwrite, not both",
+        ),
+        (
+            ["--report", "-"],
+            lambda i, o: RunConfig(InputConfig(i), report_path="-"),
+            "--report - writes to stdout, where the results go; give --report a file",
+        ),
+    ],
+)
+def test_python_and_the_command_line_are_refused_alike(
+    prompts_file: Path, tmp_path: Path, args: list[str], build: Any, message: str
+) -> None:
+    # One check in the config, whichever builds it; the CLI maps it to exit 2.
+    out = str(tmp_path / "out.jsonl")
+    message = message.replace("OUT", out)
+    with pytest.raises(UsageError) as refused:
+        build(str(prompts_file), out)
+    assert str(refused.value) == message
+    result = invoke(str(prompts_file), *(out if a == "OUT" else a for a in args))
+    assert result.exit_code == 2
+    assert result.stderr == f"bizra-batch: error: {message}\n"

@@ -226,3 +226,35 @@ def test_a_top_level_value_only_run_takes_points_bench_to_a_run_table(tmp_path: 
     message = " ".join(result.output.split())
     assert "bizra.toml: key 'engine'" in message
     assert "put it in a [run] table" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("temperature = inf\n", "temperature", "expected a finite number >= 0, found number inf"),
+        ("[run]\nn = 0\n", "run.n", "expected an integer >= 1, found integer 0"),
+        ("top-p = 1.5\n", "top-p", "expected a number in (0, 1], found number 1.5"),
+    ],
+)
+def test_a_sampling_value_a_row_may_not_have_is_refused_in_the_config_file(
+    tmp_path: Path, prompts: Path, text: str, key: str, problem: str
+) -> None:
+    # The row's own check, naming the file and key instead of a row.
+    config = write_config(tmp_path, text)
+    result = run(str(prompts), "--engine", "fake", "--config", str(config))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--config': {config}: key {key!r}: {problem}"
+    )
+    assert result.stdout == ""
+
+
+def test_a_sampling_value_a_row_may_not_have_is_refused_from_the_environment(
+    prompts: Path,
+) -> None:
+    result = run(str(prompts), "--engine", "fake", env={"BIZRA_BATCH_TEMPERATURE": "inf"})
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "bizra-batch: error: --temperature: expected a finite number >= 0, found number inf\n"
+    )
+    assert result.stdout == ""
