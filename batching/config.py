@@ -169,6 +169,12 @@ class RunConfig:
             raise UsageError(f"max_line_bytes must be at least 1, got {self.max_line_bytes}")
         if self.max_wait_ms < 0:
             raise UsageError(f"max wait must not be negative, got {self.max_wait_ms} ms")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise UsageError(f"max in flight must be at least 1, got {self.max_in_flight}")
+        if self.reorder_buffer_bytes < 1:
+            raise UsageError(
+                f"the reorder buffer must hold at least 1 byte, got {self.reorder_buffer_bytes}"
+            )
         errors = None if self.errors_path is None else Location.of(self.errors_path)
         report = None if self.report_path is None else Location.of(self.report_path)
         if self.output.location.is_stdio:

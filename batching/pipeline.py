@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -127,10 +128,33 @@ def run_rows(
         place=place or row_place(config.input),
     )
     try:
-        runner.run()
+        with _prompt_thread_switches():
+            runner.run()
     finally:
         runner.close()
     return collector.finish()
+
+
+# While an engine step waits on the device, the reader and encoder threads parse and
+# tokenize; when the step's wait ends the engine loop needs the GIL back, and Python
+# hands it over only every switch interval (5 ms by default). With the sim engine at
+# 15 ms a step, steps took 0.9 ms longer than their sleep on average (1.4 s over
+# 1,500 steps, 3% of the run); at 0.5 ms that fell to 0.5 ms a step.
+_SWITCH_INTERVAL_S = 0.0005
+
+
+@contextlib.contextmanager
+def _prompt_thread_switches() -> Iterator[None]:
+    """A shorter GIL switch interval for the run, as long as it is not shorter already."""
+    before = sys.getswitchinterval()
+    if before <= _SWITCH_INTERVAL_S:
+        yield
+        return
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 class _Runner:

@@ -258,3 +258,21 @@ def test_a_sampling_value_a_row_may_not_have_is_refused_from_the_environment(
         "bizra-batch: error: --temperature: expected a finite number >= 0, found number inf\n"
     )
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_in_flight": 0}, "max in flight must be at least 1, got 0"),
+        ({"reorder_buffer_bytes": 0}, "the reorder buffer must hold at least 1 byte, got 0"),
+    ],
+)
+def test_a_run_config_with_a_bad_window_or_reorder_limit_cannot_be_built(
+    changes: dict[str, int], message: str
+) -> None:
+    from batching.config import InputConfig, RunConfig
+    from batching.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        RunConfig(InputConfig("-"), **changes)  # type: ignore[arg-type]
+    assert str(caught.value) == message
