@@ -12,6 +12,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from batching.config import InputConfig, OutputConfig, RunConfig
@@ -66,6 +67,40 @@ def test_run_help_documents_exit_codes_and_the_model_env_var() -> None:
     assert result.exit_code == 0
     assert "BIZRA_BATCH_MODEL" in result.output
     assert "Exit codes" in result.output
+
+
+def _commands() -> dict[str, Any]:
+    group = typer.main.get_command(app)
+    return {"bizra-batch": group, **group.commands}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", list(_commands()))
+def test_every_command_and_option_has_help_text(name: str) -> None:
+    command = _commands()[name]
+    assert (command.help or "").strip(), f"{name}: no help"
+    no_help = [p.name for p in command.params if not (getattr(p, "help", None) or "").strip()]
+    assert no_help == [], f"{name}: options without help: {no_help}"
+
+
+def test_run_help_groups_the_options_in_panels() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    headings = [line[:-1] for line in result.output.splitlines() if re.match(r"^\S.*:$", line)]
+    assert headings == [
+        "Arguments",
+        "Input",
+        "Sampling defaults (a row's own field wins)",
+        "Engine (passed to vllm.LLM)",
+        "Batching",
+        "Reliability",
+        "Output and report",
+        "Remote engine (--engine openai)",
+        "Ray cluster (--ray)",
+        "Configuration",
+        "Options",
+    ]
+    options = result.output[result.output.index("\nOptions:") :]
+    assert options.split() == ["Options:", "--help", "Show", "this", "message", "and", "exit."]
 
 
 def test_version() -> None:
@@ -154,9 +189,9 @@ def test_a_model_path_that_is_not_there_is_refused_before_loading(tmp_path: Path
 
 @pytest.mark.parametrize("model", ["s3://bucket/models/llama", "org/name", "name"])
 def test_model_names_that_are_no_local_paths_are_left_to_vllm(model: str) -> None:
-    from cli.run import EngineChoice, _checked_model
+    from batching.engine_choice import EngineChoice, checked_model
 
-    assert _checked_model(model, EngineChoice.vllm, local=True) == model
+    assert checked_model(model, EngineChoice.vllm, local=True) == model
 
 
 @pytest.mark.parametrize(
