@@ -171,14 +171,15 @@ def test_cli_refuses_a_model_path_that_is_not_there(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--batch-sizes", "1,zero"], "'zero' is not a positive number"),
-        (["--prompt-tokens", "0"], "expected positive numbers"),
+        (["--batch-sizes", "1,zero"],
+         "--batch-sizes '1,zero': 'zero' is not a positive number or all"),
+        (["--prompt-tokens", "0"], "--prompt-tokens '0': expected positive numbers, e.g. 32,128"),
     ],
-)
+)  # fmt: skip
 def test_cli_usage_errors_exit_2(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["bench", "-m", "fake", "--engine", "fake", *args])
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert result.stderr == f"bizra-batch: error: {message}\n"
 
 
 def test_plot_without_matplotlib_exits_2_with_the_install_hint(tmp_path: Path) -> None:
