@@ -56,8 +56,8 @@ from cli.run_options import (
     Concurrency,
     Debug,
     EnablePrefixCaching,
-    Engine,
-    Errors,
+    EngineOption,
+    ErrorsPath,
     GpuMemoryUtilization,
     InputArgument,
     JsonSchema,
@@ -71,13 +71,13 @@ from cli.run_options import (
     MaxWaitMs,
     OnInvalid,
     OnInvalidChoice,
-    Order,
     OrderChoice,
-    Output,
-    OutputFormat,
+    OrderOption,
+    OutputFormatOption,
+    OutputPath,
     Overwrite,
     Quiet,
-    Ray,
+    RayAddress,
     ReorderBufferMb,
     Replicas,
     ReportPath,
@@ -155,7 +155,7 @@ def run(
     logprobs: Logprobs = None,
     json_schema: JsonSchema = None,
     model: RunModel = None,
-    engine: Engine = EngineChoice.vllm,
+    engine: EngineOption = EngineChoice.vllm,
     tensor_parallel_size: TensorParallelSize = 1,
     dtype: DtypeOption = "auto",
     max_model_len: MaxModelLenOption = None,
@@ -166,7 +166,7 @@ def run(
     trust_remote_code: TrustRemoteCode = False,
     engine_arg: EngineArgOption = None,
     chunk_size: ChunkSize = 1024,
-    order: Order = OrderChoice.auto,
+    order: OrderOption = OrderChoice.auto,
     max_in_flight: MaxInFlight = None,
     reorder_buffer_mb: ReorderBufferMb = 256,
     max_wait_ms: MaxWaitMs = 50.0,
@@ -174,10 +174,10 @@ def run(
     max_engine_restarts: MaxEngineRestarts = 3,
     resume: Resume = False,
     overwrite: Overwrite = False,
-    errors: Errors = None,
+    errors: ErrorsPath = None,
     on_invalid: OnInvalid = OnInvalidChoice.record,
-    output: Output = None,
-    output_format: OutputFormat = None,
+    output: OutputPath = None,
+    output_format: OutputFormatOption = None,
     report: ReportPath = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -185,7 +185,7 @@ def run(
     api_key_env: ApiKeyEnv = None,
     concurrency: Concurrency = 16,
     request_timeout: RequestTimeout = 600.0,
-    ray: Ray = None,
+    ray: RayAddress = None,
     replicas: Replicas = None,
     config_file: ConfigOption = None,
 ) -> None:
@@ -315,7 +315,7 @@ def _execute(
         return stopped
     # A run that stopped on an error before writing a row has nothing to sum up
     # ("0 ok, 0 failed") under its error line.
-    if not quiet and not (stopped == 1 and final.rows == 0):
+    if not quiet and not (stopped == FAILED and final.rows == 0):
         render_report(final, console)
         if stopped is None and final.rows == 0 and final.rows_resumed == 0:
             sys.stderr.write("bizra-batch: the input has no rows; the output is empty\n")

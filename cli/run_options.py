@@ -21,8 +21,8 @@ __all__ = [
     "Concurrency",
     "Debug",
     "EnablePrefixCaching",
-    "Engine",
-    "Errors",
+    "EngineOption",
+    "ErrorsPath",
     "GpuMemoryUtilization",
     "InputArgument",
     "JsonSchema",
@@ -36,14 +36,14 @@ __all__ = [
     "MaxWaitMs",
     "OnInvalid",
     "OnInvalidChoice",
-    "Order",
     "OrderChoice",
-    "Output",
-    "OutputFormat",
+    "OrderOption",
     "OutputFormatChoice",
+    "OutputFormatOption",
+    "OutputPath",
     "Overwrite",
     "Quiet",
-    "Ray",
+    "RayAddress",
     "ReorderBufferMb",
     "Replicas",
     "ReportPath",
@@ -166,7 +166,7 @@ RunModel = Annotated[
         rich_help_panel=ENGINE,
     ),
 ]
-Engine = Annotated[
+EngineOption = Annotated[
     EngineChoice,
     typer.Option(
         help="vllm: load the model here; openai: send rows to a running "
@@ -244,7 +244,7 @@ ChunkSize = Annotated[
         min=1, help="Rows read, tokenized and grouped at a time.", rich_help_panel=BATCHING
     ),
 ]
-Order = Annotated[
+OrderOption = Annotated[
     OrderChoice,
     typer.Option(
         help="Submission order within a chunk: auto (prefix when many rows share "
@@ -307,7 +307,7 @@ Resume = Annotated[
 Overwrite = Annotated[
     bool, typer.Option(help="Replace an existing output file.", rich_help_panel=RELIABILITY)
 ]
-Errors = Annotated[
+ErrorsPath = Annotated[
     str | None,
     typer.Option(
         help="Also write failed rows to this file (they stay in the output too).",
@@ -324,7 +324,7 @@ OnInvalid = Annotated[
 ]
 
 # Output
-Output = Annotated[
+OutputPath = Annotated[
     str | None,
     typer.Option(
         "--output",
@@ -333,7 +333,7 @@ Output = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
-OutputFormat = Annotated[
+OutputFormatOption = Annotated[
     OutputFormatChoice | None,
     typer.Option(
         help="jsonl, parquet, or openai (OpenAI batch output lines); default from the "
@@ -359,7 +359,7 @@ Debug = Annotated[
 ]
 
 # Ray
-Ray = Annotated[
+RayAddress = Annotated[
     str | None,
     typer.Option(
         "--ray",
