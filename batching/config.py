@@ -1,4 +1,4 @@
-"""Run configuration: what the CLI parses, and what `pipeline.run` takes.
+"""Run configuration: what the CLI parses, and what `job.run` takes.
 
 Frozen dataclasses, so a config is built once (by the CLI or by a program) and can
 be passed around and logged without anyone changing it half-way through a run.
@@ -18,6 +18,7 @@ from batching.records import Sampling
 from batching.sampling_rules import check_default_sampling
 
 __all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
     "STDIO",
     "EngineConfig",
     "InputConfig",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 OnInvalid = Literal["record", "abort"]
+
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +149,7 @@ class RunConfig:
     # "record": a bad input row becomes an error record and the run goes on;
     # "abort": any bad row stops the run before the engine starts.
     on_invalid: OnInvalid = "record"
-    max_line_bytes: int = 16 * 1024 * 1024
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     # How many requests the engine holds at once; None: ceil(1.1 x the engine's
     # max_num_seqs). A slot freed in a step is refilled only after `step()` returns,
     # so the engine needs ~10% waiting beside a full batch (Ray Data LLM keeps the

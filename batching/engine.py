@@ -2,7 +2,7 @@
 
 The pipeline owns batching, ordering and retry; an engine only takes prepared
 requests, steps, and hands back what finished. That split lets the tests drive the
-whole pipeline with a fake engine (`batching.fake_engine`) that records what it saw
+whole pipeline with a fake engine (`batching.testing`) that records what it saw
 and fails on cue, while `batching.vllm_engine` wraps the real one.
 
 The interface is a streaming one (`add` / `step`) rather than `generate(list)`:

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from batching.config import InputConfig, InputFormat
+from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig, InputFormat
 from batching.errors import InputError
 from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
 from batching.location import Location
@@ -39,7 +39,6 @@ __all__ = [
     "row_place",
 ]
 
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 STDIN_NAME = "<stdin>"
 
 
