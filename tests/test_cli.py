@@ -123,8 +123,12 @@ def test_parquet_in_and_out(tmp_path: Path) -> None:
 
 
 def test_model_from_the_environment(prompts_file: Path) -> None:
-    result = invoke(str(prompts_file), "-q", env={"BIZRA_BATCH_MODEL": "fake"})
+    # The fake engine needs no model; OpenAI output lines name the one the config got.
+    args = (str(prompts_file), "-q", "--output-format", "openai")
+    result = invoke(*args, env={"BIZRA_BATCH_MODEL": "from-env"})
     assert result.exit_code == 0, result.stderr
+    models = [line["response"]["body"]["model"] for line in read_jsonl(result.stdout)]  # type: ignore[index]
+    assert models == ["from-env"] * len(ROWS)
 
 
 def test_missing_model_is_a_usage_error(prompts_file: Path) -> None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import typer
 from typer.testing import CliRunner
 
+import batching.job
+import batching.vllm_engine
+from batching import EngineConfig, FakeEngine, Report, RunConfig
 from cli.app import app
 
 runner = CliRunner()
@@ -38,6 +43,45 @@ def write_config(tmp_path: Path, text: str) -> Path:
 
 def run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     return runner.invoke(app, ["run", *args, "-q"], env=env)
+
+
+@dataclass
+class Reached:
+    """What the CLI handed the core: the run's config and the vLLM engine's.
+
+    The vLLM engine is replaced by the fake one, so a test sees the engine settings a
+    config file or env var gave without loading a model.
+    """
+
+    run_configs: list[RunConfig] = field(default_factory=list)
+    engine_configs: list[EngineConfig] = field(default_factory=list)
+
+    @classmethod
+    def spy(cls, monkeypatch: pytest.MonkeyPatch) -> Reached:
+        reached = cls()
+        real_run = batching.job.run
+
+        def run_job(config: RunConfig, *args: Any, **kwargs: Any) -> Report:
+            reached.run_configs.append(config)
+            return real_run(config, *args, **kwargs)
+
+        def create_engine(config: EngineConfig, **_: Any) -> FakeEngine:
+            reached.engine_configs.append(config)
+            return FakeEngine()
+
+        monkeypatch.setattr(batching.job, "run", run_job)
+        monkeypatch.setattr(batching.vllm_engine, "create_vllm_engine", create_engine)
+        return reached
+
+    @property
+    def run_config(self) -> RunConfig:
+        (config,) = self.run_configs
+        return config
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        (config,) = self.engine_configs
+        return config
 
 
 @pytest.mark.parametrize(
@@ -112,13 +156,17 @@ def test_validate_reads_its_own_table_and_skips_options_of_run(
     assert orjson.loads(result.stdout)["valid"] == 1
 
 
-def test_list_and_table_values(tmp_path: Path, prompts: Path) -> None:
+def test_list_and_table_values(
+    tmp_path: Path, prompts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write_config(
-        tmp_path,
-        'engine = "fake"\nmodel = "m"\nstop = ["x", "y"]\nengine-arg = { swap_space = 4 }\n',
+        tmp_path, 'model = "m"\nstop = ["x", "y"]\nengine-arg = { swap_space = 4 }\n'
     )
+    reached = Reached.spy(monkeypatch)
     result = run(str(prompts), "--config", str(config))
     assert result.exit_code == 0, result.output
+    assert reached.run_config.sampling.stop == ("x", "y")
+    assert reached.engine_config.extra == {"swap_space": 4}
 
 
 @pytest.mark.parametrize(
@@ -199,10 +247,13 @@ def test_validate_json_and_bench_input_env_vars_are_named_after_the_options(
 def test_bench_ignores_the_engine_exported_for_run(tmp_path: Path) -> None:
     # `run --engine` takes openai, which bench cannot run: an env var exported for
     # run must not break bench, which has its own.
-    bench = ["bench", "-m", "m", "--prompts", "1", "--batch-sizes", "all", "--no-pipeline"]
+    out = tmp_path / "bench.json"
+    bench = ["bench", "-m", "m", "--prompts", "1", "--batch-sizes", "all", "--no-pipeline",
+             "--json", str(out)]  # fmt: skip
     env = {"BIZRA_BATCH_ENGINE": "openai", "BIZRA_BATCH_BENCH_ENGINE": "fake"}
     result = runner.invoke(app, bench, env=env)
     assert result.exit_code == 0, result.output
+    assert orjson.loads(out.read_bytes())["settings"]["engine"] == "fake"
 
 
 def test_bench_reads_the_config_file_with_its_own_table(tmp_path: Path) -> None:
