@@ -18,6 +18,7 @@ from batching.config import InputConfig, OutputConfig, RunConfig
 from batching.errors import UsageError
 from batching.records import Sampling
 from cli.app import app
+from tests.reached import Reached
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -157,10 +158,13 @@ def test_a_model_path_that_is_not_there_is_refused_before_loading(tmp_path: Path
 
 
 @pytest.mark.parametrize("model", ["s3://bucket/models/llama", "org/name", "name"])
-def test_model_names_that_are_no_local_paths_are_left_to_vllm(model: str) -> None:
-    from cli.run import EngineChoice, _checked_model
-
-    assert _checked_model(model, EngineChoice.vllm, local=True) == model
+def test_model_names_that_are_no_local_paths_are_left_to_vllm(
+    model: str, prompts_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reached = Reached.spy(monkeypatch)
+    result = runner.invoke(app, ["run", str(prompts_file), "-q", "-m", model])
+    assert result.exit_code == 0, result.stderr
+    assert reached.engine_config.model == model
 
 
 @pytest.mark.parametrize(
