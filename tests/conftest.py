@@ -1,7 +1,8 @@
 """Shared fixtures: the tiny local model, and one real vLLM engine per test session.
 
 Tests that use `vllm_engine` (or start vLLM some other way) are marked
-`@pytest.mark.vllm`; `pytest -m "not vllm"` runs everything else in seconds.
+`@pytest.mark.vllm`, and tests that take a second or more (Ray, subprocesses) are
+marked `@pytest.mark.slow`; `pytest -m "not vllm and not slow"` runs the rest in seconds.
 """
 
 from __future__ import annotations

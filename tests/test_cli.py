@@ -278,6 +278,7 @@ def test_bad_engine_arg_is_a_usage_error(prompts_file: Path) -> None:
     assert "KEY=VALUE" in result.stderr
 
 
+@pytest.mark.slow
 def test_misspelt_fields_are_named_once_on_stderr_and_the_rows_run(tmp_path: Path) -> None:
     # A process of its own: under pytest a capture handler on the root logger stands
     # in for the last-resort handler that prints the readers' warnings for a user.
