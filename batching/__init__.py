@@ -38,6 +38,7 @@ from batching.ray_runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
 from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
+from batching.sim_engine import SimEngine
 from batching.testing import FakeEngine, FakeEngineFactory
 from batching.validate import ValidationReport, format_report
 
@@ -78,6 +79,7 @@ __all__ = [
     "RunConfig",
     "Sample",
     "Sampling",
+    "SimEngine",
     "TokenLogprob",
     "UsageError",
     "ValidationReport",

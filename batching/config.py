@@ -41,7 +41,9 @@ class InputConfig:
 
     `location` is `path` resolved, once, when the config is built.
 
-    >>> InputConfig(path="prompts.jsonl", keep_fields=("topic",))
+    >>> cfg = InputConfig(path="prompts.jsonl", keep_fields=("topic",))
+    >>> cfg.prompt_field, cfg.chunk_size
+    ('prompt', 1024)
     """
 
     path: str
