@@ -17,7 +17,10 @@ class Reached:
     """What the CLI handed the core: the run's config and the vLLM engine's.
 
     The vLLM engine is replaced by the fake one, so a test sees the engine settings a
-    config file or env var gave without loading a model.
+    config file or env var gave without loading a model. Both are patched where the
+    CLI looks them up when it runs (`batching.job.run`,
+    `batching.vllm_engine.create_vllm_engine`); a CLI that bound them at import
+    would leave the lists empty, and `run_config` / `engine_config` then fail.
     """
 
     run_configs: list[RunConfig] = field(default_factory=list)
