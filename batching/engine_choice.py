@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 from batching.config import EngineConfig
 from batching.engine import Engine, EngineFactory
 from batching.errors import UsageError
+from batching.ray_runner import LOCAL as RAY_LOCAL
+from batching.ray_runner import RayOptions, require_ray
 
 if TYPE_CHECKING:
     from batching.openai_engine import OpenAIConfig
-    from batching.ray_runner import RayOptions
 
 __all__ = [
     "RAY_LOCAL",
@@ -32,9 +33,6 @@ __all__ = [
     "ray_options",
     "remote_config",
 ]
-
-# The Ray address that starts Ray on this machine (`--ray` alone).
-RAY_LOCAL = "local"
 
 
 class EngineChoice(str, Enum):
@@ -210,9 +208,6 @@ def ray_options(
         if replicas is not None:
             raise UsageError("--replicas needs --ray; without it the run has one engine")
         return None
-    # Imported only for --ray: it checks that the optional extra is installed.
-    from batching.ray_runner import RayOptions, require_ray
-
-    require_ray()
+    require_ray()  # the optional extra, with its install hint if it is missing
     gpus = float(tensor_parallel_size) if choice is EngineChoice.vllm else 0.0
     return RayOptions(address=address, replicas=replicas, gpus_per_replica=gpus, verbose=verbose)

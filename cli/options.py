@@ -11,9 +11,8 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from batching.config import InputConfig
+from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
-from batching.readers import DEFAULT_MAX_LINE_BYTES
 
 __all__ = [
     "BATCHING",

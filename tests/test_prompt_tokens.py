@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,16 @@ def test_histogram_long_lengths_are_close_and_buckets_stay_few(values: list[int]
 
 
 def test_histogram_memory_does_not_grow_with_rows() -> None:
+    # Its state, measured as its pickle: 200,000 more distinct lengths in the same
+    # octaves share the buckets the first 200,000 made (one a length would double it).
     h = TokenHistogram()
     for n in range(200_000):
         h.add(TokenHistogram.EXACT_BELOW + n * 997)
-    assert len(h._buckets) <= 8192 * 8  # a few octaves of 8192 buckets, not 200k
+    size = len(pickle.dumps(h))
+    for n in range(200_000):
+        h.add(TokenHistogram.EXACT_BELOW + n * 997 + 1)
+    assert len(pickle.dumps(h)) < size * 1.05
+    assert h.count == 400_000
 
 
 def test_empty_histogram_has_no_quantiles() -> None:
@@ -104,6 +111,7 @@ def test_text_parts_are_joined_with_newlines(tiny_model: Path) -> None:
     )
 
 
+@pytest.mark.slow  # imports transformers
 def test_counts_match_transformers_apply_chat_template(tiny_model: Path) -> None:
     transformers = pytest.importorskip("transformers")
     reference = transformers.PreTrainedTokenizerFast.from_pretrained(str(tiny_model))
