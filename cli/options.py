@@ -5,6 +5,7 @@ shared options into config objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "ModelOption",
     "PromptField",
     "input_config",
+    "panel_option",
     "parse_engine_args",
 ]
 
@@ -52,75 +54,58 @@ RAY = "Ray cluster (--ray)"
 CONFIGURATION = "Configuration"
 
 
+def panel_option(panel: str) -> Callable[..., Any]:
+    """`typer.Option` for the options of one help panel, each with its help text.
+
+    >>> sampling_option = panel_option(SAMPLING)
+    >>> info = sampling_option("Stop string; repeat for several.")
+    >>> info.rich_help_panel, info.help
+    ("Sampling defaults (a row's own field wins)", 'Stop string; repeat for several.')
+    """
+
+    def option(help: str, *names: str, **settings: Any) -> Any:
+        return typer.Option(*names, help=help, rich_help_panel=panel, **settings)
+
+    return option
+
+
 class InputFormatChoice(str, Enum):
     jsonl = "jsonl"
     parquet = "parquet"
     openai = "openai"
 
 
+_input = panel_option(INPUT)
+_engine = panel_option(ENGINE)
+
 InputFormatOption = Annotated[
     InputFormatChoice | None,
-    typer.Option(
-        help="Input format; default from the extension (stdin: jsonl). JSONL whose first "
-        "line is an OpenAI batch request (custom_id, url, body) is read as openai.",
-        rich_help_panel=INPUT,
+    _input(
+        "Input format; default from the extension (stdin: jsonl). JSONL whose first line "
+        "is an OpenAI batch request (custom_id, url, body) is read as openai."
     ),
 ]
-PromptField = Annotated[
-    str, typer.Option(help="Field holding a row's prompt text.", rich_help_panel=INPUT)
-]
+PromptField = Annotated[str, _input("Field holding a row's prompt text.")]
 MessagesField = Annotated[
-    str,
-    typer.Option(
-        help="Field holding a row's chat messages (a list of role/content).",
-        rich_help_panel=INPUT,
-    ),
+    str, _input("Field holding a row's chat messages (a list of role/content).")
 ]
-IdField = Annotated[
-    str,
-    typer.Option(help="Row id field; default id is the 0-based row number.", rich_help_panel=INPUT),
-]
-MaxLineBytes = Annotated[
-    int,
-    typer.Option(min=1, help="Longer input lines are invalid rows.", rich_help_panel=INPUT),
-]
+IdField = Annotated[str, _input("Row id field; default id is the 0-based row number.")]
+MaxLineBytes = Annotated[int, _input("Longer input lines are invalid rows.", min=1)]
 
 ModelOption = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        envvar="BIZRA_BATCH_MODEL",
-        help="Model name or local path.",
-        rich_help_panel=ENGINE,
-    ),
+    str, _engine("Model name or local path.", "--model", "-m", envvar="BIZRA_BATCH_MODEL")
 ]
 DtypeOption = Annotated[
-    str,
-    typer.Option(
-        help="Weights' data type: auto (the model's), bfloat16, float16, float32.",
-        rich_help_panel=ENGINE,
-    ),
+    str, _engine("Weights' data type: auto (the model's), bfloat16, float16, float32.")
 ]
 MaxModelLenOption = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        help="Context length (prompt + output tokens). Default: the model's.",
-        rich_help_panel=ENGINE,
-    ),
+    int | None, _engine("Context length (prompt + output tokens). Default: the model's.", min=1)
 ]
 MaxNumSeqsOption = Annotated[
-    int | None,
-    typer.Option(
-        min=1, help="Sequences in one engine step (the engine's batch).", rich_help_panel=ENGINE
-    ),
+    int | None, _engine("Sequences in one engine step (the engine's batch).", min=1)
 ]
 EngineArgOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="Any other vllm.LLM argument as KEY=VALUE; repeatable.", rich_help_panel=ENGINE
-    ),
+    list[str] | None, _engine("Any other vllm.LLM argument as KEY=VALUE; repeatable.")
 ]
 
 
