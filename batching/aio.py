@@ -5,9 +5,10 @@ queue until `max_batch_size` of them are there or the first has waited
 `max_wait_ms`, then go to the engine together, and each caller's awaitable
 resolves as soon as its own request finishes. The engine loop is the pipeline's
 (`pipeline.run_rows`), run in one background thread by `live_engine.LiveEngine`,
-so requests get everything a file's rows get: grouping by length, retries, isolation of a request that fails
-its batch, engine restarts. A request that fails raises `RequestError` for its
-caller alone; the requests batched with it are unaffected.
+so requests get everything a file's rows get: grouping by length, retries,
+isolation of a request that fails its batch, engine restarts. A request that
+fails raises `RequestError` for its caller alone; the requests batched with it
+are unaffected.
 
 >>> async with BatchQueue(FakeEngine, max_batch_size=64, max_wait_ms=20) as batcher:
 ...     result = await batcher.submit("Hello", max_tokens=16)   # doctest: +SKIP

@@ -45,6 +45,8 @@ class LiveEngine:
     otherwise it starts with the first row that needs it, as in a file's run.
     `on_failure` is called once, in the engine thread, if the loop stops on an
     error (the engine failed for good, or never started); nothing runs after it.
+    `encode_ahead` is `run_rows`'s (False: what each step runs does not depend on
+    thread timing).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class LiveEngine:
         place: Callable[[int], str] | None = None,
         max_wait_s: float = 0.0,
         eager_start: bool = False,
+        encode_ahead: bool = True,
     ) -> None:
         self._factory = engine_factory
         self._config = config
@@ -68,6 +71,7 @@ class LiveEngine:
         self._report = report
         self._place = place
         self._eager_start = eager_start
+        self._encode_ahead = encode_ahead
         self._arrivals: queue.Queue[Arrival] = queue.Queue()
         self._chunks = _CountingChunks(
             self._arrivals, chunk_size=config.input.chunk_size, max_wait_s=max_wait_s
@@ -123,6 +127,7 @@ class LiveEngine:
                 retry=self._retry,
                 report=self._report,
                 on_result=self._on_result,
+                encode_ahead=self._encode_ahead,
                 place=self._place,
             )
         except BaseException as exc:

@@ -24,11 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batching.config import STDIO, RunConfig
 from batching.engine import EngineFactory
@@ -36,16 +35,26 @@ from batching.errors import BatchError, UsageError
 from batching.interrupts import protected
 from batching.job import run as run_job
 from batching.protocols import ProgressSink, ResultSink, RowSupply
-from batching.records import Result
 from batching.report import ReplicaThroughput, Report, ReportCollector
 from batching.retry import RetryPolicy
 
-__all__ = ["RAY_INSTALL_HINT", "RayOptions", "RayRowsRunner", "require_ray", "run_on_ray"]
+if TYPE_CHECKING:
+    from batching.ray_replica import BatchStats
+
+__all__ = [
+    "RAY_INSTALL_HINT",
+    "RayOptions",
+    "RayRowsRunner",
+    "concurrent_batches",
+    "require_ray",
+    "run_on_ray",
+]
 
 RAY_INSTALL_HINT = (
     "--ray needs Ray Data, which is not installed; install it with pip install 'bizra-batch[ray]'"
 )
 LOCAL = "local"
+_MAX_CONCURRENT_BATCHES = 16
 _TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -184,15 +193,37 @@ class RayRowsRunner:
         dataset = ray.data.read_datasource(
             source, num_cpus=_units(reading_cpus), override_num_blocks=1
         )
+        batches = concurrent_batches(config)
         return dataset.map_batches(
             EngineReplica,
             fn_constructor_args=(engine_factory, config, retry),
             batch_size=config.input.chunk_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=replicas),
+            # Several batches at once in each actor, all on its one engine, so it
+            # is topped up from the next batch while one ends (as Ray Data LLM's
+            # max_concurrent_batches); and as many more queued at the actor, so
+            # the next is there when one returns.
+            compute=ray.data.ActorPoolStrategy(
+                size=replicas,
+                max_concurrent_calls_per_actor=batches,
+                max_tasks_in_flight_per_actor=2 * batches,
+            ),
             num_cpus=_units(cpus),
             num_gpus=gpus,
         )
+
+
+def concurrent_batches(config: RunConfig) -> int:
+    """Batches a replica takes at once: enough to fill the engine's window and one
+    more, so a batch's rows are queued before the one ahead of it runs out.
+
+    >>> from batching.config import InputConfig
+    >>> concurrent_batches(RunConfig(input=InputConfig("in.jsonl", chunk_size=1024)))
+    2
+    """
+    per_window = math.ceil(max(1, config.max_in_flight) / max(1, config.input.chunk_size))
+    # Bounded: each holds its rows in the actor (and a thread of it).
+    return min(_MAX_CONCURRENT_BATCHES, per_window + 1)
 
 
 def _units(cpus: float) -> float:
@@ -271,18 +302,17 @@ def _write_in_order(
     supply: RowSupply,
     start_index: int,
 ) -> None:
-    from batching.ray_replica import RESULT_COLUMN, STATS_COLUMN, BatchStats
+    from batching.ray_replica import BatchStats
+    from batching.ray_results import ResultDecoder
 
+    decoder = ResultDecoder()
     expected = start_index
     for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for blob in batch.column(STATS_COLUMN).to_pylist():
-            if blob is not None:
-                stats: BatchStats = pickle.loads(blob)
+        results, extras = decoder.decode(batch)
+        for stats in extras:
+            if isinstance(stats, BatchStats):
                 collector.add_engine_work(stats.report)
-                replicas.add(stats.replica, stats.report, rows=stats.rows_run)
-        results: list[Result] = [
-            pickle.loads(blob) for blob in batch.column(RESULT_COLUMN).to_pylist()
-        ]
+                replicas.add(stats)
         for result in results:
             if result.index != expected:
                 # A lost or repeated row would break one-row-in, one-row-out: a bug
@@ -305,15 +335,17 @@ class _Replicas:
         self.figures: dict[str, ReplicaThroughput] = {}
         self.startup: dict[str, float] = {}
 
-    def add(self, name: str, part: Report, *, rows: int) -> None:
+    def add(self, stats: BatchStats) -> None:
+        name = stats.replica
         seen = self.figures.get(name, ReplicaThroughput(name))
         self.figures[name] = ReplicaThroughput(
             name,
-            rows=seen.rows + rows,
-            output_tokens=seen.output_tokens + part.output_tokens,
-            busy_seconds=seen.busy_seconds + part.processing_seconds,
+            rows=seen.rows + stats.rows_run,
+            output_tokens=seen.output_tokens + stats.output_tokens,
+            busy_seconds=seen.busy_seconds + stats.busy_seconds,
         )
-        self.startup[name] = self.startup.get(name, 0.0) + (part.engine_startup_seconds or 0.0)
+        startup = stats.report.engine_startup_seconds or 0.0
+        self.startup[name] = self.startup.get(name, 0.0) + startup
 
     def report_to(self, collector: ReportCollector) -> None:
         # Replicas start side by side: the run waited for the slowest, not the sum.
