@@ -56,6 +56,8 @@ class BatchStats:
 
     `report` holds the engine's figures for that span (steps, restarts, start-up);
     `busy_seconds` the time the replica held at least one batch, start-up excluded.
+    `ready_at` (`time.time()`, on its first batch only) lets the driver count the
+    time Ray took to start the replica's process and actor as start-up.
     Batches overlap on one engine, so these are shares of the replica's time, not
     of one batch's: summed over a replica's batches they give its totals.
     """
@@ -67,6 +69,8 @@ class BatchStats:
     rows_run: int = 0
     output_tokens: int = 0
     busy_seconds: float = 0.0
+    # Wall-clock time the replica was ready for batches: on its first batch only.
+    ready_at: float | None = None
 
 
 class EngineReplica:
@@ -111,6 +115,7 @@ class EngineReplica:
             encode_ahead=encode_ahead,
         )
         self._engine.start()
+        self._ready_at: float | None = time.time()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = sorted(decode_rows(batch), key=lambda row: row.index)
@@ -157,12 +162,14 @@ class EngineReplica:
         with self._lock:
             busy = self._busy.leave()
         results = batch.results
+        ready_at, self._ready_at = self._ready_at, None
         return BatchStats(
             self._name,
             part,
             rows_run=batch.rows_run,
             output_tokens=sum(r.completion_tokens or 0 for r in results if r is not None),
             busy_seconds=max(0.0, busy - (part.engine_startup_seconds or 0.0)),
+            ready_at=ready_at,
         )
 
     def _on_failure(self, exc: BaseException) -> None:

@@ -147,7 +147,7 @@ class RayRowsRunner:
         started_here = _connect(self.options)
         replicas = _Replicas(connect_seconds=time.perf_counter() - connect_started)
         try:
-            rows = self._dataset(engine_factory, config, retry, start_index)
+            rows, replicas.pool_size = self._dataset(engine_factory, config, retry, start_index)
             _write_in_order(rows, sink, collector, replicas, progress, supply, start_index)
         except ray.exceptions.RayError as exc:
             cause = _batch_error(exc)
@@ -166,7 +166,8 @@ class RayRowsRunner:
         config: RunConfig,
         retry: RetryPolicy | None,
         start_index: int,
-    ) -> Any:
+    ) -> tuple[Any, int]:
+        """The dataset of results, and how many replicas its pool starts."""
         import ray.data
 
         from batching.ray_replica import EngineReplica
@@ -194,7 +195,7 @@ class RayRowsRunner:
             source, num_cpus=_units(reading_cpus), override_num_blocks=1
         )
         batches = concurrent_batches(config)
-        return dataset.map_batches(
+        results = dataset.map_batches(
             EngineReplica,
             fn_constructor_args=(engine_factory, config, retry),
             batch_size=config.input.chunk_size,
@@ -211,6 +212,7 @@ class RayRowsRunner:
             num_cpus=_units(cpus),
             num_gpus=gpus,
         )
+        return results, replicas
 
 
 def concurrent_batches(config: RunConfig) -> int:
@@ -307,6 +309,8 @@ def _write_in_order(
 
     decoder = ResultDecoder()
     expected = start_index
+    # Ray Data starts the replicas (their processes and actors) when iteration begins.
+    replicas.started_at = time.time()
     for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
         results, extras = decoder.decode(batch)
         for stats in extras:
@@ -328,10 +332,14 @@ def _write_in_order(
 
 
 class _Replicas:
-    """Per-replica throughput, keyed by the replica's host:pid."""
+    """Per-replica throughput, keyed by the replica's host:pid, and their start-up."""
 
     def __init__(self, connect_seconds: float) -> None:
         self.connect_seconds = connect_seconds
+        self.pool_size = 0
+        # Wall-clock time (comparable across the cluster's processes) when Ray Data
+        # began starting the pool.
+        self.started_at = 0.0
         self.figures: dict[str, ReplicaThroughput] = {}
         self.startup: dict[str, float] = {}
 
@@ -344,8 +352,13 @@ class _Replicas:
             output_tokens=seen.output_tokens + stats.output_tokens,
             busy_seconds=seen.busy_seconds + stats.busy_seconds,
         )
-        startup = stats.report.engine_startup_seconds or 0.0
-        self.startup[name] = self.startup.get(name, 0.0) + startup
+        startup = self.startup.get(name, 0.0) + (stats.report.engine_startup_seconds or 0.0)
+        if stats.ready_at is not None and len(self.figures) <= self.pool_size:
+            # Starting its process and actor is start-up too, as loading a model is;
+            # not for a replica Ray started later in place of one that died, whose
+            # wait included the run up to that death.
+            startup += max(0.0, stats.ready_at - self.started_at)
+        self.startup[name] = startup
 
     def report_to(self, collector: ReportCollector) -> None:
         # Replicas start side by side: the run waited for the slowest, not the sum.
