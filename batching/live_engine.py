@@ -105,7 +105,9 @@ class LiveEngine:
         self._arrivals.put((0.0, LiveChunks.END))
 
     def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
+        """Wait for the engine thread to end (at once when called from it: an
+        owner's `__del__` may run there, when the garbage collector does)."""
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def _serve(self, started: concurrent.futures.Future[None]) -> None:

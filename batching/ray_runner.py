@@ -157,7 +157,12 @@ class RayRowsRunner:
         finally:
             replicas.report_to(collector)
             if started_here:
+                stopping = time.perf_counter()
                 ray.shutdown()
+                # Stopping Ray stops the replicas and their engines: what closing
+                # the engine is in the single-process run, and left out of the
+                # processing time the same way.
+                collector.engine_stopped(time.perf_counter() - stopping)
         return collector.finish()
 
     def _dataset(

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/ray_overhead.py [--rows 20000] [--engine fake|vllm]
         [--model samples/tiny-model] [--max-tokens 16] [--replicas 1] [--repeats 1]
-        [--before DIR]
+        [--before DIR]... [--omp-threads N]
 
 Alternates, `--repeats` times, the same `bizra-batch run` command with and without
 `--ray local --replicas N`, each a child process timed from start to exit, and
@@ -13,9 +13,15 @@ before it; then per side the medians, and the ratios Ray /
 single-process of both. Every output is compared byte for byte with the
 single-process one; a benchmark whose sides disagree exits 1.
 
-`--before DIR` adds a third side, `--ray` run from another checkout of bizra-batch
-(`git worktree add DIR COMMIT`), alternated with the others: before and after a
-change, on the same box at the same time.
+`--before DIR` adds a side `before-1`: `--ray` run from another checkout of
+bizra-batch (`git worktree add DIR COMMIT`), alternated with the others, so before
+and after a change run on the same box at the same time; repeat it for `before-2`.
+
+`--omp-threads N` sets OMP_NUM_THREADS on every side. A Ray replica's engine gets
+OMP_NUM_THREADS = its CPUs (1 on a 2-CPU box) from Ray, while a plain run uses
+every core; on a busy box two spinning OpenMP threads made the tiny model's steps
+6x slower than one (180 ms against 29 ms), so compare with `--omp-threads 1` for
+the Ray path's own cost.
 
 `--engine fake` (the default) needs no model and makes the engine's own time
 near zero, so what is left is the Ray path's overhead at its largest: start-up,
@@ -53,8 +59,13 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
-        "--before", type=Path, help="another checkout, run with --ray as a 3rd side"
-    )
+        "--before", type=Path, action="append", default=[],
+        help="another checkout, run with --ray as one more side (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--omp-threads", type=int,
+        help="OMP_NUM_THREADS for every side (a Ray replica gets its CPU count, 1 here)",
+    )  # fmt: skip
     args = parser.parse_args()
     model = REPO_ROOT / args.model
     if model.exists():  # the same model from every checkout's folder
@@ -62,8 +73,9 @@ def main() -> None:
 
     # side -> the checkout it runs from (None: this one) and whether it runs on Ray.
     sides: dict[str, tuple[Path | None, bool]] = {"single": (None, False), "ray": (None, True)}
-    if args.before is not None:
-        sides["ray-before"] = (args.before.resolve(), True)
+    for number, checkout in enumerate(args.before):
+        sides[f"before-{number + 1}"] = (checkout.resolve(), True)
+    threads = [] if args.omp_threads is None else [f"OMP_NUM_THREADS={args.omp_threads}"]
     runs: dict[str, list[Run]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="bizra-ray-bench-") as tmp:
         folder = Path(tmp)
@@ -84,8 +96,8 @@ def main() -> None:
                 # Ray's workers all import its `cli` and `batching` (not an
                 # installed copy's); exec keeps the measured pid.
                 root = str(checkout or REPO_ROOT)
-                in_root = ["env", f"PYTHONPATH={root}", "sh", "-c", 'cd "$0" && exec "$@"', root]
-                command = in_root + command
+                in_root = ["sh", "-c", 'cd "$0" && exec "$@"', root]
+                command = ["env", f"PYTHONPATH={root}", *threads, *in_root, *command]
                 run = measure(side, command, args.rows, folder / f"{side}-{repeat}.log")
                 processing = json.loads(report.read_text())["processing_seconds"]
                 runs[side].append(Run(repeat, run.wall_s, processing, run.cpu_s, run.load_before))
@@ -97,8 +109,10 @@ def main() -> None:
 
     print(f"checkout {checkout_description()}; {args.rows} rows, engine {args.engine}, "
           f"{args.replicas} replica(s), {args.repeats} alternated repeat(s)")  # fmt: skip
-    if args.before is not None:
-        print(f"ray-before: --ray from {args.before}")
+    for number, checkout in enumerate(args.before):
+        print(f"before-{number + 1}: --ray from {checkout}")
+    if args.omp_threads is not None:
+        print(f"OMP_NUM_THREADS={args.omp_threads} on every side")
     print(
         f"  {'side':10}  {'#':>2}  {'wall s':>8}  {'processing s':>12}  {'CPU s':>7}  {'load':>5}"
     )
