@@ -103,6 +103,7 @@ class EngineReplica:
         self._report = ReportCollector(gpu_sampler=lambda: None)
         self._report.start()
         self._last_report = Report()
+        self._ready_at: float | None = time.time()
         self._engine = LiveEngine(
             engine_factory,
             config,
@@ -115,7 +116,6 @@ class EngineReplica:
             encode_ahead=encode_ahead,
         )
         self._engine.start()
-        self._ready_at: float | None = time.time()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = sorted(decode_rows(batch), key=lambda row: row.index)
@@ -183,8 +183,10 @@ class EngineReplica:
             _settle(batch, error=exc)
 
     def __del__(self) -> None:
-        self._engine.close()
-        self._engine.join(_CLOSE_WAIT_S)
+        engine = getattr(self, "_engine", None)  # None if __init__ failed early
+        if engine is not None:
+            engine.close()
+            engine.join(_CLOSE_WAIT_S)
 
 
 @dataclass(eq=False, slots=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ RAY_INSTALL_HINT = (
 )
 LOCAL = "local"
 _MAX_CONCURRENT_BATCHES = 16
+# What Ray Data appends to the message of an error a map task raised: advice on its
+# retries, which an engine that failed for good does not need.
+_RAY_RETRY_NOTE = re.compile(
+    r"\nFailed to [^\n]* after \d+/\d+ attempts \(total backoff [^)\n]*\)\..*\Z", re.DOTALL
+)
 _TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -183,6 +189,10 @@ class RayRowsRunner:
         context.execution_options.preserve_order = True
         # Our own progress bar is on stderr; Ray's would interleave with it.
         context.enable_progress_bars = False
+        # A replica's error (an engine that failed for good) reaches the driver as
+        # itself, so the run ends with its one-line message; Ray Data's usual
+        # wrapper keeps only its text, and the run ended in a Ray traceback.
+        context.raise_original_map_exception = True
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         total_cpus = float(resources.get("CPU", 1.0))
         total_gpus = float(resources.get("GPU", 0.0))
@@ -195,7 +205,8 @@ class RayRowsRunner:
         source = RowsDatasource(
             config.input, max_line_bytes=config.max_line_bytes, start=start_index
         )
-        # One block per chunk as read; Ray Data would otherwise split them further.
+        # One read task (see ray_source). It yields a table a chunk, which Ray Data
+        # merges into blocks of up to its target block size (all of a small input).
         dataset = ray.data.read_datasource(
             source, num_cpus=_units(reading_cpus), override_num_blocks=1
         )
@@ -208,7 +219,10 @@ class RayRowsRunner:
             # Several batches at once in each actor, all on its one engine, so it
             # is topped up from the next batch while one ends (as Ray Data LLM's
             # max_concurrent_batches); and as many more queued at the actor, so
-            # the next is there when one returns.
+            # the next is there when one returns. These bound calls (one a block);
+            # within one, Ray Data runs up to 4 of a block's batches at once (its
+            # default for an async UDF), and our reader's chunks reach the actors
+            # merged into blocks of up to 128 MiB (Ray Data's target block size).
             compute=ray.data.ActorPoolStrategy(
                 size=replicas,
                 max_concurrent_calls_per_actor=batches,
@@ -384,4 +398,6 @@ def _batch_error(exc: BaseException) -> BatchError | None:
             found = current
         cause = getattr(current, "cause", None)
         current = cause if isinstance(cause, BaseException) else current.__cause__
+    if found is not None and found.args and isinstance(found.args[0], str):
+        found.args = (_RAY_RETRY_NOTE.sub("", found.args[0]), *found.args[1:])
     return found

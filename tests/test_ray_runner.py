@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import Engine, EngineOutput, KeptOpen
 from batching.job import run as run_single
+from batching.pipeline import EngineFailedError
 from batching.records import Sampling
 from batching.testing import FakeEngine
 from cli.app import app
@@ -176,6 +177,24 @@ def test_a_replica_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, suff
 
     assert marker.exists()  # a replica did die mid-run
     same_output(single, distributed)
+
+
+def dead_engine() -> Engine:
+    return FakeEngine(die_at_step=0)
+
+
+def test_an_engine_that_keeps_dying_stops_the_run_with_the_single_process_error(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "in.jsonl"
+    write_input(source)
+
+    with pytest.raises(EngineFailedError) as single:
+        run_single(config(source, tmp_path / "single.jsonl"), dead_engine)
+    with pytest.raises(EngineFailedError) as distributed:
+        run_on_ray(config(source, tmp_path / "ray.jsonl"), dead_engine, RayOptions(replicas=1))
+
+    assert str(distributed.value) == str(single.value)
 
 
 def test_resume_on_ray_continues_a_single_process_output(tmp_path: Path) -> None:
