@@ -235,8 +235,9 @@ class RayRowsRunner:
 
 
 def concurrent_batches(config: RunConfig) -> int:
-    """Batches a replica takes at once: enough to fill the engine's window and one
-    more, so a batch's rows are queued before the one ahead of it runs out.
+    """Ray Data calls a replica runs at once (a call is a block, one batch or more):
+    enough single-batch calls to fill the engine's window and one more, so a
+    batch's rows are queued before the one ahead of it runs out.
 
     >>> from batching.config import InputConfig
     >>> concurrent_batches(RunConfig(input=InputConfig("in.jsonl", chunk_size=1024)))

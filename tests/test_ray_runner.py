@@ -32,7 +32,7 @@ from cli.run import bare_ray_means_local
 ray = pytest.importorskip("ray")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from batching.ray_runner import RayOptions, run_on_ray  # noqa: E402
+from batching.ray_runner import RayOptions, concurrent_batches, run_on_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -177,6 +177,19 @@ def test_a_replica_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, suff
 
     assert marker.exists()  # a replica did die mid-run
     same_output(single, distributed)
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "max_in_flight", "batches"), [(1024, 512, 2), (100, 512, 7), (16, 512, 16)]
+)
+def test_a_replica_takes_enough_batches_at_once_to_fill_its_engine_window(
+    chunk_size: int, max_in_flight: int, batches: int
+) -> None:
+    cfg = RunConfig(
+        input=InputConfig("in.jsonl", chunk_size=chunk_size), max_in_flight=max_in_flight
+    )
+
+    assert concurrent_batches(cfg) == batches
 
 
 def dead_engine() -> Engine:
