@@ -205,11 +205,15 @@ class RayRowsRunner:
         source = RowsDatasource(
             config.input, max_line_bytes=config.max_line_bytes, start=start_index
         )
-        # One read task (see ray_source). It yields a table a chunk, which Ray Data
-        # merges into blocks of up to its target block size (all of a small input).
+        # One read task (see ray_source). It yields a table a chunk, but Ray Data
+        # merges what a task yields into blocks of up to 128 MiB: all of a small
+        # input in one block, one map task, one replica, and results only at the
+        # end. Cut back into chunks (a streaming repartition, its own light task),
+        # each is a block and a task of its own, spread over the replicas, and its
+        # results reach the driver as soon as it is done.
         dataset = ray.data.read_datasource(
             source, num_cpus=_units(reading_cpus), override_num_blocks=1
-        )
+        ).repartition(target_num_rows_per_block=config.input.chunk_size)
         batches = concurrent_batches(config)
         results = dataset.map_batches(
             EngineReplica,
@@ -219,10 +223,7 @@ class RayRowsRunner:
             # Several batches at once in each actor, all on its one engine, so it
             # is topped up from the next batch while one ends (as Ray Data LLM's
             # max_concurrent_batches); and as many more queued at the actor, so
-            # the next is there when one returns. These bound calls (one a block);
-            # within one, Ray Data runs up to 4 of a block's batches at once (its
-            # default for an async UDF), and our reader's chunks reach the actors
-            # merged into blocks of up to 128 MiB (Ray Data's target block size).
+            # the next is there when one returns.
             compute=ray.data.ActorPoolStrategy(
                 size=replicas,
                 max_concurrent_calls_per_actor=batches,
@@ -235,9 +236,8 @@ class RayRowsRunner:
 
 
 def concurrent_batches(config: RunConfig) -> int:
-    """Ray Data calls a replica runs at once (a call is a block, one batch or more):
-    enough single-batch calls to fill the engine's window and one more, so a
-    batch's rows are queued before the one ahead of it runs out.
+    """Batches a replica runs at once: enough to fill the engine's window and one
+    more, so a batch's rows are queued before the one ahead of it runs out.
 
     >>> from batching.config import InputConfig
     >>> concurrent_batches(RunConfig(input=InputConfig("in.jsonl", chunk_size=1024)))

@@ -13,8 +13,10 @@ rest of the pipeline.
 One read task reads the whole input, front to back. Row numbers and the duplicate-id
 check depend on every earlier row, so splitting the file between tasks would need a
 second pass over it; and our reader parses ~300k rows/s, far more than the engines
-of any cluster consume, so a single task is never what limits a run. It streams:
-Ray Data takes each block as it is yielded, so memory stays bounded by the chunk.
+of any cluster consume, so a single task is never what limits a run. It streams,
+though coarsely: Ray Data gathers what a task yields into blocks of up to its
+target block size (128 MiB), so memory is bounded by that, not by the input
+(`ray_runner` cuts the blocks back into chunks for the replicas).
 
 >>> ds = ray.data.read_datasource(RowsDatasource(InputConfig("in.jsonl")))  # doctest: +SKIP
 """
