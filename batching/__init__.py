@@ -24,6 +24,8 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
+from batching.engines.sim import SimEngine
+from batching.engines.vllm import create_vllm_engine
 from batching.errors import (
     BatchError,
     EngineStartError,
@@ -38,14 +40,12 @@ from batching.ray_runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
 from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
-from batching.sim_engine import SimEngine
 from batching.testing import FakeEngine, FakeEngineFactory
 from batching.validate import ValidationReport, format_report
 
 # `validate_input`: a function named `validate` here would hide the module
 # `batching.validate` (`import batching.validate as v` would bind the function).
 from batching.validate import validate as validate_input
-from batching.vllm_engine import create_vllm_engine
 
 __all__ = [
     "BatchError",

@@ -3,7 +3,7 @@
 The pipeline owns batching, ordering and retry; an engine only takes prepared
 requests, steps, and hands back what finished. That split lets the tests drive the
 whole pipeline with a fake engine (`batching.testing`) that records what it saw
-and fails on cue, while `batching.vllm_engine` wraps the real one.
+and fails on cue, while `batching.engines.vllm` wraps the real one.
 
 The interface is a streaming one (`add` / `step`) rather than `generate(list)`:
 vLLM's `LLM.generate` drains the engine at the end of every call, so feeding it

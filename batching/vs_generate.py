@@ -97,8 +97,8 @@ def raw_generate(
     >>> outputs[0].completion_tokens  # doctest: +SKIP
     4
     """
-    # batching.vllm_engine imports vllm only inside its functions.
-    from batching.vllm_engine import VllmEngine, generate_all
+    # batching.engines.vllm imports vllm only inside its functions.
+    from batching.engines.vllm import VllmEngine, generate_all
 
     if not isinstance(engine, VllmEngine):
         raise TypeError(f"LLM.generate needs the vLLM engine, not {type(engine).__name__}")

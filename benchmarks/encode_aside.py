@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(REPO_ROOT / TINY_MODEL))
     args = parser.parse_args(argv)
 
-    from batching.vllm_engine import create_vllm_engine
+    from batching.engines.vllm import create_vllm_engine
 
     engine = create_vllm_engine(EngineConfig(model=args.model))
     times: dict[bool, list[float]] = {False: [], True: []}

@@ -4,7 +4,7 @@ that engine allows.
     .venv/bin/python benchmarks/gpu_pace.py [--rows 20000] [--repeats 1]
         [--cases tail,even,ray1,ray2,ray4] [--extra "--max-in-flight 1126"]
 
-The sim engine (`batching/sim_engine.py`) keeps a GPU's time: 15 ms a step, 30 µs
+The sim engine (`batching/engines/sim.py`) keeps a GPU's time: 15 ms a step, 30 µs
 a prompt token, up to `--max-num-seqs` sequences a step. From its rules a file
 cannot run faster than
 
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import checkout_description, format_table, measure
 
-from batching.sim_engine import bound_seconds
+from batching.engines.sim import bound_seconds
 
 SEED = 13
 LONG_ANSWER = 1500

@@ -113,8 +113,8 @@ def vllm_intake(path: str, model: str, rows: int = 5_000) -> tuple[float, float]
 
     from batching.config import EngineConfig
     from batching.engine import EngineRequest
+    from batching.engines.vllm import create_vllm_engine
     from batching.records import Sampling
-    from batching.vllm_engine import create_vllm_engine
 
     with open(path, "rb") as lines:
         prompts = [orjson.loads(line)["prompt"] for line in itertools.islice(lines, rows)]

@@ -60,7 +60,7 @@ def _prompts(kind: str, count: int) -> list[str]:
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in this process."""
-    from batching.vllm_engine import VllmEngine, create_vllm_engine
+    from batching.engines.vllm import VllmEngine, create_vllm_engine
 
     started = time.perf_counter()
     import vllm

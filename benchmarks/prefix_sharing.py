@@ -115,7 +115,7 @@ def _engine_args(model: str, kv_blocks: int) -> dict[str, Any]:
 
 def raw_generate(input_path: Path, output_path: Path, kwargs_json: str, max_tokens: int) -> None:
     """The baseline: every row in memory, one `LLM.generate` in input order, write all."""
-    from batching.vllm_engine import apply_vllm_env_defaults
+    from batching.engines.vllm import apply_vllm_env_defaults
 
     apply_vllm_env_defaults()  # bizra's environment for vLLM, so both match
     import vllm

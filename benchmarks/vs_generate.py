@@ -60,8 +60,8 @@ def raw_generate(input_path: Path, output_path: Path, model: str, max_tokens: in
     two processes differ only in what runs around the engine.
     """
     from batching.config import EngineConfig
+    from batching.engines.vllm import create_vllm_engine
     from batching.records import Sampling
-    from batching.vllm_engine import create_vllm_engine
     from batching.vs_generate import raw_generate as generate_once
 
     with input_path.open("rb") as lines:

@@ -13,7 +13,7 @@ from rich.console import Console
 from batching.bench import ALL, DEFAULT_BATCH_SIZES, BenchResult, BenchRow
 from batching.config import EngineConfig
 from batching.engine import Engine, PermanentRequestError
-from batching.engine_choice import EngineChoice, checked_model, engine_factory
+from batching.engines.choice import EngineChoice, checked_model, engine_factory
 from batching.errors import UsageError
 from batching.records import InvalidRow, Request, Sampling
 from batching.vs_generate import VsGenerateResult

@@ -13,7 +13,7 @@ import typer
 from batching import interrupts
 from batching.config import EngineConfig, OutputConfig, RunConfig
 from batching.engine import EngineFactory
-from batching.engine_choice import (
+from batching.engines.choice import (
     RAY_LOCAL,
     EngineChoice,
     checked_model,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from batching.engine_choice import EngineChoice
+from batching.engines.choice import EngineChoice
 from cli.options import (
     BATCHING,
     ENGINE,

@@ -22,7 +22,7 @@ from batching.readers import RowSource, open_source
 from tests.reading_helpers import Open
 
 if TYPE_CHECKING:
-    from batching.vllm_engine import VllmEngine
+    from batching.engines.vllm import VllmEngine
 
 # CI runs the same examples every time (a red CI must mean a changed behaviour, not
 # a new random draw) and never fails on a slow example on a loaded 2-core box;
@@ -78,7 +78,7 @@ def vllm_engine(tiny_engine_config: EngineConfig) -> Iterator[VllmEngine]:
     """One real engine on the tiny model for the whole session; tests must drain it."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (scripts/setup installs it)")
-    from batching.vllm_engine import VllmEngine, create_vllm_engine
+    from batching.engines.vllm import VllmEngine, create_vllm_engine
 
     # The tiny model needs little KV cache; allocating the default takes seconds.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

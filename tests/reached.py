@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+import batching.engines.vllm
 import batching.job
-import batching.vllm_engine
 from batching import EngineConfig, FakeEngine, Report, RunConfig
 
 
@@ -19,7 +19,7 @@ class Reached:
     The vLLM engine is replaced by the fake one, so a test sees the engine settings a
     config file or env var gave without loading a model. Both are patched where the
     CLI looks them up when it runs (`batching.job.run`,
-    `batching.vllm_engine.create_vllm_engine`); a CLI that bound them at import
+    `batching.engines.vllm.create_vllm_engine`); a CLI that bound them at import
     would leave the lists empty, and `run_config` / `engine_config` then fail.
     """
 
@@ -40,7 +40,7 @@ class Reached:
             return FakeEngine()
 
         monkeypatch.setattr(batching.job, "run", run_job)
-        monkeypatch.setattr(batching.vllm_engine, "create_vllm_engine", create_engine)
+        monkeypatch.setattr(batching.engines.vllm, "create_vllm_engine", create_engine)
         return reached
 
     @property

@@ -20,7 +20,7 @@ from batching.retry import RetryPolicy
 from batching.testing import FakeEngine, FakeEngineFactory, expected_output
 
 if TYPE_CHECKING:
-    from batching.vllm_engine import VllmEngine
+    from batching.engines.vllm import VllmEngine
 
 T = TypeVar("T")
 DEADLINE_S = 60.0

@@ -32,7 +32,7 @@ from batching.vs_generate import WARMUP_PROMPTS, run_vs_generate
 from cli.app import app
 
 if TYPE_CHECKING:
-    from batching.vllm_engine import VllmEngine
+    from batching.engines.vllm import VllmEngine
 
 runner = CliRunner()
 
@@ -296,7 +296,7 @@ def test_vs_generate_usage_errors_exit_2_before_the_engine_starts(
 
 @pytest.mark.vllm
 def test_generate_all_matches_the_engine_row_by_row(vllm_engine: VllmEngine) -> None:
-    from batching.vllm_engine import generate_all
+    from batching.engines.vllm import generate_all
 
     prompts: list[str | list[dict[str, str]]] = [
         "The river", [{"role": "user", "content": "Name a bird."}], "A quiet garden",

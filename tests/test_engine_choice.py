@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from batching.config import EngineConfig
-from batching.engine_choice import (
+from batching.engines.choice import (
     EngineChoice,
     checked_model,
     engine_factory,
     ray_options,
     remote_config,
 )
+from batching.engines.sim import SimEngine
 from batching.errors import UsageError
-from batching.sim_engine import SimEngine
 from batching.testing import FakeEngine
 
 

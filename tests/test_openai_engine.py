@@ -17,14 +17,14 @@ import pytest
 from typer.testing import CliRunner
 
 from batching.engine import EngineDeadError, EngineOutput, EngineRequest
-from batching.errors import UsageError
-from batching.openai_engine import (
+from batching.engines.openai import (
     OpenAIConfig,
     OpenAIEngine,
     ServerUnavailableError,
     create_openai_engine,
 )
-from batching.openai_wire import parse_output, request_body
+from batching.engines.openai_wire import parse_output, request_body
+from batching.errors import UsageError
 from batching.records import Sampling
 from batching.retry import RetryPolicy
 from cli.app import app
@@ -387,7 +387,7 @@ def test_exit_does_not_wait_for_requests_still_open() -> None:
     script = """
 import threading, httpx
 from batching.engine import EngineRequest
-from batching.openai_engine import OpenAIConfig, OpenAIEngine
+from batching.engines.openai import OpenAIConfig, OpenAIEngine
 from batching.records import Sampling
 entered = threading.Event()
 def hang(request):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from batching.config import InputConfig, RunConfig
 from batching.engine import EngineFactory, EngineOutput, PermanentRequestError
+from batching.engines.sim import SimEngine
 from batching.ordering import result_bytes
 from batching.pipeline import EngineFailedError, run_rows
 from batching.prefetch import Arrival, LiveChunks
@@ -31,7 +32,6 @@ from batching.records import (
 )
 from batching.report import Report
 from batching.retry import RetryPolicy
-from batching.sim_engine import SimEngine
 from batching.testing import FakeEngine, FakeEngineFactory, expected_output
 from tests.clocks import FakeClock
 

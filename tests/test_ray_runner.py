@@ -299,7 +299,7 @@ def test_a_bare_ray_option_means_a_local_instance() -> None:
 def test_tiny_vllm_in_two_replicas_equals_the_single_process_run(
     tmp_path: Path, tiny_engine_config: EngineConfig, vllm_engine: Engine
 ) -> None:
-    from batching.vllm_engine import create_vllm_engine
+    from batching.engines.vllm import create_vllm_engine
 
     # Every prompt the same length, so each batch has the same shape whichever
     # replica and batch mates a row gets: greedy output is then batch-invariant.

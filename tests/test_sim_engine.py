@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from batching.config import EngineConfig, InputConfig, RunConfig
 from batching.engine import EngineRequest
+from batching.engines.sim import SimEngine, bound_seconds, sim_engine_factory
 from batching.errors import UsageError
 from batching.pipeline import run_rows
 from batching.records import Request, Result, Sampling
-from batching.sim_engine import SimEngine, bound_seconds, sim_engine_factory
 from cli.app import app
 
 

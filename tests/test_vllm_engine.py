@@ -26,13 +26,13 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
-from batching.records import ERROR_PROMPT_TOO_LONG, Sampling
-from batching.vllm_engine import (
+from batching.engines.vllm import (
     QuietVllmFilter,
     VllmEngine,
     apply_vllm_env_defaults,
     create_vllm_engine,
 )
+from batching.records import ERROR_PROMPT_TOO_LONG, Sampling
 
 PROMPTS = Path(__file__).resolve().parent.parent / "samples" / "prompts.jsonl"
 GREEDY = Sampling(max_tokens=16, temperature=0.0)
@@ -80,7 +80,7 @@ def _assert_same(ours: EngineOutput, theirs: Any) -> None:
 
 @pytest.mark.slow
 def test_importing_the_module_loads_neither_vllm_nor_torch() -> None:
-    code = "import sys, batching.vllm_engine; print('vllm' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, batching.engines.vllm; print('vllm' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
@@ -100,7 +100,7 @@ def test_env_defaults_keep_what_the_user_set() -> None:
 def test_env_defaults_on_cpu_keep_the_tokenizer_off_the_engine_cores(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("batching.vllm_setup._is_cpu_build", lambda: True)
+    monkeypatch.setattr("batching.engines.vllm_setup._is_cpu_build", lambda: True)
     env: dict[str, str] = {}
     apply_vllm_env_defaults(env)
     assert env["TOKENIZERS_PARALLELISM"] == "false"

@@ -9,7 +9,7 @@ the tokenization `LLM.generate` and `LLM.chat` would do, batched.
 vllm (and with it torch) is imported inside functions, so importing this module costs
 nothing and `--help`, `validate` and the fake-engine tests never load torch. The
 set-up that must happen before vllm is imported (environment, logging, stdout) lives
-in `batching.vllm_setup`; its public names are re-exported here.
+in `batching.engines.vllm_setup`; its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
+from batching.engines.vllm_setup import (
+    DEBUG_ENV,
+    QuietVllmFilter,
+    apply_vllm_env_defaults,
+    quiet_vllm_start,
+)
 from batching.errors import EngineStartError
 from batching.records import (
     ERROR_INVALID_REQUEST,
@@ -38,12 +44,6 @@ from batching.records import (
     Sample,
     Sampling,
     TokenLogprob,
-)
-from batching.vllm_setup import (
-    DEBUG_ENV,
-    QuietVllmFilter,
-    apply_vllm_env_defaults,
-    quiet_vllm_start,
 )
 
 __all__ = [

@@ -23,7 +23,7 @@ from batching.ray_runner import LOCAL as RAY_LOCAL
 from batching.ray_runner import RayOptions, require_ray
 
 if TYPE_CHECKING:
-    from batching.openai_engine import OpenAIConfig
+    from batching.engines.openai import OpenAIConfig
 
 __all__ = [
     "RAY_LOCAL",
@@ -125,7 +125,7 @@ def remote_config(
         if not api_key:
             raise UsageError(f"--api-key-env {api_key_env}: that env var is not set or empty")
     # Imported here: httpx is not needed for --help or the other engines.
-    from batching.openai_engine import OpenAIConfig
+    from batching.engines.openai import OpenAIConfig
 
     return OpenAIConfig(
         base_url=base_url,
@@ -159,7 +159,7 @@ def engine_factory(
 
         return FakeEngine
     if choice is EngineChoice.sim:
-        from batching.sim_engine import sim_engine_factory
+        from batching.engines.sim import sim_engine_factory
 
         return sim_engine_factory(config)
     if choice is EngineChoice.openai:
@@ -170,7 +170,7 @@ def engine_factory(
         server = remote
 
         def create_remote() -> Engine:
-            from batching.openai_engine import create_openai_engine
+            from batching.engines.openai import create_openai_engine
 
             return create_openai_engine(server)
 
@@ -179,7 +179,7 @@ def engine_factory(
     def create() -> Engine:
         # Imported when the engine starts, so `--help` and usage errors never load
         # vLLM and torch (seconds of start-up).
-        from batching.vllm_engine import create_vllm_engine
+        from batching.engines.vllm import create_vllm_engine
 
         return create_vllm_engine(config, verbose=verbose)
 

@@ -50,8 +50,8 @@ from batching.engine import (
     EngineRequest,
     PermanentRequestError,
 )
+from batching.engines.openai_wire import error_message, parse_output, request_body, retry_after_s
 from batching.errors import BatchError, UsageError
-from batching.openai_wire import error_message, parse_output, request_body, retry_after_s
 from batching.prompt_tokens import PromptTokenizer, TokenizerUnavailable
 from batching.records import (
     ERROR_ENGINE,
