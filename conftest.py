@@ -13,7 +13,7 @@ import pytest
 # Both import Ray at module level: importing them to collect their examples would
 # load Ray (about a second) into every test run, and fail where the optional `ray`
 # extra is not installed. Their examples need a Ray cluster and are marked +SKIP.
-collect_ignore = ["batching/ray_replica.py", "batching/ray_source.py"]
+collect_ignore = ["batching/ray/replica.py", "batching/ray/source.py"]
 
 
 @pytest.fixture(autouse=True)

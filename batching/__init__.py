@@ -36,7 +36,7 @@ from batching.errors import (
 )
 from batching.job import run
 from batching.pipeline import EngineFailedError, run_rows
-from batching.ray_runner import RayOptions, run_on_ray
+from batching.ray.runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
 from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy

@@ -71,7 +71,7 @@ def run(
 ) -> Report:
     """Read `config.input`, run it, write `config.output`; return the report.
 
-    `rows_runner` runs the rows between the files (`batching.ray_runner` on Ray); the
+    `rows_runner` runs the rows between the files (`batching.ray.runner` on Ray); the
     lock, resume checks, errors file and writers stay the same either way.
 
     >>> from batching import FakeEngine, InputConfig, OutputConfig, RunConfig

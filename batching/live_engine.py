@@ -8,7 +8,7 @@ never drains while more rows are waiting. Each row's result goes to `on_result`
 (in the engine thread) as soon as it is known.
 
 Two callers: `aio.BatchQueue` (rows from `submit()`) and the Ray replica
-(`ray_replica`: the rows of several Ray Data batches at once, on one engine).
+(`batching.ray.replica`: the rows of several Ray Data batches at once, on one engine).
 
 >>> engine = LiveEngine(FakeEngine, config, on_result=print, on_failure=print)  # doctest: +SKIP
 >>> engine.start().result(); engine.put(rows); engine.close(); engine.join()  # doctest: +SKIP
@@ -37,7 +37,7 @@ class LiveEngine:
 
     Rows must be put with consecutive indices from 0, each index once: the
     pipeline's reorder buffer waits for every index in turn. A caller that has its
-    own numbering renumbers on the way in (see `ray_replica`).
+    own numbering renumbers on the way in (see `batching.ray.replica`).
 
     A chunk goes to the engine when it holds `chunk_size` rows or its first row
     has waited `max_wait_s` (0: whatever has been put is taken at once).

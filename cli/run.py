@@ -95,7 +95,7 @@ from cli.run_options import (
 )
 
 if TYPE_CHECKING:
-    from batching.ray_runner import RayOptions
+    from batching.ray.runner import RayOptions
     from batching.report import Report as RunReport
 
 __all__ = ["RunCommand", "bare_ray_means_local", "run"]
@@ -285,7 +285,7 @@ def _execute(
         if cluster is None:
             run_pipeline(config, engine_factory, progress=progress, report=collector)
         else:
-            from batching.ray_runner import run_on_ray
+            from batching.ray.runner import run_on_ray
 
             run_on_ray(config, engine_factory, cluster, progress=progress, report=collector)
     except interrupts.Interrupted as exc:

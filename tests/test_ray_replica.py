@@ -21,9 +21,9 @@ from batching.testing import FakeEngine, expected_output
 
 pytest.importorskip("ray")
 
-from batching.ray_replica import BatchStats, EngineReplica
-from batching.ray_results import ResultDecoder
-from batching.ray_source import encode_rows
+from batching.ray.replica import BatchStats, EngineReplica
+from batching.ray.results import ResultDecoder
+from batching.ray.source import encode_rows
 
 CONFIG = RunConfig(
     input=InputConfig(path="in.jsonl", chunk_size=16),

@@ -15,7 +15,7 @@ from batching.records import Result, RowError
 
 pytest.importorskip("ray")
 
-from batching.ray_results import SCHEMA, ResultDecoder, encode_results
+from batching.ray.results import SCHEMA, ResultDecoder, encode_results
 
 KINDS: list[Result] = [
     Result(0, "a", "out", "stop", 3, 2, None, {}, 0.25, None, False),

@@ -34,7 +34,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from batching.ray_runner import RayOptions, concurrent_batches, run_on_ray  # noqa: E402
+from batching.ray.runner import RayOptions, concurrent_batches, run_on_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

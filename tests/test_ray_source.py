@@ -11,7 +11,7 @@ from batching.records import NO_SAMPLING, InvalidRow, Request, Row, RowError, Sa
 
 pytest.importorskip("ray")
 
-from batching.ray_source import ROW_COLUMN, ROWS_SCHEMA, decode_rows, encode_rows
+from batching.ray.source import ROW_COLUMN, ROWS_SCHEMA, decode_rows, encode_rows
 
 ROWS: list[Row] = [
     Request(0, 0, 1, "plain"),

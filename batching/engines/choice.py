@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from batching.config import EngineConfig
 from batching.engine import Engine, EngineFactory
 from batching.errors import UsageError
-from batching.ray_runner import LOCAL as RAY_LOCAL
-from batching.ray_runner import RayOptions, require_ray
+from batching.ray.runner import LOCAL as RAY_LOCAL
+from batching.ray.runner import RayOptions, require_ray
 
 if TYPE_CHECKING:
     from batching.engines.openai import OpenAIConfig

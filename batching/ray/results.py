@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batching.ray_source import INDEX_COLUMN, pickled
+from batching.ray.source import INDEX_COLUMN, pickled
 from batching.records import Result, RowError
 
 __all__ = ["BATCH_COLUMN", "INDEX_COLUMN", "ResultDecoder", "encode_results"]

@@ -40,7 +40,7 @@ from batching.report import ReplicaThroughput, Report, ReportCollector
 from batching.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from batching.ray_replica import BatchStats
+    from batching.ray.replica import BatchStats
 
 __all__ = [
     "RAY_INSTALL_HINT",
@@ -187,8 +187,8 @@ class RayRowsRunner:
         """The dataset of results, and how many replicas its pool starts."""
         import ray.data
 
-        from batching.ray_replica import EngineReplica
-        from batching.ray_source import RowsDatasource
+        from batching.ray.replica import EngineReplica
+        from batching.ray.source import RowsDatasource
 
         context = ray.data.DataContext.get_current()
         # Ray Data may hand blocks on as they finish; the output must be in input order.
@@ -211,7 +211,7 @@ class RayRowsRunner:
         source = RowsDatasource(
             config.input, max_line_bytes=config.max_line_bytes, start=start_index
         )
-        # One read task (see ray_source). It yields a table a chunk, but Ray Data
+        # One read task (see `batching.ray.source`). It yields a table a chunk, but Ray Data
         # merges what a task yields into blocks of up to 128 MiB: all of a small
         # input in one block, one map task, one replica, and results only at the
         # end. Cut back into chunks (a streaming repartition, its own light task),
@@ -331,8 +331,8 @@ def _write_in_order(
     supply: RowSupply,
     start_index: int,
 ) -> None:
-    from batching.ray_replica import BatchStats
-    from batching.ray_results import ResultDecoder
+    from batching.ray.replica import BatchStats
+    from batching.ray.results import ResultDecoder
 
     decoder = ResultDecoder()
     expected = start_index

@@ -16,7 +16,7 @@ second pass over it; and our reader parses ~300k rows/s, far more than the engin
 of any cluster consume, so a single task is never what limits a run. It streams,
 though coarsely: Ray Data gathers what a task yields into blocks of up to its
 target block size (128 MiB), so memory is bounded by that, not by the input
-(`ray_runner` cuts the blocks back into chunks for the replicas).
+(`batching.ray.runner` cuts the blocks back into chunks for the replicas).
 
 >>> ds = ray.data.read_datasource(RowsDatasource(InputConfig("in.jsonl")))  # doctest: +SKIP
 """

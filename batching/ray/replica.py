@@ -1,7 +1,7 @@
 """One replica: a Ray Data actor that keeps one engine fed across batches.
 
 Ray Data hands the actor several batches at once (`__call__` is a coroutine, and
-the actor runs up to `concurrent_batches` of them; see `ray_runner`). All of them
+the actor runs up to `concurrent_batches` of them; see `batching.ray.runner`). All of them
 go to one `LiveEngine`, the pipeline's engine loop (`pipeline.run_rows`) running
 for the actor's whole life in a background thread. So the engine is topped up
 from the next batch while the last rows of one are still decoding, and never
@@ -13,7 +13,7 @@ the tiny model, 4.2x on the fake engine: see `benchmarks/ray_overhead.py`.)
 Rows are renumbered on the way in: the engine loop's reorder buffer waits for
 every index in turn, and a replica sees only some of the input's batches. Each
 result goes back to its batch under its own index; a batch returns once every row
-of it has a result, as Arrow columns (`ray_results`), with the engine figures of
+of it has a result, as Arrow columns (`batching.ray.results`), with the engine figures of
 the replica since the last batch it returned.
 
 If the actor process dies (killed, node lost), Ray restarts it and runs its
@@ -38,8 +38,8 @@ import pyarrow as pa
 from batching.config import RunConfig
 from batching.engine import EngineFactory
 from batching.live_engine import LiveEngine
-from batching.ray_results import encode_results
-from batching.ray_source import decode_rows
+from batching.ray.results import encode_results
+from batching.ray.source import decode_rows
 from batching.records import InvalidRow, Result
 from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
