@@ -54,15 +54,15 @@ TARGET_RATIO = 0.98
 def raw_generate(input_path: Path, output_path: Path, model: str, max_tokens: int) -> None:
     """The baseline: everything in memory, one `LLM.generate`, then write it all.
 
-    The call is `bench --vs-generate`'s (`batching.vs_generate.raw_generate`): the
+    The call is `bench --vs-generate`'s (`batching.bench.vs_generate.raw_generate`): the
     engine started as bizra starts it (environment, `EngineConfig(model)`'s engine
     arguments), and each prompt's SamplingParams built as bizra builds them, so the
     two processes differ only in what runs around the engine.
     """
+    from batching.bench.vs_generate import raw_generate as generate_once
     from batching.config import EngineConfig
     from batching.engines.vllm import create_vllm_engine
     from batching.records import Sampling
-    from batching.vs_generate import raw_generate as generate_once
 
     with input_path.open("rb") as lines:
         rows = [orjson.loads(line) for line in lines]

@@ -1,4 +1,4 @@
-"""`bizra-batch bench`: options -> prompts and an engine -> `batching.bench.run_bench`."""
+"""`bizra-batch bench`: options -> prompts and an engine -> `batching.bench.sweep.run_bench`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from batching.bench import ALL, DEFAULT_BATCH_SIZES, BenchResult, BenchRow
+from batching.bench.sweep import ALL, DEFAULT_BATCH_SIZES, BenchResult, BenchRow
+from batching.bench.vs_generate import VsGenerateResult
 from batching.config import EngineConfig
 from batching.engine import Engine, PermanentRequestError
 from batching.engines.choice import EngineChoice, checked_model, engine_factory
 from batching.errors import UsageError
 from batching.records import InvalidRow, Request, Sampling
-from batching.vs_generate import VsGenerateResult
 from cli.config_file import ConfigOption
 from cli.console import stderr_console
 from cli.exit_codes import exit_on_error
@@ -232,7 +232,7 @@ def bench(
     `run` pipeline on the same engine, and pipeline/generate. Exit codes: 0 done; 1
     the engine failed; 2 usage error.
     """
-    from batching.bench import as_requests, synthetic_prompts
+    from batching.bench.sweep import as_requests, synthetic_prompts
 
     console = stderr_console()
     with exit_on_error():
@@ -242,7 +242,7 @@ def bench(
         sizes = _parse_sizes(batch_sizes)
         lengths = _parse_lengths(prompt_tokens)
         if plot:
-            from batching.bench_output import check_plotting
+            from batching.bench.output import check_plotting
 
             check_plotting()
         # The sweep runs every prompt once per batch size (serially too), so it takes
@@ -294,15 +294,15 @@ def _measure(
     settings: Mapping[str, Any],
     console: Console,
 ) -> BenchResult | VsGenerateResult:
-    from batching.bench import pipeline_config, prompt_of
+    from batching.bench.sweep import pipeline_config, prompt_of
 
     if vs_generate:
-        from batching.vs_generate import run_vs_generate
+        from batching.bench.vs_generate import run_vs_generate
 
         return run_vs_generate(
             live, rows, sampling, pipeline_config(), on_row=_progress(console), settings=settings
         )
-    from batching.bench import run_bench
+    from batching.bench.sweep import run_bench
 
     return run_bench(
         live, [prompt_of(row) for row in rows], sampling, batch_sizes=sizes,
@@ -326,7 +326,7 @@ def _show(
     plot: str | None,
     console: Console,
 ) -> None:
-    from batching.bench_output import plot_bench, render_bench, render_vs_generate, write_bench_json
+    from batching.bench.output import plot_bench, render_bench, render_vs_generate, write_bench_json
 
     # The table is the command's result, so it goes to stdout (redirect it to a file).
     table_console = Console(width=max(120, Console().width))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from typer.testing import CliRunner
 
-from batching.bench import (
+from batching.bench.sweep import (
     ALL,
     as_requests,
     encode_prompts,
@@ -25,10 +25,10 @@ from batching.bench import (
     sweep_sizes,
     synthetic_prompts,
 )
+from batching.bench.vs_generate import WARMUP_PROMPTS, run_vs_generate
 from batching.engine import Engine, EngineOutput, EngineRequest
 from batching.records import Request, Sampling
 from batching.testing import FakeEngine
-from batching.vs_generate import WARMUP_PROMPTS, run_vs_generate
 from cli.app import app
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def test_speedup_and_efficiency_are_against_the_serial_run() -> None:
 
 def test_the_pipeline_row_runs_every_prompt_and_leaves_the_engine_open() -> None:
     engine = FakeEngine(max_num_seqs=4)
-    from batching.bench import pipeline_config
+    from batching.bench.sweep import pipeline_config
 
     result = run_bench(
         engine, ["x" * n for n in range(1, 11)], Sampling(max_tokens=5), batch_sizes=[],

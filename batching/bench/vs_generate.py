@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from batching.bench import BenchRow, Prompt, encode_prompts, prompt_of, run_through_pipeline
+from batching.bench.sweep import BenchRow, Prompt, encode_prompts, prompt_of, run_through_pipeline
 from batching.config import RunConfig
 from batching.engine import Engine, EngineOutput
 from batching.records import Request, Sampling
@@ -149,7 +149,7 @@ def run_vs_generate(
     >>> from batching.testing import FakeEngine
     >>> def every(engine, prompts, samplings):
     ...     return [EngineOutput(i, "", "length", 1, 2) for i in range(len(prompts))]
-    >>> from batching.bench import as_requests, pipeline_config
+    >>> from batching.bench.sweep import as_requests, pipeline_config
     >>> result = run_vs_generate(FakeEngine(), as_requests(["ab", "cd"]),
     ...                          Sampling(max_tokens=2), pipeline_config(), generate=every)
     >>> result.generate.output_tokens, result.pipeline.output_tokens

@@ -9,9 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from batching.bench import BenchResult, BenchRow
+from batching.bench.sweep import BenchResult, BenchRow
+from batching.bench.vs_generate import VsGenerateResult
 from batching.errors import UsageError
-from batching.vs_generate import VsGenerateResult
 
 __all__ = [
     "check_plotting",
@@ -32,7 +32,7 @@ def render_bench(result: BenchResult, console: Console) -> None:
     """The results table: one line per batch size, then the pipeline.
 
     >>> import io
-    >>> from batching.bench import run_bench
+    >>> from batching.bench.sweep import run_bench
     >>> from batching.records import Sampling
     >>> from batching.testing import FakeEngine
     >>> result = run_bench(FakeEngine(), ["ab", "cd"], Sampling(max_tokens=2), batch_sizes=[1, 2])
