@@ -135,7 +135,7 @@ class VllmEngine:
     """`Engine` over a started `vllm.LLM`, driving its engine as `LLM.generate` does.
 
     The examples in this class need vLLM and a model, so they are not run as tests
-    (tests/test_vllm_engine.py runs the same calls on the tiny model).
+    (tests/test_engines_vllm.py runs the same calls on the tiny model).
 
     >>> engine = VllmEngine(vllm.LLM(model="samples/tiny-model"))  # doctest: +SKIP
     >>> [ids] = engine.encode(["Hello"])  # doctest: +SKIP
