@@ -26,6 +26,7 @@ from typing import Any
 from batching.config import InputConfig, RunConfig
 from batching.engine import Engine, EngineRequest, PermanentRequestError
 from batching.pipeline import run_rows
+from batching.quantiles import exact_quantile
 from batching.records import Request, Result, Row, Sampling
 
 __all__ = [
@@ -121,11 +122,9 @@ def _rounded(value: float | None) -> float | None:
 
 
 def _quantile_ms(latencies: Sequence[float], q: float) -> float | None:
-    """Nearest-rank quantile in ms; exact, as a benchmark holds every latency."""
-    if not latencies:
-        return None
-    ordered = sorted(latencies)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000.0
+    # Exact, as a benchmark holds every latency.
+    seconds = exact_quantile(latencies, q)
+    return None if seconds is None else seconds * 1000.0
 
 
 def synthetic_prompts(

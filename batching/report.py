@@ -15,96 +15,20 @@ the same engine on 1M rows.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from batching.gpu_monitor import GpuSampler, GpuUsage, open_gpu_sampler
+from batching.quantiles import LatencyHistogram
 from batching.records import Result
 
 __all__ = [
-    "LatencyHistogram",
     "ReplicaThroughput",
     "Report",
     "ReportCollector",
 ]
-
-
-class LatencyHistogram:
-    """Quantiles of a stream of durations in constant memory.
-
-    Buckets are log-spaced, each 1% wider than the last, from 1 µs to 1 day
-    (~2,500 buckets). A quantile is reported as its bucket's geometric midpoint,
-    clamped to the smallest and largest value seen, so for values in that range the
-    relative error is at most sqrt(1.01) - 1 ≈ 0.5% (half a bucket). Values outside
-    it land in the end buckets: under 1 µs is reported within about 1 µs, over a day
-    as the largest value seen. The smallest and largest rank are exact.
-
-    >>> h = LatencyHistogram()
-    >>> for s in (0.1, 0.2, 0.3):
-    ...     h.add(s)
-    >>> round(h.quantile(0.5), 3)
-    0.2
-    """
-
-    LOW_S = 1e-6
-    HIGH_S = 86_400.0
-    RATIO = 1.01
-
-    def __init__(self) -> None:
-        log_ratio = math.log(self.RATIO)
-        size = math.ceil(math.log(self.HIGH_S / self.LOW_S) / log_ratio)
-        self._counts = [0] * size
-        self._last = size - 1
-        # Bucket of s: (log(s) - log(LOW_S)) / log(RATIO), as one multiply and one
-        # subtract: `add` runs once per row.
-        self._scale = 1.0 / log_ratio
-        self._offset = math.log(self.LOW_S) / log_ratio
-        self.count = 0
-        self._min = math.inf
-        self._max = -math.inf
-
-    def add(self, seconds: float) -> None:
-        """Count one duration; NaN, infinite and negative values are dropped."""
-        # A bad timing from an engine must not take the report (and the run) down.
-        if not 0.0 <= seconds < math.inf:  # False for NaN too
-            return
-        i = 0
-        if seconds > self.LOW_S:
-            i = int(math.log(seconds) * self._scale - self._offset)
-            if i > self._last:
-                i = self._last
-        self._counts[i] += 1
-        self.count += 1
-        if seconds < self._min:
-            self._min = seconds
-        if seconds > self._max:
-            self._max = seconds
-
-    def quantile(self, q: float) -> float | None:
-        """The nearest-rank `q` quantile (0 < q <= 1) in seconds; None when empty."""
-        if not 0.0 < q <= 1.0:
-            raise ValueError(f"quantile must be in (0, 1], got {q}")
-        if self.count == 0:
-            return None
-        rank = max(1, math.ceil(q * self.count))
-        # The extremes are tracked exactly, so the first and last rank need no estimate.
-        if rank == 1:
-            return self._min
-        if rank == self.count:
-            return self._max
-        last = len(self._counts) - 1
-        seen = 0
-        for i, n in enumerate(self._counts):
-            seen += n
-            if seen >= rank:
-                if i == last:  # the overflow bucket has no upper edge to take a midpoint of
-                    return self._max
-                midpoint: float = self.LOW_S * math.pow(self.RATIO, i + 0.5)
-                return min(max(midpoint, self._min), self._max)
-        raise AssertionError("unreachable: rank <= count")  # pragma: no cover
 
 
 def _ratio(numerator: float, denominator: float | None) -> float | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batching.config import InputConfig
+from batching.quantiles import TokenHistogram
 from batching.readers import row_place
 from batching.records import Request
 
@@ -94,8 +95,6 @@ class TokenTally:
         context: tuple[int, str] | None,
         cfg: InputConfig,
     ) -> None:
-        from batching.prompt_tokens import TokenHistogram
-
         self._tokenizer = tokenizer
         self._tokenizer_dir = tokenizer_dir
         self._context = context

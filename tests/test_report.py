@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
-import random
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from rich.console import Console
 
+from batching.quantiles import LatencyHistogram
 from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, Result, RowError
-from batching.report import (
-    LatencyHistogram,
-    ReplicaThroughput,
-    Report,
-    ReportCollector,
-)
+from batching.report import ReplicaThroughput, Report, ReportCollector
 from batching.report_output import format_duration, render_report, write_report
 from tests.clocks import FakeClock
 
-# The histogram's buckets are 1% wide; its estimate is within half of that in theory,
-# and a value on a bucket edge may round into the neighbour, so test the full width.
+# The latency histogram's buckets are 1% wide (see tests/test_quantiles.py).
 BUCKET_WIDTH = LatencyHistogram.RATIO - 1.0
 
 REQUIRED_KEYS = {
@@ -59,12 +50,6 @@ REQUIRED_KEYS = {
     "rows_resumed",
     "interrupted",
 }
-
-
-def exact_quantile(values: list[float], q: float) -> float:
-    """Nearest-rank quantile, the definition LatencyHistogram approximates."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def ok(index: int, prompt: int, completion: int, latency: float | None = None) -> Result:
@@ -199,65 +184,6 @@ def test_to_dict_has_every_key_and_is_json() -> None:
     assert json.loads(json.dumps(d)) == d
     assert d["errors_by_type"] == {ERROR_ENGINE: 2, ERROR_INVALID_INPUT: 1}
     assert d["requests_per_second"] == 0.12
-
-
-def test_histogram_single_value_is_exact() -> None:
-    h = LatencyHistogram()
-    h.add(0.123456)
-    assert h.quantile(0.5) == 0.123456
-    assert h.quantile(1.0) == 0.123456
-
-
-def test_histogram_ignores_bad_values_and_clamps_out_of_range() -> None:
-    h = LatencyHistogram()
-    assert h.quantile(0.5) is None
-    for bad in (math.nan, math.inf, -1.0):
-        h.add(bad)
-    assert h.count == 0
-    for v in (0.0, 0.0, 1e7, 2e7):
-        h.add(v)
-    below = h.quantile(0.5)  # under 1 µs: the first bucket, so within about 1 µs
-    assert below is not None and 0.0 <= below < 2e-6
-    assert h.quantile(0.75) == 2e7  # beyond a day: the overflow bucket, its maximum
-    assert (h.quantile(0.01), h.quantile(1.0)) == (0.0, 2e7)  # the extremes are exact
-    with pytest.raises(ValueError):
-        h.quantile(0.0)
-
-
-def test_histogram_memory_does_not_grow_with_samples() -> None:
-    h = LatencyHistogram()
-    buckets = len(h._counts)
-    rng = random.Random(1)
-    for _ in range(100_000):
-        h.add(rng.expovariate(2.0))
-    assert len(h._counts) == buckets < 3000
-    assert h.count == 100_000
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_histogram_quantiles_within_a_bucket_of_exact(seed: int) -> None:
-    rng = random.Random(seed)
-    # Log-uniform from 1 ms to 100 s, plus a heavy tail: what request latencies do.
-    values = [10 ** rng.uniform(-3, 2) for _ in range(20_000)]
-    values += [rng.paretovariate(1.5) for _ in range(2_000)]
-    h = LatencyHistogram()
-    for v in values:
-        h.add(v)
-    for q in (0.01, 0.5, 0.9, 0.95, 0.99, 1.0):
-        estimate = h.quantile(q)
-        assert estimate is not None
-        assert estimate == pytest.approx(exact_quantile(values, q), rel=BUCKET_WIDTH)
-
-
-@given(
-    values=st.lists(st.floats(min_value=1e-6, max_value=86_400.0), min_size=1, max_size=300),
-    q=st.sampled_from([0.01, 0.25, 0.5, 0.95, 1.0]),
-)
-def test_histogram_error_bound_holds_for_any_data(values: list[float], q: float) -> None:
-    h = LatencyHistogram()
-    for v in values:
-        h.add(v)
-    assert h.quantile(q) == pytest.approx(exact_quantile(values, q), rel=BUCKET_WIDTH)
 
 
 def test_write_report_writes_json_and_leaves_no_temp_file(tmp_path: Path) -> None:
