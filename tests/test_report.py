@@ -3,6 +3,7 @@ bound, the JSON form, the atomic write and the rendered table."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from batching.figures import figure_docs
+from batching.gpu_monitor import GpuUsage
 from batching.quantiles import LatencyHistogram
 from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, Result, RowError
 from batching.report import ReplicaThroughput, Report, ReportCollector
@@ -324,7 +327,7 @@ def test_failed_rows_still_have_a_rate() -> None:
 
 def test_replica_without_rows_has_no_rates() -> None:
     replica = ReplicaThroughput("node-1:7", rows=0, busy_seconds=3.0)
-    assert (replica.rows_per_second, replica.output_tokens_per_second) == (None, None)
+    assert (replica.requests_per_second, replica.output_tokens_per_second) == (None, None)
     d = replica.to_dict()
     assert d["requests_per_second"] is None and d["output_tokens_per_second"] is None
 
@@ -404,3 +407,82 @@ def test_new_keys_come_after_the_keys_readers_already_know() -> None:
     keys = list(sample_report().to_dict())
     assert keys.index("chunks_by_order") < keys.index("rows_resumed") < keys.index("interrupted")
     assert keys[:3] == ["rows", "rows_ok", "rows_failed"]
+
+
+# The JSON keys in the order readers rely on: a new key goes last, never between.
+KEY_ORDER = [
+    "rows", "rows_ok", "rows_failed", "wall_seconds", "engine_startup_seconds",
+    "engine_shutdown_seconds", "processing_seconds", "requests_per_second",
+    "input_tokens_per_second", "output_tokens_per_second", "input_tokens", "output_tokens",
+    "batches", "avg_batch_size", "avg_batch_duration_ms", "padding_tokens_avoided",
+    "latency_p50_ms", "latency_p95_ms", "retries", "engine_restarts", "oom_backoffs",
+    "oom_window", "errors_by_type", "engine_wait_seconds", "engine_wait_share",
+    "between_steps_share", "chunks_by_order", "rows_resumed", "interrupted",
+    "engine_occupancy", "engine_capacity", "reorder_peak_bytes", "reorder_peak_rows",
+    "reading_paused_seconds",
+]  # fmt: skip
+GPU_KEYS = [
+    "gpu_devices", "gpu_samples", "gpu_utilization_avg_pct", "gpu_utilization_max_pct",
+    "gpu_memory_peak_mib", "gpu_memory_total_mib",
+]  # fmt: skip
+# Held for the figures derived from them, with no key of their own.
+NOT_KEYS = {"batch_requests", "batch_seconds", "sequence_seconds", "gpu"}
+GPU = GpuUsage(2, 5, 41.25, 97.5, 1234.56, 81920.0)
+
+
+def test_every_report_field_is_a_key_of_to_dict_in_the_known_order() -> None:
+    assert list(Report().to_dict()) == KEY_ORDER  # no GPU, no replicas: those keys absent
+    full = Report(gpu=GPU, replicas=(ReplicaThroughput("node-1:7", rows=2, busy_seconds=1.0),))
+    assert list(full.to_dict()) == [*KEY_ORDER, *GPU_KEYS, "replicas"]
+    declared = [f.name for f in dataclasses.fields(Report)]
+    assert [name for name in declared if name not in NOT_KEYS] == list(full.to_dict())
+    assert list(figure_docs(Report)) == list(full.to_dict())
+    assert all(figure_docs(Report).values())
+
+
+def test_the_gpu_keys_round_as_before() -> None:
+    d = Report(gpu=GPU).to_dict()
+    assert [d[key] for key in GPU_KEYS] == [2, 5, 41.2, 97.5, 1234.6, 81920.0]
+
+
+def test_the_docstring_lists_every_key() -> None:
+    doc = Report.__doc__ or ""
+    for name, meaning in figure_docs(Report).items():
+        assert f"- {name}: {meaning}." in doc
+
+
+def test_readme_lists_every_report_key() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Progress and report", 1)[1].split("\n### ", 1)[0]
+    missing = [name for name in figure_docs(Report) if f"`{name}`" not in section]
+    assert missing == []
+
+
+def test_a_replicas_report_adds_every_engine_figure() -> None:
+    part = Report(
+        batches=3,
+        batch_requests=7,
+        batch_seconds=0.5,
+        padding_tokens_avoided=4,
+        retries=1,
+        engine_restarts=1,
+        oom_backoffs=1,
+        oom_window=5,
+        engine_wait_seconds=0.25,
+        sequence_seconds=1.5,
+        reorder_peak_bytes=100,
+        reorder_peak_rows=3,
+        reading_paused_seconds=1.25,
+        rows=9,  # counted as written, not from the part
+        input_tokens=9,
+    )
+    c = ReportCollector(clock=FakeClock(), gpu_sampler=lambda: None)
+    c.start()
+    c.add_engine_work(part)
+    c.add_engine_work(part)
+    r = c.finish()
+    assert (r.batches, r.batch_requests, r.batch_seconds) == (6, 14, 1.0)
+    assert (r.padding_tokens_avoided, r.retries, r.engine_restarts, r.oom_backoffs) == (8, 2, 2, 2)
+    assert (r.oom_window, r.engine_wait_seconds, r.sequence_seconds) == (5, 0.5, 3.0)
+    assert (r.reorder_peak_bytes, r.reorder_peak_rows, r.reading_paused_seconds) == (100, 3, 2.5)
+    assert (r.rows, r.input_tokens) == (0, 0)
