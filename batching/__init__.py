@@ -1,0 +1,92 @@
+"""bizra-batch: offline batch inference for LLMs on vLLM, streaming, ordered, resumable.
+
+The names a program needs are here; import them from `batching`, not from the
+module that defines them today, so modules can move without breaking callers.
+Importing the package loads neither vLLM, torch nor Ray: those load when an engine
+starts (`create_vllm_engine`) or a run goes to a cluster (`run_on_ray`).
+
+>>> import batching
+>>> config = batching.RunConfig(batching.InputConfig(path="-"), batching.OutputConfig())
+>>> config.sampling.max_tokens
+256
+"""
+
+from __future__ import annotations
+
+from batching.aio import BatchQueue, QueueClosedError, RequestError
+from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
+from batching.engine import (
+    Engine,
+    EngineDeadError,
+    EngineFactory,
+    EngineOutOfMemoryError,
+    EngineOutput,
+    EngineRequest,
+    PermanentRequestError,
+)
+from batching.errors import (
+    BatchError,
+    EngineStartError,
+    InputError,
+    OutputError,
+    OutputWriteError,
+    UsageError,
+)
+from batching.job import run
+from batching.pipeline import EngineFailedError, run_rows
+from batching.ray_runner import RayOptions, run_on_ray
+from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
+from batching.report import Report, ReportCollector
+from batching.retry import RetryPolicy
+from batching.sim_engine import SimEngine
+from batching.testing import FakeEngine, FakeEngineFactory
+from batching.validate import ValidationReport, format_report
+
+# `validate_input`: a function named `validate` here would hide the module
+# `batching.validate` (`import batching.validate as v` would bind the function).
+from batching.validate import validate as validate_input
+from batching.vllm_engine import create_vllm_engine
+
+__all__ = [
+    "BatchError",
+    "BatchQueue",
+    "Engine",
+    "EngineConfig",
+    "EngineDeadError",
+    "EngineFactory",
+    "EngineFailedError",
+    "EngineOutOfMemoryError",
+    "EngineOutput",
+    "EngineRequest",
+    "EngineStartError",
+    "FakeEngine",
+    "FakeEngineFactory",
+    "InputConfig",
+    "InputError",
+    "OutputConfig",
+    "OutputError",
+    "OutputWriteError",
+    "PermanentRequestError",
+    "QueueClosedError",
+    "RayOptions",
+    "Report",
+    "ReportCollector",
+    "Request",
+    "RequestError",
+    "Result",
+    "RetryPolicy",
+    "RowError",
+    "RunConfig",
+    "Sample",
+    "Sampling",
+    "SimEngine",
+    "TokenLogprob",
+    "UsageError",
+    "ValidationReport",
+    "create_vllm_engine",
+    "format_report",
+    "run",
+    "run_on_ray",
+    "run_rows",
+    "validate_input",
+]

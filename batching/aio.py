@@ -9,9 +9,13 @@ file's rows get: grouping by length, retries, isolation of a request that fails
 its batch, engine restarts. A request that fails raises `RequestError` for its
 caller alone; the requests batched with it are unaffected.
 
->>> async with BatchQueue(FakeEngine, max_batch_size=64, max_wait_ms=20) as batcher:
-...     result = await batcher.submit("Hello", max_tokens=16)   # doctest: +SKIP
-...     print(result.output, batcher.health()["avg_batch_size"])
+>>> from batching import FakeEngine
+>>> async def main() -> None:
+...     async with BatchQueue(FakeEngine, max_batch_size=64, max_wait_ms=20) as batcher:
+...         result = await batcher.submit("Hello", max_tokens=16)
+...         print(result.output, batcher.health()["total_requests"])
+>>> asyncio.run(main())
+olleH 1
 """
 
 from __future__ import annotations
@@ -44,10 +48,14 @@ _FIELDS = InputConfig(path="<submit>")
 class RequestError(Exception):
     """One request ended in an error; `result.error` holds its type and message.
 
-    >>> try:
-    ...     await batcher.submit("", max_tokens=4)   # doctest: +SKIP
-    ... except RequestError as exc:
-    ...     print(exc.error_type)
+    >>> from batching import FakeEngine
+    >>> async def ask(prompt: str) -> None:
+    ...     async with BatchQueue(FakeEngine) as batcher:
+    ...         try:
+    ...             await batcher.submit(prompt, max_tokens=4)
+    ...         except RequestError as exc:
+    ...             print(exc.error_type)
+    >>> asyncio.run(ask(""))
     invalid_input
     """
 

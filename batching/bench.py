@@ -136,9 +136,11 @@ def synthetic_prompts(
     (or the nearest below it: a word can be several tokens). Each opens with its own
     number, so no two share a prefix.
 
-    >>> texts = synthetic_prompts(engine, 2, [8])  # doctest: +SKIP
-    >>> [len(ids) for ids in encode_prompts(engine, texts)]  # doctest: +SKIP
-    [8, 8]
+    >>> from batching import FakeEngine
+    >>> engine = FakeEngine()  # one character, one token
+    >>> texts = synthetic_prompts(engine, 2, [24])
+    >>> texts[0], [len(ids) for ids in encode_prompts(engine, texts)]
+    ('Request 0. forest number', [24, 24])
     """
     if not lengths or min(lengths) < 1:
         raise ValueError("prompt lengths must be positive")

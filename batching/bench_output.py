@@ -31,7 +31,15 @@ def _num(value: float | None, digits: int = 1) -> str:
 def render_bench(result: BenchResult, console: Console) -> None:
     """The results table: one line per batch size, then the pipeline.
 
-    >>> render_bench(result, Console())  # doctest: +SKIP
+    >>> import io
+    >>> from batching.bench import run_bench
+    >>> from batching.records import Sampling
+    >>> from batching.testing import FakeEngine
+    >>> result = run_bench(FakeEngine(), ["ab", "cd"], Sampling(max_tokens=2), batch_sizes=[1, 2])
+    >>> console = Console(file=io.StringIO(), width=120)
+    >>> render_bench(result, console)
+    >>> "batch 2" in console.file.getvalue()
+    True
     """
     table = Table(
         title=(
@@ -119,6 +127,8 @@ def check_plotting() -> None:
 
 def plot_bench(result: BenchResult, path: str | os.PathLike[str]) -> None:
     """Throughput and p50/p95 latency against batch size, the pipeline as a line.
+
+    Not run as a test: it needs matplotlib (the `plot` extra), seconds to import.
 
     >>> plot_bench(result, "bench.png")  # doctest: +SKIP
     """

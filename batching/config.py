@@ -1,4 +1,4 @@
-"""Run configuration: what the CLI parses, and what `pipeline.run` takes.
+"""Run configuration: what the CLI parses, and what `job.run` takes.
 
 Frozen dataclasses, so a config is built once (by the CLI or by a program) and can
 be passed around and logged without anyone changing it half-way through a run.
@@ -18,6 +18,7 @@ from batching.records import Sampling
 from batching.sampling_rules import check_default_sampling
 
 __all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
     "STDIO",
     "EngineConfig",
     "InputConfig",
@@ -31,6 +32,8 @@ __all__ = [
 
 OnInvalid = Literal["record", "abort"]
 
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
@@ -38,7 +41,9 @@ class InputConfig:
 
     `location` is `path` resolved, once, when the config is built.
 
-    >>> InputConfig(path="prompts.jsonl", keep_fields=("topic",))
+    >>> cfg = InputConfig(path="prompts.jsonl", keep_fields=("topic",))
+    >>> cfg.prompt_field, cfg.chunk_size
+    ('prompt', 1024)
     """
 
     path: str
@@ -146,7 +151,7 @@ class RunConfig:
     # "record": a bad input row becomes an error record and the run goes on;
     # "abort": any bad row stops the run before the engine starts.
     on_invalid: OnInvalid = "record"
-    max_line_bytes: int = 16 * 1024 * 1024
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     # How many requests the engine holds at once; None: ceil(1.1 x the engine's
     # max_num_seqs). A slot freed in a step is refilled only after `step()` returns,
     # so the engine needs ~10% waiting beside a full batch (Ray Data LLM keeps the

@@ -2,7 +2,7 @@
 
 The pipeline owns batching, ordering and retry; an engine only takes prepared
 requests, steps, and hands back what finished. That split lets the tests drive the
-whole pipeline with a fake engine (`batching.fake_engine`) that records what it saw
+whole pipeline with a fake engine (`batching.testing`) that records what it saw
 and fails on cue, while `batching.vllm_engine` wraps the real one.
 
 The interface is a streaming one (`add` / `step`) rather than `generate(list)`:
@@ -121,10 +121,14 @@ class EngineOutOfMemoryError(Exception):
 class Engine(Protocol):
     """A streaming inference engine.
 
-    >>> engine.add(EngineRequest(key=0, prompt_token_ids=[1, 2], sampling=Sampling()))
+    >>> from batching.testing import FakeEngine
+    >>> engine: Engine = FakeEngine()  # its "model" reverses the prompt
+    >>> [ids] = engine.encode(["Hi"])
+    >>> engine.add(EngineRequest(key=0, prompt_token_ids=ids, sampling=Sampling()))
     >>> while engine.has_unfinished():
     ...     for out in engine.step():
     ...         print(out.key, out.text)
+    0 iH
     """
 
     @property
@@ -193,7 +197,12 @@ class KeptOpen:
     For a long-lived engine shared by several runs (a Ray replica's batches, a
     test session's engine); its owner closes it.
 
-    >>> run_rows(supply, sink, lambda: KeptOpen(engine), config)   # doctest: +SKIP
+    >>> from batching.testing import FakeEngine
+    >>> engine = FakeEngine()
+    >>> lent = KeptOpen(engine)  # run_rows(supply, sink, lambda: lent, config)
+    >>> lent.close()
+    >>> engine.closed
+    False
     """
 
     def __init__(self, engine: Engine) -> None:

@@ -47,9 +47,12 @@ class ExistingOutput:
     text), at most `rows` of them, also after `open_writer` has started to
     continue the output.
 
-    >>> existing = scan_output(OutputConfig(path="out.jsonl"))  # doctest: +SKIP
-    >>> existing.rows, list(itertools.islice(existing.ids(), 2))  # doctest: +SKIP
-    (1000, ['q-0', 'q-1'])
+    >>> import itertools
+    >>> with open("out.jsonl", "wb") as out:
+    ...     _ = out.write(b'{"id": "q-0", "output": "a"}\\n{"id": "q-1", "output": "b"}\\n{"id"')
+    >>> existing = scan_output(OutputConfig(path="out.jsonl"))
+    >>> existing.rows, existing.torn_bytes, list(itertools.islice(existing.ids(), 2))
+    (2, 5, ['q-0', 'q-1'])
     """
 
     path: str
@@ -85,8 +88,10 @@ def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
     Reads the whole output once (streamed) to count and check its rows; raises
     `OutputError` for a file that is not an output of bizra-batch.
 
-    >>> scan_output(OutputConfig(path="out.jsonl")).rows  # doctest: +SKIP
-    1000
+    >>> with open("out.jsonl", "wb") as out:
+    ...     _ = out.write(b'{"id": 0, "output": "a"}\\n')
+    >>> scan_output(OutputConfig(path="out.jsonl")).rows
+    1
     """
     if cfg.location.is_stdio:
         return None

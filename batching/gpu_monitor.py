@@ -33,8 +33,10 @@ _MIB = 1024 * 1024
 class GpuUsage:
     """What the GPUs did while the engine ran.
 
-    >>> GpuUsage(devices=1, samples=2, utilization_avg_pct=50.0,
-    ...          utilization_max_pct=80.0, memory_peak_mib=100.0, memory_total_mib=200.0)
+    >>> usage = GpuUsage(devices=1, samples=2, utilization_avg_pct=50.0,
+    ...                  utilization_max_pct=80.0, memory_peak_mib=100.0, memory_total_mib=200.0)
+    >>> usage.memory_peak_mib / usage.memory_total_mib
+    0.5
     """
 
     devices: int
@@ -50,6 +52,8 @@ class GpuSampler:
 
     `start()` takes the first sample at once, then one per `interval_s` in a daemon
     thread; `stop()` ends the thread and returns the usage (None with no sample).
+
+    Needs an NVIDIA GPU and `nvidia-ml-py` (tests/test_gpu_monitor.py uses a fake NVML):
 
     >>> sampler = GpuSampler(pynvml, [pynvml.nvmlDeviceGetHandleByIndex(0)])  # doctest: +SKIP
     >>> sampler.start(); ...; usage = sampler.stop()  # doctest: +SKIP

@@ -74,9 +74,13 @@ def run(
     `rows_runner` runs the rows between the files (`batching.ray_runner` on Ray); the
     lock, resume checks, errors file and writers stay the same either way.
 
-    >>> from batching.testing import FakeEngine
-    >>> run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
-    ...     FakeEngine)   # doctest: +SKIP
+    >>> from batching import FakeEngine, InputConfig, OutputConfig, RunConfig
+    >>> with open("in.jsonl", "wb") as prompts:
+    ...     _ = prompts.write(b'{"prompt": "Hi"}\\n{"prompt": ""}\\n')
+    >>> report = run(RunConfig(input=InputConfig("in.jsonl"), output=OutputConfig("out.jsonl")),
+    ...              FakeEngine)
+    >>> report.rows_ok, report.rows_failed
+    (1, 1)
     """
     output = config.output
     with contextlib.ExitStack() as stack:

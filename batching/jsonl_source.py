@@ -52,9 +52,16 @@ class LiveLines:
     A thread blocked in `os.read` holds no Python lock, so a reader thread may stay
     blocked on a quiet pipe while the run ends.
 
-    >>> lines = LiveLines(sys.stdin.fileno())  # doctest: +SKIP
-    >>> lines.readline(), lines.ready()  # doctest: +SKIP
+    >>> read_end, write_end = os.pipe()  # a pipe, as stdin is under `tail -f ... |`
+    >>> os.write(write_end, b'{"prompt": "Hi"}\\n')
+    17
+    >>> lines = LiveLines(read_end)
+    >>> lines.readline(), lines.ready()
     (b'{"prompt": "Hi"}\\n', False)
+    >>> os.close(write_end)
+    >>> lines.readline()
+    b''
+    >>> os.close(read_end)
     """
 
     def __init__(

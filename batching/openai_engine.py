@@ -24,6 +24,8 @@ model path is a local directory holding tokenizer.json) the counts are exact;
 otherwise they are estimated as one token per 4 characters. Output rows carry the
 server's own `usage` counts, and the server decides what is too long.
 
+The example is not run as a test: it needs a running server.
+
 >>> engine = create_openai_engine(OpenAIConfig("http://127.0.0.1:8000/v1", "my-model"))
 ...     # doctest: +SKIP
 """

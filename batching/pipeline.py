@@ -106,10 +106,20 @@ def run_rows(
     `place` names a row by its line at the start of the messages of rows that fail
     here (the engine refused them); by default as the readers name `config.input`'s.
 
-    >>> from batching.testing import FakeEngine
-    >>> report = run_rows(rows, writer, FakeEngine, config)   # doctest: +SKIP
-    >>> report.rows_failed
-    0
+    >>> import io
+    >>> from batching import FakeEngine, InputConfig, OutputConfig, Request, RunConfig
+    >>> from batching.writers import open_writer
+    >>> class Rows:  # a RowSupply: chunks of rows, and how many to expect
+    ...     def chunks(self):
+    ...         yield [Request(index=0, id="a", line=1, prompt="Hi"),
+    ...                Request(index=1, id="b", line=2, prompt="there")]
+    ...     def estimated_total_rows(self):
+    ...         return 2
+    >>> out = io.BytesIO()
+    >>> with open_writer(OutputConfig(), stdout=out) as writer:
+    ...     report = run_rows(Rows(), writer, FakeEngine, RunConfig(InputConfig(path="-")))
+    >>> report.rows_ok, out.getvalue().count(b"\\n")
+    (2, 2)
     """
     collector = report or ReportCollector(clock=clock)
     collector.start()

@@ -159,8 +159,13 @@ class PrefetchedSupply:
     An error the reader raises (an unreadable input, a resume mismatch) is raised
     again, in order, where the consumer would have met it.
 
-    >>> for chunk in PrefetchedSupply(supply).chunks():  # doctest: +SKIP
-    ...     run(chunk)
+    >>> import io
+    >>> from batching.config import InputConfig
+    >>> from batching.readers import open_source
+    >>> data = io.BytesIO(b'{"prompt": "a"}\\n' * 3)
+    >>> supply = open_source(InputConfig(path="-", chunk_size=2), stdin=data)
+    >>> [len(chunk) for chunk in PrefetchedSupply(supply).chunks()]
+    [2, 1]
     """
 
     def __init__(self, inner: RowSupply, depth: int = 2) -> None:
@@ -183,9 +188,15 @@ class LiveChunks:
     `poll(wait=False)` never blocks, which lets the pipeline step the engine while
     the input is quiet.
 
-    >>> arrivals = queue.Queue(); chunks = LiveChunks(arrivals, chunk_size=2, max_wait_s=0)
-    >>> arrivals.put((0.0, [row])); chunks.poll(wait=False)  # doctest: +SKIP
-    [row]
+    >>> from batching.records import Request
+    >>> arrivals: queue.Queue[Arrival] = queue.Queue()
+    >>> chunks = LiveChunks(arrivals, chunk_size=2, max_wait_s=60)
+    >>> arrivals.put((time.monotonic(), [Request(index=0, id=0, line=1, prompt="a")]))
+    >>> chunks.poll(wait=False)  # one row, waited less than max_wait_s: not due
+    []
+    >>> arrivals.put((time.monotonic(), [Request(index=1, id=1, line=2, prompt="b")]))
+    >>> [row.prompt for row in chunks.poll(wait=False)]  # chunk_size rows: due
+    ['a', 'b']
     """
 
     # What a producer sends, instead of rows, when there will be no more.
@@ -308,9 +319,14 @@ class LiveSupply:
     chunks of up to `chunk_size` rows, each handed over at most `max_wait_s` after
     its first row arrived.
 
-    >>> chunks = LiveSupply(supply, chunk_size=1024, max_wait_s=0.05).chunks()  # doctest: +SKIP
-    >>> chunks.poll(wait=False)  # doctest: +SKIP
-    []
+    >>> import io
+    >>> from batching.config import InputConfig
+    >>> from batching.readers import open_source
+    >>> pipe = io.BytesIO(b'{"prompt": "a"}\\n' * 3)  # a real pipe delivers rows over time
+    >>> supply = open_source(InputConfig(path="-"), stdin=pipe)
+    >>> chunks = LiveSupply(supply, chunk_size=2, max_wait_s=60).chunks()
+    >>> [len(chunk) for chunk in chunks]  # cut at chunk_size rows, or at the end
+    [2, 1]
     """
 
     def __init__(

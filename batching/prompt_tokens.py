@@ -14,6 +14,9 @@ own, then tokenized without special tokens (the template writes them, as
 templates that expect string content. Models whose rendering vLLM or their own
 code customises (Mistral's tokenizer, `trust_remote_code`) can count differently.
 
+The examples here need a model's tokenizer files (`samples/build_tiny_model.py`
+makes one; tests/test_prompt_tokens.py runs them), so they are not run as tests:
+
 >>> tokenizer = PromptTokenizer.load("samples/tiny-model")  # doctest: +SKIP
 >>> tokenizer.count(["Hello there"], add_special_tokens=True)  # doctest: +SKIP
 [3]
@@ -77,7 +80,11 @@ class ChatTemplateError(Exception):
 def context_length(model_dir: str | Path) -> tuple[int, str] | None:
     """The model's context length from config.json and the key it came from, if any.
 
-    >>> context_length("samples/tiny-model")  # doctest: +SKIP
+    >>> import json, os
+    >>> os.mkdir("model")
+    >>> with open("model/config.json", "w") as config:
+    ...     json.dump({"max_position_embeddings": 2048, "sliding_window": 4096}, config)
+    >>> context_length("model")
     (2048, 'max_position_embeddings')
     """
     config = _read_json(Path(model_dir) / "config.json")

@@ -8,9 +8,13 @@ A row that cannot be read (bad JSON, not UTF-8, over-long, duplicate id) becomes
 `InvalidRow` at its place; only a file that cannot be read at all (missing, not
 Parquet, corrupt gzip) raises `InputError`.
 
->>> with open_source(InputConfig(path="prompts.jsonl")) as source:  # doctest: +SKIP
+>>> with open("prompts.jsonl", "wb") as prompts:
+...     _ = prompts.write(b'{"prompt": "Hi"}\\n' * 3)
+>>> with open_source(InputConfig(path="prompts.jsonl", chunk_size=2)) as source:
 ...     for chunk in source.chunks():
-...         print(len(chunk), source.bytes_read / source.total_bytes)
+...         print(len(chunk), source.rows_read, source.bytes_read <= source.total_bytes)
+2 2 True
+1 3 True
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from batching.config import InputConfig, InputFormat
+from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig, InputFormat
 from batching.errors import InputError
 from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
 from batching.location import Location
@@ -39,7 +43,6 @@ __all__ = [
     "row_place",
 ]
 
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 STDIN_NAME = "<stdin>"
 
 

@@ -28,8 +28,12 @@ class OutputLock:
     lock is the kernel's (flock): it goes with the process, so a run killed with
     kill -9 leaves nothing that blocks the next one.
 
-    >>> with OutputLock("results.jsonl"):  # doctest: +SKIP
-    ...     ...
+    >>> with OutputLock("results.jsonl"):
+    ...     with OutputLock("results.jsonl"):  # what a second run on the output meets
+    ...         pass
+    Traceback (most recent call last):
+    batching.errors.OutputError: results.jsonl: another bizra-batch run (pid ...) is writing
+    it; wait for it to finish or choose another --output
     """
 
     def __init__(self, output_path: str) -> None:
@@ -79,8 +83,13 @@ class ResumedSupply:
     `ids` yields the ids the output already holds, in order. A mismatch means the
     output belongs to another input: nothing is run and the user is told.
 
-    >>> supply = ResumedSupply(rows, done=2, ids=iter(["a", "b"]), output="out.jsonl")
-    ... # doctest: +SKIP
+    >>> import io
+    >>> from batching.config import InputConfig
+    >>> from batching.readers import open_source
+    >>> rows = open_source(InputConfig(path="-"), stdin=io.BytesIO(b'{"prompt": "a"}\\n' * 3))
+    >>> supply = ResumedSupply(rows, done=2, ids=iter([0, 1]), output="out.jsonl")
+    >>> [row.index for chunk in supply.chunks() for row in chunk]
+    [2]
     """
 
     def __init__(

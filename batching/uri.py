@@ -192,8 +192,11 @@ def _existing_input(uri: str) -> tuple[RemoteFile, Any]:
 def open_remote_input(uri: str) -> RemoteInput:
     """The remote file `uri` as a stream; `InputError` with a next step if it cannot be.
 
-    >>> open_remote_input("memory://bucket/in.jsonl").read()  # doctest: +SKIP
+    >>> import fsspec
+    >>> fsspec.filesystem("memory").pipe("/bucket/in.jsonl", b'{"prompt": "Hi"}\\n')
+    >>> open_remote_input("memory://bucket/in.jsonl").read()
     b'{"prompt": "Hi"}\\n'
+    >>> fsspec.filesystem("memory").rm("/bucket", recursive=True)
     """
     remote, info = _existing_input(uri)
     try:

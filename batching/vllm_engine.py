@@ -134,10 +134,14 @@ def _finite(logprob: float) -> float:
 class VllmEngine:
     """`Engine` over a started `vllm.LLM`, driving its engine as `LLM.generate` does.
 
-    >>> engine = VllmEngine(vllm.LLM(model="samples/tiny-model"))
-    >>> [ids] = engine.encode(["Hello"])
-    >>> engine.add(EngineRequest(key=0, prompt_token_ids=ids, sampling=Sampling(max_tokens=8)))
-    >>> while engine.has_unfinished():
+    The examples in this class need vLLM and a model, so they are not run as tests
+    (tests/test_vllm_engine.py runs the same calls on the tiny model).
+
+    >>> engine = VllmEngine(vllm.LLM(model="samples/tiny-model"))  # doctest: +SKIP
+    >>> [ids] = engine.encode(["Hello"])  # doctest: +SKIP
+    >>> engine.add(EngineRequest(  # doctest: +SKIP
+    ...     key=0, prompt_token_ids=ids, sampling=Sampling(max_tokens=8)))
+    >>> while engine.has_unfinished():  # doctest: +SKIP
     ...     outputs = engine.step()
     """
 
@@ -205,7 +209,7 @@ class VllmEngine:
         `max_model_len` gets a "prompt_too_long" error in place. Safe to call from
         another thread while `step` runs.
 
-        >>> engine.encode(["Hello", [{"role": "user", "content": 5}]])
+        >>> engine.encode(["Hello", [{"role": "user", "content": 5}]])  # doctest: +SKIP
         [[0, 44, 73, 80, 985], PermanentRequestError("cannot apply the chat template: ...")]
         """
         with self._tokenizer_turns:
@@ -351,7 +355,8 @@ class VllmEngine:
     def add(self, request: EngineRequest) -> None:
         """Queue a request; raises PermanentRequestError if vLLM rejects it.
 
-        >>> engine.add(EngineRequest(key=7, prompt_token_ids=[0, 44], sampling=Sampling()))
+        >>> engine.add(EngineRequest(  # doctest: +SKIP
+        ...     key=7, prompt_token_ids=[0, 44], sampling=Sampling()))
         """
         self._check_alive()
         prompt_len = len(request.prompt_token_ids)
@@ -383,7 +388,7 @@ class VllmEngine:
     def step(self) -> list[EngineOutput]:
         """Run one engine step; return the requests that finished in it.
 
-        >>> while engine.has_unfinished():
+        >>> while engine.has_unfinished():  # doctest: +SKIP
         ...     for out in engine.step():
         ...         print(out.key, out.finish_reason, out.completion_tokens)
         7 length 16
@@ -422,7 +427,7 @@ class VllmEngine:
     def abort(self, keys: Iterable[int]) -> None:
         """Drop queued or running requests; unknown keys are ignored.
 
-        >>> engine.abort([7])
+        >>> engine.abort([7])  # doctest: +SKIP
         """
         request_ids = []
         for key in keys:
@@ -440,7 +445,7 @@ class VllmEngine:
     def close(self) -> None:
         """Shut the engine down and free its memory, so another can start in-process.
 
-        >>> engine.close()
+        >>> engine.close()  # doctest: +SKIP
         """
         if self._llm is None:
             return
@@ -493,9 +498,10 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
     """Start vLLM for `config` and return it as an `Engine`.
 
     `verbose` (or the BIZRA_BATCH_DEBUG variable) keeps vLLM's INFO logs and warnings.
+    The example starts vLLM (seconds to minutes), so it is not run as a test.
 
-    >>> engine = create_vllm_engine(EngineConfig(model="samples/tiny-model"))
-    >>> engine.max_model_len
+    >>> engine = create_vllm_engine(EngineConfig(model="samples/tiny-model"))  # doctest: +SKIP
+    >>> engine.max_model_len  # doctest: +SKIP
     2048
     """
     verbose = verbose or bool(os.environ.get(DEBUG_ENV))

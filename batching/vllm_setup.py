@@ -206,8 +206,8 @@ def apply_vllm_env_defaults(
 def quiet_vllm_start(verbose: bool) -> Iterator[None]:
     """Keep stdout clean and, unless `verbose`, silence warnings while vLLM starts.
 
-    >>> with quiet_vllm_start(verbose=False):
-    ...     import vllm
+    >>> with quiet_vllm_start(verbose=False):  # around `import vllm` and the engine's start
+    ...     print("what a model's code prints")  # goes to stderr: nothing shows here
     """
     # Anything vLLM or a model's code print()s lands on stderr, never among results.
     with contextlib.redirect_stdout(sys.stderr):

@@ -22,8 +22,11 @@ behind for the interpreter to trip over again at exit.
 This module opens writers and writes JSONL; `parquet_output` writes Parquet, and
 `existing_output` reads an earlier output back for `--resume`.
 
->>> with open_writer(OutputConfig(path="out.jsonl")) as writer:  # doctest: +SKIP
+>>> with open_writer(OutputConfig(path="out.jsonl")) as writer:
 ...     writer.write([Result(index=0, id="a", output="Hello")])
+>>> with open("out.jsonl") as written:
+...     print(written.read(), end="")
+{"id":"a","output":"Hello",...}
 """
 
 from __future__ import annotations

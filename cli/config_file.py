@@ -93,8 +93,12 @@ def load_config(
     no command knows is a usage error naming the file and the key; with `ctx`, so
     is a value the option would refuse.
 
-    >>> load_config("bizra.toml", run_command, {"run": run_command})  # doctest: +SKIP
-    {'max_tokens': 128}
+    >>> import click
+    >>> run_command = click.Command("run", params=[click.Option(["--max-tokens"], type=int)])
+    >>> with open("bizra.toml", "w") as config:
+    ...     _ = config.write('max-tokens = 128\\n[run]\\nmax_tokens = 64\\n')
+    >>> load_config("bizra.toml", run_command, {"run": run_command})
+    {'max_tokens': 64}
     """
     try:
         with open(path, "rb") as handle:

@@ -1,4 +1,4 @@
-"""`bizra-batch run`: options and env vars -> RunConfig -> `batching.pipeline.run`."""
+"""`bizra-batch run`: options and env vars -> RunConfig -> `batching.job.run`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from batching import interrupts
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import Engine, EngineFactory
 from batching.errors import BatchError, UsageError
+from batching.ray_runner import LOCAL as RAY_LOCAL
 from batching.readers import DEFAULT_MAX_LINE_BYTES
 from batching.records import Sampling
 from cli.config_file import ConfigOption
@@ -46,7 +47,6 @@ RUNNING = "Batching and retries"
 OUTPUT = "Output and report"
 REMOTE = "Remote engine (--engine openai)"
 CLUSTER = "Running on a Ray cluster"
-RAY_LOCAL = "local"
 # A closed stdout ends the run as SIGPIPE would end `cat`: 128 + 13.
 _CLOSED_STDOUT = 141
 

@@ -1,21 +1,25 @@
 """Shared fixtures: the tiny local model, and one real vLLM engine per test session.
 
 Tests that use `vllm_engine` (or start vLLM some other way) are marked
-`@pytest.mark.vllm`; `pytest -m "not vllm"` runs everything else in seconds.
+`@pytest.mark.vllm`, and tests that take a second or more (Ray, subprocesses) are
+marked `@pytest.mark.slow`; `pytest -m "not vllm and not slow"` runs the rest in seconds.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
 
-from batching.config import EngineConfig
+from batching.config import DEFAULT_MAX_LINE_BYTES, EngineConfig, InputConfig
+from batching.readers import RowSource, open_source
+from tests.reading_helpers import Open
 
 if TYPE_CHECKING:
     from batching.vllm_engine import VllmEngine
@@ -82,3 +86,20 @@ def vllm_engine(tiny_engine_config: EngineConfig) -> Iterator[VllmEngine]:
     assert isinstance(engine, VllmEngine)
     yield engine
     engine.close()
+
+
+@pytest.fixture(params=["file", "stdin"])
+def open_jsonl(request: pytest.FixtureRequest, tmp_path: Path) -> Open:
+    """open(data, **config) for JSONL bytes, as a file or as stdin: same rows either way."""
+
+    def open_(
+        data: bytes, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, **config: Any
+    ) -> RowSource:
+        if request.param == "stdin":
+            cfg = InputConfig(path="-", **config)
+            return open_source(cfg, stdin=io.BytesIO(data), max_line_bytes=max_line_bytes)
+        path = tmp_path / "prompts.jsonl"
+        path.write_bytes(data)
+        return open_source(InputConfig(path=str(path), **config), max_line_bytes=max_line_bytes)
+
+    return open_

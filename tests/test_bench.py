@@ -116,6 +116,7 @@ def test_synthetic_prompts_have_the_asked_lengths_and_no_shared_prefix() -> None
         synthetic_prompts(engine, 1, [0])
 
 
+@pytest.mark.slow  # draws the plot with matplotlib
 def test_cli_prints_the_table_and_writes_json_and_a_plot(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     plot = tmp_path / "bench.png"
@@ -158,6 +159,7 @@ def test_cli_usage_errors_exit_2(args: list[str], message: str) -> None:
     assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_plot_without_matplotlib_exits_2_with_the_install_hint(tmp_path: Path) -> None:
     # A child process whose import of matplotlib fails, as on an install without
     # the plot extra; it must stop before starting the engine.

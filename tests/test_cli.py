@@ -18,6 +18,7 @@ from batching.config import InputConfig, OutputConfig, RunConfig
 from batching.errors import UsageError
 from batching.records import Sampling
 from cli.app import app
+from tests.reached import Reached
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +124,12 @@ def test_parquet_in_and_out(tmp_path: Path) -> None:
 
 
 def test_model_from_the_environment(prompts_file: Path) -> None:
-    result = invoke(str(prompts_file), "-q", env={"BIZRA_BATCH_MODEL": "fake"})
+    # The fake engine needs no model; OpenAI output lines name the one the config got.
+    args = (str(prompts_file), "-q", "--output-format", "openai")
+    result = invoke(*args, env={"BIZRA_BATCH_MODEL": "from-env"})
     assert result.exit_code == 0, result.stderr
+    models = [line["response"]["body"]["model"] for line in read_jsonl(result.stdout)]  # type: ignore[index]
+    assert models == ["from-env"] * len(ROWS)
 
 
 def test_missing_model_is_a_usage_error(prompts_file: Path) -> None:
@@ -153,10 +158,13 @@ def test_a_model_path_that_is_not_there_is_refused_before_loading(tmp_path: Path
 
 
 @pytest.mark.parametrize("model", ["s3://bucket/models/llama", "org/name", "name"])
-def test_model_names_that_are_no_local_paths_are_left_to_vllm(model: str) -> None:
-    from cli.run import EngineChoice, _checked_model
-
-    assert _checked_model(model, EngineChoice.vllm, local=True) == model
+def test_model_names_that_are_no_local_paths_are_left_to_vllm(
+    model: str, prompts_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reached = Reached.spy(monkeypatch)
+    result = runner.invoke(app, ["run", str(prompts_file), "-q", "-m", model])
+    assert result.exit_code == 0, result.stderr
+    assert reached.engine_config.model == model
 
 
 @pytest.mark.parametrize(
@@ -270,6 +278,7 @@ def test_bad_engine_arg_is_a_usage_error(prompts_file: Path) -> None:
     assert "KEY=VALUE" in result.stderr
 
 
+@pytest.mark.slow
 def test_misspelt_fields_are_named_once_on_stderr_and_the_rows_run(tmp_path: Path) -> None:
     # A process of its own: under pytest a capture handler on the root logger stands
     # in for the last-resort handler that prints the readers' warnings for a user.

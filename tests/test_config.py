@@ -11,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.app import app
+from tests.reached import Reached
 
 runner = CliRunner()
 
@@ -112,13 +113,17 @@ def test_validate_reads_its_own_table_and_skips_options_of_run(
     assert orjson.loads(result.stdout)["valid"] == 1
 
 
-def test_list_and_table_values(tmp_path: Path, prompts: Path) -> None:
+def test_list_and_table_values(
+    tmp_path: Path, prompts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write_config(
-        tmp_path,
-        'engine = "fake"\nmodel = "m"\nstop = ["x", "y"]\nengine-arg = { swap_space = 4 }\n',
+        tmp_path, 'model = "m"\nstop = ["x", "y"]\nengine-arg = { swap_space = 4 }\n'
     )
+    reached = Reached.spy(monkeypatch)
     result = run(str(prompts), "--config", str(config))
     assert result.exit_code == 0, result.output
+    assert reached.run_config.sampling.stop == ("x", "y")
+    assert reached.engine_config.extra == {"swap_space": 4}
 
 
 @pytest.mark.parametrize(
@@ -199,10 +204,13 @@ def test_validate_json_and_bench_input_env_vars_are_named_after_the_options(
 def test_bench_ignores_the_engine_exported_for_run(tmp_path: Path) -> None:
     # `run --engine` takes openai, which bench cannot run: an env var exported for
     # run must not break bench, which has its own.
-    bench = ["bench", "-m", "m", "--prompts", "1", "--batch-sizes", "all", "--no-pipeline"]
+    out = tmp_path / "bench.json"
+    bench = ["bench", "-m", "m", "--prompts", "1", "--batch-sizes", "all", "--no-pipeline",
+             "--json", str(out)]  # fmt: skip
     env = {"BIZRA_BATCH_ENGINE": "openai", "BIZRA_BATCH_BENCH_ENGINE": "fake"}
     result = runner.invoke(app, bench, env=env)
     assert result.exit_code == 0, result.output
+    assert orjson.loads(out.read_bytes())["settings"]["engine"] == "fake"
 
 
 def test_bench_reads_the_config_file_with_its_own_table(tmp_path: Path) -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batching import field_spelling
 from batching.config import InputConfig
 from batching.field_spelling import FieldSpelling
+from batching.readers import open_source
+from batching.records import Request, Sampling
+from tests.reading_helpers import Open, jsonl, read_all
 
 
 def warnings_for(
@@ -126,3 +132,35 @@ def test_rows_with_names_or_key_sets_seen_before_are_not_looked_at_again(
     # lack "messages"), but its key set is remembered: looked at once, not 1,000 times.
     assert {"topic", "max_token"} <= spelling.cleared and "prompt_id" not in spelling.cleared
     assert sorted(looked_at) == ["max_token", "prompt_id", "topic"]
+
+
+def test_misspelt_fields_are_warned_about_once_and_the_rows_still_run(
+    open_jsonl: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = jsonl(
+        {"id": "x", "prompt": "c", "max_token": 1, "temprature": 5},
+        {"id": "y", "prompt": "d", "max_token": 2, "topic": "kept elsewhere"},
+        {"id": "z", "prompt": "e", "temprature": 0},
+    )
+    with caplog.at_level(logging.WARNING, logger="bizra_batch"):
+        source = open_jsonl(data)
+        rows = read_all(source)
+
+    assert all(isinstance(row, Request) and row.sampling == Sampling() for row in rows)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{source.name}:1: unknown field 'max_token' is ignored; did you mean 'max_tokens'?",
+        f"{source.name}:1: unknown field 'temprature' is ignored; did you mean 'temperature'?",
+    ]
+
+
+def test_a_misspelt_parquet_column_is_warned_about_at_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "max_token": 3, "topic": "t"}] * 3), path)
+    with caplog.at_level(logging.WARNING, logger="bizra_batch"):
+        rows = read_all(open_source(InputConfig(path=str(path))))
+    assert len(rows) == 3
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path}: unknown field 'max_token' is ignored; did you mean 'max_tokens'?"
+    ]

@@ -83,6 +83,7 @@ def _read_while_open(
     return lines, sent_when_read, rest
 
 
+@pytest.mark.slow
 def test_a_slow_pipe_gets_results_before_its_input_ends(tmp_path: Path) -> None:
     stderr_path = tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "cli", "run", "-", "-o", "-", "--engine", "fake", "-m", "x"]
@@ -123,6 +124,7 @@ class _FifoProducer(_Producer):
         super().run()
 
 
+@pytest.mark.slow
 def test_a_named_pipe_given_as_input_is_read_live_like_stdin(tmp_path: Path) -> None:
     # `run <(tail -f q.jsonl)` or `mkfifo p; run p`: a pipe by name, not on stdin.
     fifo = tmp_path / "queue.jsonl"
@@ -157,6 +159,7 @@ def test_a_named_pipe_given_as_input_is_read_live_like_stdin(tmp_path: Path) -> 
     assert [row["id"] for row in rows] == [f"q{i}" for i in range(producer.sent)]
 
 
+@pytest.mark.slow
 def test_on_invalid_abort_refuses_a_named_pipe_instead_of_hanging(tmp_path: Path) -> None:
     # The check reads the input once and the run again; a pipe opened a second time
     # would wait for a writer forever. No writer here: a refusal must not open it.

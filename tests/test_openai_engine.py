@@ -380,6 +380,7 @@ def test_cli_usage_errors(tmp_path: Path, args: list[str], message: str) -> None
     assert message in result.output
 
 
+@pytest.mark.slow
 def test_exit_does_not_wait_for_requests_still_open() -> None:
     # Ctrl-C closes the engine while requests are open; the process must then exit
     # instead of waiting for the server (here: never) to answer them.

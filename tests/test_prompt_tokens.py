@@ -63,6 +63,7 @@ def test_text_parts_are_joined_with_newlines(tiny_model: Path) -> None:
     )
 
 
+@pytest.mark.slow  # imports transformers
 def test_counts_match_transformers_apply_chat_template(tiny_model: Path) -> None:
     transformers = pytest.importorskip("transformers")
     reference = transformers.PreTrainedTokenizerFast.from_pretrained(str(tiny_model))

@@ -29,6 +29,8 @@ from cli.app import app
 from cli.run import bare_ray_means_local
 
 ray = pytest.importorskip("ray")
+# Every test here starts (or shares) a Ray instance: seconds each.
+pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from batching.ray_runner import RayOptions, run_on_ray  # noqa: E402

@@ -22,6 +22,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+# Every test here runs the CLI in a subprocess and signals it: seconds each.
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "cli", "run"]
 CHUNK_SIZE = 16

@@ -466,6 +466,7 @@ def test_model_without_tokenizer_says_so_and_exit_code_is_unchanged(
     assert "no tokenizer.json" in result.stderr
 
 
+@pytest.mark.slow
 def test_validate_loads_neither_vllm_nor_torch(prompts_file: Path, tiny_model: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -78,6 +78,7 @@ def _assert_same(ours: EngineOutput, theirs: Any) -> None:
 # -- without vLLM ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_the_module_loads_neither_vllm_nor_torch() -> None:
     code = "import sys, batching.vllm_engine; print('vllm' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run(

@@ -173,6 +173,7 @@ def test_closed_pipe_raises_broken_pipe_and_close_stays_quiet() -> None:
         writer.close()  # no second BrokenPipeError from a leftover buffer
 
 
+@pytest.mark.slow
 def test_real_stdout_into_a_closed_pipe_leaves_no_buffered_mess() -> None:
     script = textwrap.dedent(
         """
@@ -264,6 +265,7 @@ def test_resume_with_no_earlier_output_starts_one(tmp_path: Path, name: str) -> 
     assert [r["id"] for r in read_rows(path)] == [0, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["out.jsonl", "out.parquet"])
 def test_resume_after_kill_9_gives_the_output_of_one_run(tmp_path: Path, name: str) -> None:
     path, one_run = tmp_path / name, tmp_path / f"one{Path(name).suffix}"
