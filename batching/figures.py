@@ -35,6 +35,7 @@ __all__ = [
     "figure_docs",
     "figure_fields",
     "figures_dict",
+    "list_figures_in_docstring",
     "starting_figures",
 ]
 
@@ -108,6 +109,12 @@ def figures_dict(obj: Any) -> dict[str, Any]:
 def figure_docs(cls: type) -> dict[str, str]:
     """What each key of the JSON form means, in key order."""
     return {f.name: f.metadata[_DOC] for f in figure_fields(cls) if f.metadata[_KEY]}
+
+
+def list_figures_in_docstring(cls: type) -> None:
+    """Append the list of JSON keys and what each means to `cls.__doc__` (for `help`)."""
+    keys = "".join(f"    - {name}: {doc}.\n" for name, doc in figure_docs(cls).items())
+    cls.__doc__ = f"{cls.__doc__ or ''}\n    Keys of `to_dict()`, in order:\n\n{keys}"
 
 
 def starting_figures(cls: type) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from batching.figures import (
     derive_figures,
     derived,
     figure,
-    figure_docs,
     figure_fields,
     figures_dict,
+    list_figures_in_docstring,
     starting_figures,
 )
 from batching.gpu_monitor import GpuSampler, GpuUsage, open_gpu_sampler
@@ -67,7 +67,7 @@ class ReplicaThroughput:
     25.0
     """
 
-    name: str = figure("", "the replica (node and process)")
+    name: str = figure(doc="the replica (node and process)")
     rows: int = figure(0, "rows it ran; invalid input rows never reach a replica's engine")
     output_tokens: int = figure(0, "tokens it generated")
     busy_seconds: float = figure(
@@ -327,11 +327,8 @@ class Report:
         return figures_dict(self)
 
 
-Report.__doc__ = (
-    (Report.__doc__ or "")
-    + "\n    Keys of `to_dict()`, in order:\n\n"
-    + "".join(f"    - {name}: {doc}.\n" for name, doc in figure_docs(Report).items())
-)
+list_figures_in_docstring(ReplicaThroughput)
+list_figures_in_docstring(Report)
 
 # What a replica's own report adds to the run's (`ReportCollector.add_engine_work`).
 _ENGINE_WORK = tuple(f.name for f in figure_fields(Report) if f.metadata.get("engine_work"))
