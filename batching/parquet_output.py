@@ -13,7 +13,7 @@ import shutil
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batching.errors import OutputError
 from batching.parquet_format import (
@@ -29,7 +29,10 @@ from batching.records import Result
 from batching.result_writer import ResultWriter
 from batching.sink import Sink, exists_message, open_error, write_failed
 
-__all__ = ["ParquetPartsWriter", "ParquetStreamWriter"]
+if TYPE_CHECKING:
+    from batching.config import OutputConfig
+
+__all__ = ["ParquetPartsWriter", "ParquetStreamWriter", "unfinished_rows_dir"]
 
 _TMP_SUFFIX = ".tmp"
 _ASSEMBLY_NAME = "assembled.parquet" + _TMP_SUFFIX
@@ -284,6 +287,22 @@ class ParquetPartsWriter(_ParquetRows):
 
     def _part_path(self, number: int) -> str:
         return part_path(self._parts_dir, number)
+
+
+def unfinished_rows_dir(output: OutputConfig) -> str | None:
+    """Where an unfinished run's completed rows are, if not in the output itself: a
+    local Parquet file is written whole at the end, and until then they are in its
+    parts directory. None for every other output (its rows are in it).
+
+    >>> from batching.config import OutputConfig
+    >>> unfinished_rows_dir(OutputConfig("out.parquet"))
+    'out.parquet.parts'
+    >>> unfinished_rows_dir(OutputConfig("out.jsonl")) is None
+    True
+    """
+    if not output.location.is_local or output.written_format != "parquet":
+        return None
+    return output.location.path + PARTS_SUFFIX
 
 
 def _prepare_parts(path: str, *, overwrite: bool, resume: bool) -> None:

@@ -11,6 +11,7 @@ from cli import bench as bench_command
 from cli import run as run_command
 from cli import validate as validate_command
 from cli.config_file import CONTEXT_SETTINGS
+from cli.help import PanelledCommand
 
 __all__ = ["app", "main"]
 
@@ -73,11 +74,13 @@ app.command(
     short_help="Check an input file without running the model.",
     no_args_is_help=True,
     context_settings=CONTEXT_SETTINGS,
+    cls=PanelledCommand,
 )(validate_command.validate)
 app.command(
     "bench",
     short_help="Measure batching on the real engine: serial, batch sizes, and run.",
     context_settings=CONTEXT_SETTINGS,
+    cls=PanelledCommand,
 )(bench_command.bench)
 
 

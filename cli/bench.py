@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from batching.bench import ALL, DEFAULT_BATCH_SIZES, BenchResult, BenchRow
-from batching.config import EngineConfig, InputConfig
+from batching.config import EngineConfig
 from batching.engine import Engine, PermanentRequestError
-from batching.errors import BatchError, UsageError
+from batching.engine_choice import EngineChoice, checked_model, engine_factory
+from batching.errors import UsageError
 from batching.records import InvalidRow, Request, Sampling
 from batching.vs_generate import VsGenerateResult
 from cli.config_file import ConfigOption
-from cli.console import print_error, stderr_console
+from cli.console import stderr_console
+from cli.exit_codes import exit_on_error
 from cli.options import (
     ENGINE,
+    OUTPUT,
     DtypeOption,
     EngineArgOption,
     MaxModelLenOption,
@@ -27,30 +30,28 @@ from cli.options import (
     MessagesField,
     ModelOption,
     PromptField,
+    input_config,
     parse_engine_args,
 )
 
 __all__ = ["bench"]
 
 PROMPTS = "Prompts"
+MEASUREMENT = "Measurement"
 DEFAULT_PROMPTS = 64
 DEFAULT_SIZES = ",".join("all" if size == ALL else str(size) for size in DEFAULT_BATCH_SIZES)
 
 
 class BenchEngine(str, Enum):
+    """The engines bench can measure: run's, less openai (bench has no server options)."""
+
     vllm = "vllm"
     fake = "fake"
+    sim = "sim"
 
-
-def _start_engine(choice: BenchEngine, config: EngineConfig, debug: bool) -> Engine:
-    if choice is BenchEngine.fake:
-        from batching.testing import FakeEngine
-
-        return FakeEngine()
-    # Imported here, so `--help` and usage errors never load vLLM and torch.
-    from batching.vllm_engine import create_vllm_engine
-
-    return create_vllm_engine(config, verbose=debug)
+    @property
+    def choice(self) -> EngineChoice:
+        return EngineChoice(self.value)
 
 
 def _parse_sizes(text: str) -> list[int]:
@@ -82,7 +83,7 @@ def _read_rows(
     from batching.readers import open_source
 
     rows: list[Request] = []
-    config = InputConfig(path=path, prompt_field=prompt_field, messages_field=messages_field)
+    config = input_config(path, None, prompt_field, messages_field)
     with open_source(config) as source:
         for chunk in source.chunks():
             for row in chunk:
@@ -100,10 +101,10 @@ def _check_vs_generate(
     ctx: typer.Context, engine: BenchEngine, plot: str | None, pipeline: bool
 ) -> None:
     """What --vs-generate cannot be combined with, before the engine starts."""
-    if engine is BenchEngine.fake:
+    if engine is not BenchEngine.vllm:
         raise UsageError(
-            "--vs-generate compares with vLLM's LLM.generate, which --engine fake does not "
-            "have; use --engine vllm"
+            f"--vs-generate compares with vLLM's LLM.generate, which --engine {engine.value} "
+            "does not have; use --engine vllm"
         )
     if not pipeline:
         raise UsageError("--vs-generate runs the pipeline; leave out --no-pipeline")
@@ -152,13 +153,22 @@ def bench(
     ] = "32",
     prompt_field: PromptField = "prompt",
     messages_field: MessagesField = "messages",
-    max_tokens: Annotated[int, typer.Option(min=1, rich_help_panel=PROMPTS)] = 16,
+    max_tokens: Annotated[
+        int,
+        typer.Option(min=1, help="New tokens per prompt (greedy).", rich_help_panel=PROMPTS),
+    ] = 16,
     batch_sizes: Annotated[
         str,
-        typer.Option(help="Static batch sizes to sweep; all = every prompt at once."),
+        typer.Option(
+            help="Static batch sizes to sweep; all = every prompt at once.",
+            rich_help_panel=MEASUREMENT,
+        ),
     ] = DEFAULT_SIZES,
     pipeline: Annotated[
-        bool, typer.Option(help="Also run the prompts through the `run` pipeline.")
+        bool,
+        typer.Option(
+            help="Also run the prompts through the `run` pipeline.", rich_help_panel=MEASUREMENT
+        ),
     ] = True,
     vs_generate: Annotated[
         bool,
@@ -167,16 +177,19 @@ def bench(
             help="Instead of the sweep: the prompts through one raw LLM.generate call and "
             "through the `run` pipeline on the same engine; prints both throughputs and "
             "pipeline/generate. Rows keep their own max_tokens and temperature.",
+            rich_help_panel=MEASUREMENT,
         ),
     ] = False,
     json_path: Annotated[
-        str | None, typer.Option("--json", help="Also write the results as JSON here.")
+        str | None,
+        typer.Option("--json", help="Also write the results as JSON here.", rich_help_panel=OUTPUT),
     ] = None,
     plot: Annotated[
         str | None,
         typer.Option(
             help="Draw throughput and latency against batch size to this PNG (needs the "
-            "plot extra: matplotlib)."
+            "plot extra: matplotlib).",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
     engine: Annotated[
@@ -185,7 +198,8 @@ def bench(
             # Not run's BIZRA_BATCH_ENGINE: run also takes openai, which bench cannot
             # run, so exporting it for run would break bench.
             envvar="BIZRA_BATCH_BENCH_ENGINE",
-            help="vllm, or fake (instant, model-free).",
+            help="vllm; fake (instant, model-free); or sim (fake outputs at an "
+            "accelerator's pace: --engine-arg step_ms=15, prefill_us_per_token=30).",
             rich_help_panel=ENGINE,
         ),
     ] = BenchEngine.vllm,
@@ -201,9 +215,13 @@ def bench(
             rich_help_panel=ENGINE,
         ),
     ] = False,
-    seed: Annotated[int, typer.Option(rich_help_panel=ENGINE)] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Engine and synthetic prompts' seed.", rich_help_panel=ENGINE)
+    ] = 0,
     engine_arg: EngineArgOption = None,
-    debug: Annotated[bool, typer.Option(help="Full tracebacks and engine logs.")] = False,
+    debug: Annotated[
+        bool, typer.Option(help="Full tracebacks and engine logs.", rich_help_panel=OUTPUT)
+    ] = False,
     config_file: ConfigOption = None,
 ) -> None:
     """Measure batching on the real engine: serial, a sweep of batch sizes, and `run`.
@@ -214,10 +232,11 @@ def bench(
     `run` pipeline on the same engine, and pipeline/generate. Exit codes: 0 done; 1
     the engine failed; 2 usage error.
     """
-    from batching.bench import as_requests, pipeline_config, prompt_of, synthetic_prompts
+    from batching.bench import as_requests, synthetic_prompts
 
     console = stderr_console()
-    try:
+    with exit_on_error():
+        model = checked_model(model, engine.choice)
         if vs_generate:
             _check_vs_generate(ctx, engine, plot, pipeline)
         sizes = _parse_sizes(batch_sizes)
@@ -237,18 +256,13 @@ def bench(
             max_num_seqs=max_num_seqs,
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
-            extra=parse_engine_args(engine_arg or []),
+            extra=parse_engine_args(engine_arg),
         )
-    except BatchError as exc:
-        print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
+        start = engine_factory(engine.choice, engine_config, verbose=debug)
 
     console.print(f"bizra-batch bench: starting {model} ...")
-    try:
-        live = _start_engine(engine, engine_config, debug)
-    except BatchError as exc:
-        print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
+    with exit_on_error():
+        live = start()
     settings = {
         "model": model,
         "engine": engine.value,
@@ -259,33 +273,42 @@ def bench(
     }
     sampling = Sampling(max_tokens=max_tokens, temperature=0.0, seed=seed)
     try:
-        if rows is None:
-            texts = synthetic_prompts(live, prompts or DEFAULT_PROMPTS, lengths, seed=seed)
-            rows = as_requests(texts)
-        result: BenchResult | VsGenerateResult
-        if vs_generate:
-            from batching.vs_generate import run_vs_generate
-
-            result = run_vs_generate(
-                live, rows, sampling, pipeline_config(), on_row=_progress(console),
-                settings=settings,
-            )  # fmt: skip
-        else:
-            from batching.bench import run_bench
-
-            result = run_bench(
-                live, [prompt_of(row) for row in rows], sampling, batch_sizes=sizes,
-                pipeline=pipeline_config() if pipeline else None, on_row=_progress(console),
-                settings=settings,
-            )  # fmt: skip
-    except (ValueError, RuntimeError, PermanentRequestError) as exc:
-        if debug:
-            console.print_exception()
-        print_error(str(exc))
-        raise typer.Exit(1) from None
+        # Not a usage error if the engine refuses the prompts: exit 1, as in run.
+        with exit_on_error(ValueError, RuntimeError, PermanentRequestError, debug=debug):
+            if rows is None:
+                texts = synthetic_prompts(live, prompts or DEFAULT_PROMPTS, lengths, seed=seed)
+                rows = as_requests(texts)
+            result = _measure(live, rows, sampling, sizes, pipeline, vs_generate, settings, console)
     finally:
         live.close()
     _show(result, json_path, plot, console)
+
+
+def _measure(
+    live: Engine,
+    rows: list[Request],
+    sampling: Sampling,
+    sizes: list[int],
+    pipeline: bool,
+    vs_generate: bool,
+    settings: Mapping[str, Any],
+    console: Console,
+) -> BenchResult | VsGenerateResult:
+    from batching.bench import pipeline_config, prompt_of
+
+    if vs_generate:
+        from batching.vs_generate import run_vs_generate
+
+        return run_vs_generate(
+            live, rows, sampling, pipeline_config(), on_row=_progress(console), settings=settings
+        )
+    from batching.bench import run_bench
+
+    return run_bench(
+        live, [prompt_of(row) for row in rows], sampling, batch_sizes=sizes,
+        pipeline=pipeline_config() if pipeline else None, on_row=_progress(console),
+        settings=settings,
+    )  # fmt: skip
 
 
 def _progress(console: Console) -> Callable[[BenchRow], None]:

@@ -31,6 +31,7 @@ import typer
 
 from batching.records import SAMPLING_FIELDS
 from batching.sampling_rules import setting_problem
+from cli.options import CONFIGURATION
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -202,6 +203,7 @@ ConfigOption = Annotated[
         callback=_config_callback,
         is_eager=True,
         dir_okay=False,
+        rich_help_panel=CONFIGURATION,
     ),
 ]
 """Add `config_file: ConfigOption = None` to a command to give it `--config`."""

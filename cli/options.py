@@ -1,18 +1,31 @@
-"""Options that several commands share, declared once so they read the same in each."""
+"""Options that several commands share, declared once so they read the same in each;
+the help panels every command groups its options in; and the builders that turn the
+shared options into config objects.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any
 
 import orjson
 import typer
 
+from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
 
 __all__ = [
+    "BATCHING",
+    "CONFIGURATION",
+    "DEFAULT_MAX_LINE_BYTES",
     "ENGINE",
-    "FIELDS",
+    "INPUT",
+    "OUTPUT",
+    "RAY",
+    "RELIABILITY",
+    "REMOTE",
+    "SAMPLING",
     "DtypeOption",
     "EngineArgOption",
     "IdField",
@@ -24,11 +37,36 @@ __all__ = [
     "MessagesField",
     "ModelOption",
     "PromptField",
+    "input_config",
+    "panel_option",
     "parse_engine_args",
 ]
 
-FIELDS = "Input fields"
+# The help panels, in the order of the README's "Flags" table.
+INPUT = "Input"
+SAMPLING = "Sampling defaults (a row's own field wins)"
 ENGINE = "Engine (passed to vllm.LLM)"
+BATCHING = "Batching"
+RELIABILITY = "Reliability"
+OUTPUT = "Output and report"
+REMOTE = "Remote engine (--engine openai)"
+RAY = "Ray cluster (--ray)"
+CONFIGURATION = "Configuration"
+
+
+def panel_option(panel: str) -> Callable[..., Any]:
+    """`typer.Option` for the options of one help panel, each with its help text.
+
+    >>> sampling_option = panel_option(SAMPLING)
+    >>> info = sampling_option("Stop string; repeat for several.")
+    >>> info.rich_help_panel, info.help
+    ("Sampling defaults (a row's own field wins)", 'Stop string; repeat for several.')
+    """
+
+    def option(help: str, *names: str, **settings: Any) -> Any:
+        return typer.Option(*names, help=help, rich_help_panel=panel, **settings)
+
+    return option
 
 
 class InputFormatChoice(str, Enum):
@@ -37,56 +75,74 @@ class InputFormatChoice(str, Enum):
     openai = "openai"
 
 
+_input = panel_option(INPUT)
+_engine = panel_option(ENGINE)
+
 InputFormatOption = Annotated[
     InputFormatChoice | None,
-    typer.Option(
-        help="Input format; default from the extension (stdin: jsonl). JSONL whose first "
-        "line is an OpenAI batch request (custom_id, url, body) is read as openai.",
-        rich_help_panel=FIELDS,
+    _input(
+        "Input format; default from the extension (stdin: jsonl). JSONL whose first line "
+        "is an OpenAI batch request (custom_id, url, body) is read as openai."
     ),
 ]
-PromptField = Annotated[str, typer.Option(rich_help_panel=FIELDS)]
-MessagesField = Annotated[str, typer.Option(rich_help_panel=FIELDS)]
-IdField = Annotated[
-    str,
-    typer.Option(
-        help="Row id field; default id is the 0-based row number.", rich_help_panel=FIELDS
-    ),
+PromptField = Annotated[str, _input("Field holding a row's prompt text.")]
+MessagesField = Annotated[
+    str, _input("Field holding a row's chat messages (a list of role/content).")
 ]
-MaxLineBytes = Annotated[
-    int,
-    typer.Option(min=1, help="Longer input lines are invalid rows.", rich_help_panel=FIELDS),
-]
+IdField = Annotated[str, _input("Row id field; default id is the 0-based row number.")]
+MaxLineBytes = Annotated[int, _input("Longer input lines are invalid rows.", min=1)]
 
 ModelOption = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        envvar="BIZRA_BATCH_MODEL",
-        help="Model name or local path.",
-        rich_help_panel=ENGINE,
-    ),
+    str, _engine("Model name or local path.", "--model", "-m", envvar="BIZRA_BATCH_MODEL")
 ]
-DtypeOption = Annotated[str, typer.Option(rich_help_panel=ENGINE)]
-MaxModelLenOption = Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)]
-MaxNumSeqsOption = Annotated[int | None, typer.Option(min=1, rich_help_panel=ENGINE)]
+DtypeOption = Annotated[
+    str, _engine("Weights' data type: auto (the model's), bfloat16, float16, float32.")
+]
+MaxModelLenOption = Annotated[
+    int | None, _engine("Context length (prompt + output tokens). Default: the model's.", min=1)
+]
+MaxNumSeqsOption = Annotated[
+    int | None, _engine("Sequences in one engine step (the engine's batch).", min=1)
+]
 EngineArgOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="Any other vllm.LLM argument as KEY=VALUE; repeatable.", rich_help_panel=ENGINE
-    ),
+    list[str] | None, _engine("Any other vllm.LLM argument as KEY=VALUE; repeatable.")
 ]
 
 
-def parse_engine_args(pairs: list[str]) -> dict[str, Any]:
+def input_config(
+    path: str,
+    input_format: InputFormatChoice | None,
+    prompt_field: str = "prompt",
+    messages_field: str = "messages",
+    id_field: str = "id",
+    *,
+    keep_fields: str = "",
+    chunk_size: int = 1024,
+) -> InputConfig:
+    """The `InputConfig` the input options describe; `keep_fields` comma-separated.
+
+    >>> input_config("in.jsonl", None, keep_fields="topic, lang").keep_fields
+    ('topic', 'lang')
+    """
+    return InputConfig(
+        path=path,
+        format=None if input_format is None else input_format.value,
+        prompt_field=prompt_field,
+        messages_field=messages_field,
+        id_field=id_field,
+        keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
+        chunk_size=chunk_size,
+    )
+
+
+def parse_engine_args(pairs: list[str] | None) -> dict[str, Any]:
     """`KEY=VALUE` pairs; a VALUE that parses as JSON is taken as JSON (numbers, bools).
 
     >>> parse_engine_args(["enforce_eager=true", "swap-space=4"])
     {'enforce_eager': True, 'swap_space': 4}
     """
     parsed: dict[str, Any] = {}
-    for pair in pairs:
+    for pair in pairs or ():
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--engine-arg {pair!r}: expected KEY=VALUE, e.g. swap_space=4")

@@ -8,12 +8,18 @@ from typing import Annotated
 import orjson
 import typer
 
-from batching.config import InputConfig
-from batching.errors import BatchError
-from batching.readers import DEFAULT_MAX_LINE_BYTES
 from cli.config_file import ConfigOption
-from cli.console import print_error
-from cli.options import IdField, InputFormatOption, MaxLineBytes, MessagesField, PromptField
+from cli.exit_codes import FAILED, OK, exit_on_error
+from cli.options import (
+    DEFAULT_MAX_LINE_BYTES,
+    OUTPUT,
+    IdField,
+    InputFormatOption,
+    MaxLineBytes,
+    MessagesField,
+    PromptField,
+    input_config,
+)
 
 __all__ = ["validate"]
 
@@ -62,6 +68,7 @@ def validate(
             # Named after the option: the parameter's name would make it _JSON_OUTPUT.
             envvar="BIZRA_BATCH_JSON",
             help="Print the report as JSON (all figures).",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
     config_file: ConfigOption = None,
@@ -79,15 +86,9 @@ def validate(
     from batching.validate import format_report
     from batching.validate import validate as validate_input
 
-    try:
-        # Inside the try: the config refuses a path it cannot resolve (file://host/).
-        config = InputConfig(
-            path=input_path,
-            format=input_format.value if input_format else None,
-            prompt_field=prompt_field,
-            messages_field=messages_field,
-            id_field=id_field,
-        )
+    with exit_on_error():
+        # Inside: the config refuses a path it cannot resolve (file://host/).
+        config = input_config(input_path, input_format, prompt_field, messages_field, id_field)
         report = validate_input(
             config,
             tokenizer_dir=model or None,  # an empty BIZRA_BATCH_MODEL means none
@@ -95,9 +96,6 @@ def validate(
             default_max_tokens=max_tokens,
             max_line_bytes=max_line_bytes,
         )
-    except BatchError as exc:
-        print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
     if json_output:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
@@ -106,4 +104,4 @@ def validate(
             sys.stderr.write(f"bizra-batch: note: {report.token_stats_skipped}\n")
     else:
         sys.stdout.write(format_report(report) + "\n")
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(OK if report.ok else FAILED)

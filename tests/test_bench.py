@@ -146,17 +146,41 @@ def test_cli_reads_prompts_from_a_file(tmp_path: Path) -> None:
     assert json.loads(out_json.read_text())["prompts"] == 3
 
 
+def test_cli_measures_the_sim_engine_as_run_would_start_it(tmp_path: Path) -> None:
+    # The engine choice run has: --engine sim with its timings from --engine-arg.
+    out_json = tmp_path / "bench.json"
+    result = runner.invoke(
+        app,
+        ["bench", "-m", "sim", "--engine", "sim", "--prompts", "4", "--batch-sizes", "all",
+         "--engine-arg", "step_ms=0", "--engine-arg", "prefill_us_per_token=0",
+         "--json", str(out_json)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out_json.read_text())
+    assert [r["label"] for r in data["rows"]] == ["serial", "batch 4", "run pipeline"]
+    assert data["settings"]["engine"] == "sim"
+
+
+def test_cli_refuses_a_model_path_that_is_not_there(tmp_path: Path) -> None:
+    # As run does: before vLLM loads for seconds and calls it a bad repo id.
+    missing = str(tmp_path / "no-model")
+    result = runner.invoke(app, ["bench", "-m", missing])
+    assert result.exit_code == 2
+    assert result.stderr == f"bizra-batch: error: --model {missing}: no such file or directory\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--batch-sizes", "1,zero"], "'zero' is not a positive number"),
-        (["--prompt-tokens", "0"], "expected positive numbers"),
+        (["--batch-sizes", "1,zero"],
+         "--batch-sizes '1,zero': 'zero' is not a positive number or all"),
+        (["--prompt-tokens", "0"], "--prompt-tokens '0': expected positive numbers, e.g. 32,128"),
     ],
-)
+)  # fmt: skip
 def test_cli_usage_errors_exit_2(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["bench", "-m", "fake", "--engine", "fake", *args])
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert result.stderr == f"bizra-batch: error: {message}\n"
 
 
 @pytest.mark.slow
@@ -251,6 +275,9 @@ def test_vs_generate_runs_the_same_rows_and_settings_on_both_sides() -> None:
     [
         (["--engine", "fake"],
          "--vs-generate compares with vLLM's LLM.generate, which --engine fake does not "
+         "have; use --engine vllm"),
+        (["--engine", "sim"],
+         "--vs-generate compares with vLLM's LLM.generate, which --engine sim does not "
          "have; use --engine vllm"),
         (["--no-pipeline"], "--vs-generate runs the pipeline; leave out --no-pipeline"),
         (["--plot", "b.png"],

@@ -317,3 +317,15 @@ def test_parquet_resume_keeps_the_column_types_of_the_rows_it_continues(tmp_path
     ]
     existing = scan_output(resumable(path))
     assert existing is not None and list(existing.ids()) == ["a", "b", 3, "d"]
+
+
+def test_only_a_local_parquet_output_keeps_unfinished_rows_beside_it() -> None:
+    # What `run` names after an interrupt: the parts directory, or the output itself.
+    from batching.config import OutputConfig
+    from batching.parquet_output import unfinished_rows_dir
+
+    assert unfinished_rows_dir(OutputConfig("/data/out.parquet")) == "/data/out.parquet.parts"
+    assert unfinished_rows_dir(OutputConfig("file:///data/o.pq")) == "/data/o.pq.parts"
+    assert unfinished_rows_dir(OutputConfig("s3://bucket/out.parquet")) is None
+    assert unfinished_rows_dir(OutputConfig("out.jsonl")) is None
+    assert unfinished_rows_dir(OutputConfig(None, format="parquet")) is None
