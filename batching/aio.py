@@ -4,10 +4,11 @@ The live-pipe machinery, fed by `submit()` instead of a pipe: requests wait in a
 queue until `max_batch_size` of them are there or the first has waited
 `max_wait_ms`, then go to the engine together, and each caller's awaitable
 resolves as soon as its own request finishes. The engine loop is the pipeline's
-(`pipeline.run_rows`), run in one background thread, so requests get everything a
-file's rows get: grouping by length, retries, isolation of a request that fails
-its batch, engine restarts. A request that fails raises `RequestError` for its
-caller alone; the requests batched with it are unaffected.
+(`pipeline.run_rows`), run in one background thread by `live_engine.LiveEngine`,
+so requests get everything a file's rows get: grouping by length, retries,
+isolation of a request that fails its batch, engine restarts. A request that
+fails raises `RequestError` for its caller alone; the requests batched with it
+are unaffected.
 
 >>> from batching import FakeEngine
 >>> async def main() -> None:
@@ -23,18 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import queue
 import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from batching.config import InputConfig, RunConfig
-from batching.engine import Engine, EngineFactory
+from batching.engine import EngineFactory
 from batching.errors import BatchError
 from batching.grouping import Order
-from batching.pipeline import run_rows
-from batching.prefetch import Arrival, LiveChunks
+from batching.live_engine import LiveEngine
 from batching.records import SAMPLING_FIELDS, Result, Row, Sampling
 from batching.report import ReportCollector
 from batching.retry import RetryPolicy
@@ -93,10 +92,9 @@ class BatchQueue:
         max_engine_restarts: int = 3,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._factory = engine_factory
         # Checked as any run's config is (UsageError): a batch size below 1 is a chunk
         # size below 1, a default sampling setting is held to a row's rules.
-        self._config = RunConfig(
+        config = RunConfig(
             input=dataclasses.replace(_FIELDS, chunk_size=max_batch_size),
             sampling=sampling or Sampling(max_tokens=256),
             order=order,
@@ -107,20 +105,28 @@ class BatchQueue:
             max_in_flight=min(max_in_flight, max_batch_size),
             max_wait_ms=max_wait_ms,
         )
-        self._retry = retry
-        self._arrivals: queue.Queue[Arrival] = queue.Queue()
-        self._chunks = _CountingChunks(
-            self._arrivals, chunk_size=max_batch_size, max_wait_s=max_wait_ms / 1000.0
-        )
         self._report = ReportCollector()
         self._report.start()  # health() may be asked before the first request
+        self._engine = LiveEngine(
+            engine_factory,
+            config,
+            on_result=self._answer,
+            on_failure=self._fail,
+            retry=retry,
+            report=self._report,
+            place=_place,
+            max_wait_s=max_wait_ms / 1000.0,
+            # A wrong model path fails in start(), and the first caller does not
+            # wait for weights to load.
+            eager_start=True,
+        )
         self._lock = threading.Lock()  # new requests and their waiters, taken in order
         self._waiters: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Result]]] = {}
         self._submitted = 0
         self._finished = 0
         self._closing = False
         self._failure: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._started = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -142,15 +148,10 @@ class BatchQueue:
         Starting here rather than on the first request means a wrong model path
         fails at start-up, and the first caller does not wait for weights to load.
         """
-        if self._thread is not None:
+        if self._started:
             raise RuntimeError("the queue was started already")
-        loop = asyncio.get_running_loop()
-        started: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(
-            target=self._serve, args=(loop, started), name="bizra-batch-engine", daemon=True
-        )
-        self._thread.start()
-        await started
+        self._started = True
+        await asyncio.wrap_future(self._engine.start())
 
     async def aclose(self) -> None:
         """Finish every request submitted so far, then stop the engine."""
@@ -158,9 +159,9 @@ class BatchQueue:
             if self._closing:
                 return
             self._closing = True
-            self._arrivals.put((0.0, LiveChunks.END))
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+            self._engine.close()
+        if self._started:
+            await asyncio.to_thread(self._engine.join)
 
     # -- requests --------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         with self._lock:
-            if self._thread is None:
+            if not self._started:
                 raise QueueClosedError("the queue is not started; use `async with BatchQueue(...)`")
             if self._failure is not None:
                 raise QueueClosedError(f"the engine failed: {self._failure}") from self._failure
@@ -188,7 +189,7 @@ class BatchQueue:
             self._submitted += 1
             self._waiters[index] = (loop, future)
             # Under the lock: rows must reach the pipeline in index order.
-            self._arrivals.put((self._chunks.clock(), [_row(index, prompt, sampling)]))
+            self._engine.put([_row(index, prompt, sampling)])
         result = await future
         if result.error is not None:
             raise RequestError(result)
@@ -203,7 +204,7 @@ class BatchQueue:
         requests in the engine; running: whether requests are still accepted.
         """
         report = self._report.finish()
-        taken = self._chunks.handed_over
+        taken = self._engine.handed_over
         return {
             "total_batches": report.batches,
             "total_requests": self._finished,
@@ -211,42 +212,20 @@ class BatchQueue:
             "avg_batch_duration_ms": report.avg_batch_duration_ms,
             "queue_depth": self._submitted - taken,
             "in_flight": taken - self._finished,
-            "running": self._thread is not None and not self._closing and self._failure is None,
+            "running": self._started and not self._closing and self._failure is None,
         }
 
     # -- the engine thread -----------------------------------------------------------
 
-    def _serve(self, loop: asyncio.AbstractEventLoop, started: asyncio.Future[None]) -> None:
-        try:
-            engine = self._factory()
-        except BaseException as exc:
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
             self._failure = exc
-            _resolve(loop, started, error=exc)
-            return
-        _resolve(loop, started, value=None)
-        engines = _FirstThen(engine, self._factory)
-        try:
-            run_rows(
-                _Supply(self._chunks),
-                _NoSink(),
-                engines,
-                self._config,
-                retry=self._retry,
-                report=self._report,
-                on_result=self._answer,
-                place=_place,
-            )
-        except BaseException as exc:
-            with self._lock:
-                self._failure = exc
-                waiting = list(self._waiters.values())
-                self._waiters.clear()
-            error = QueueClosedError(f"the engine failed: {exc}")
-            error.__cause__ = exc
-            for waiter_loop, future in waiting:
-                _resolve(waiter_loop, future, error=error)
-        finally:
-            engines.close_unused()
+            waiting = list(self._waiters.values())
+            self._waiters.clear()
+        error = QueueClosedError(f"the engine failed: {exc}")
+        error.__cause__ = exc
+        for waiter_loop, future in waiting:
+            _resolve(waiter_loop, future, error=error)
 
     def _answer(self, result: Result) -> None:
         with self._lock:
@@ -292,62 +271,3 @@ def _resolve(
     # A loop closed meanwhile has no one left to tell.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(settle)
-
-
-class _CountingChunks(LiveChunks):
-    """LiveChunks that count the requests handed to the engine (for queue_depth)."""
-
-    def __init__(self, arrivals: queue.Queue[Arrival], *, chunk_size: int, max_wait_s: float):
-        super().__init__(arrivals, chunk_size=chunk_size, max_wait_s=max_wait_s)
-        self.handed_over = 0
-
-    def clock(self) -> float:
-        return self._clock()
-
-    def poll(self, wait: bool) -> list[Row] | None:
-        rows = super().poll(wait)
-        if rows:
-            self.handed_over += len(rows)
-        return rows
-
-
-class _Supply:
-    def __init__(self, chunks: LiveChunks) -> None:
-        self._chunks = chunks
-
-    def chunks(self) -> LiveChunks:
-        return self._chunks
-
-    def estimated_total_rows(self) -> int | None:
-        return None
-
-
-class _NoSink:
-    """Results go to their callers through `on_result`; nothing is written."""
-
-    def write(self, results: Sequence[Result]) -> None:
-        pass
-
-    def flush(self, durable: bool = False) -> None:
-        pass
-
-
-class _FirstThen:
-    """The engine `start()` made, then new ones from `factory` for restarts."""
-
-    def __init__(self, first: Engine, factory: EngineFactory) -> None:
-        self._first: Engine | None = first
-        self._factory = factory
-
-    def __call__(self) -> Engine:
-        if self._first is not None:
-            engine, self._first = self._first, None
-            return engine
-        return self._factory()
-
-    def close_unused(self) -> None:
-        """Close the first engine if no request ever needed it (the pipeline starts
-        its engine on the first rows, and closes only engines it started)."""
-        if self._first is not None:
-            engine, self._first = self._first, None
-            engine.close()

@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import pickle
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batching.config import RunConfig
 from batching.engine import EngineFactory
@@ -36,16 +36,35 @@ from batching.errors import BatchError, UsageError
 from batching.interrupts import protected
 from batching.job import run as run_job
 from batching.protocols import ProgressSink, ResultSink, RowSupply
-from batching.records import Result
 from batching.report import ReplicaThroughput, Report, ReportCollector
 from batching.retry import RetryPolicy
 
-__all__ = ["RAY_INSTALL_HINT", "RayOptions", "RayRowsRunner", "require_ray", "run_on_ray"]
+if TYPE_CHECKING:
+    from batching.ray_replica import BatchStats
+
+__all__ = [
+    "RAY_INSTALL_HINT",
+    "RayOptions",
+    "RayRowsRunner",
+    "concurrent_batches",
+    "require_ray",
+    "run_on_ray",
+]
 
 RAY_INSTALL_HINT = (
     "--ray needs Ray Data, which is not installed; install it with pip install 'bizra-batch[ray]'"
 )
 LOCAL = "local"
+_MAX_CONCURRENT_BATCHES = 16
+# The driver cannot ask a replica's engine its batch size before it starts: size the
+# batches in flight for the largest default window, ceil(1.1 x 1,024) (vLLM's offline
+# max_num_seqs on an H100-class GPU), which a smaller engine's window fits in too.
+_LARGEST_DEFAULT_WINDOW = 1127
+# What Ray Data appends to the message of an error a map task raised: advice on its
+# retries, which an engine that failed for good does not need.
+_RAY_RETRY_NOTE = re.compile(
+    r"\nFailed to [^\n]* after \d+/\d+ attempts \(total backoff [^)\n]*\)\..*\Z", re.DOTALL
+)
 _TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -140,7 +159,7 @@ class RayRowsRunner:
         started_here = _connect(self.options)
         replicas = _Replicas(connect_seconds=time.perf_counter() - connect_started)
         try:
-            rows = self._dataset(engine_factory, config, retry, start_index)
+            rows, replicas.pool_size = self._dataset(engine_factory, config, retry, start_index)
             _write_in_order(rows, sink, collector, replicas, progress, supply, start_index)
         except ray.exceptions.RayError as exc:
             cause = _batch_error(exc)
@@ -150,7 +169,12 @@ class RayRowsRunner:
         finally:
             replicas.report_to(collector)
             if started_here:
+                stopping = time.perf_counter()
                 ray.shutdown()
+                # Stopping Ray stops the replicas and their engines: what closing
+                # the engine is in the single-process run, and left out of the
+                # processing time the same way.
+                collector.engine_stopped(time.perf_counter() - stopping)
         return collector.finish()
 
     def _dataset(
@@ -159,7 +183,8 @@ class RayRowsRunner:
         config: RunConfig,
         retry: RetryPolicy | None,
         start_index: int,
-    ) -> Any:
+    ) -> tuple[Any, int]:
+        """The dataset of results, and how many replicas its pool starts."""
         import ray.data
 
         from batching.ray_replica import EngineReplica
@@ -170,6 +195,10 @@ class RayRowsRunner:
         context.execution_options.preserve_order = True
         # Our own progress bar is on stderr; Ray's would interleave with it.
         context.enable_progress_bars = False
+        # A replica's error (an engine that failed for good) reaches the driver as
+        # itself, so the run ends with its one-line message; Ray Data's usual
+        # wrapper keeps only its text, and the run ended in a Ray traceback.
+        context.raise_original_map_exception = True
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         total_cpus = float(resources.get("CPU", 1.0))
         total_gpus = float(resources.get("GPU", 0.0))
@@ -182,19 +211,48 @@ class RayRowsRunner:
         source = RowsDatasource(
             config.input, max_line_bytes=config.max_line_bytes, start=start_index
         )
-        # One block per chunk as read; Ray Data would otherwise split them further.
+        # One read task (see ray_source). It yields a table a chunk, but Ray Data
+        # merges what a task yields into blocks of up to 128 MiB: all of a small
+        # input in one block, one map task, one replica, and results only at the
+        # end. Cut back into chunks (a streaming repartition, its own light task),
+        # each is a block and a task of its own, spread over the replicas, and its
+        # results reach the driver as soon as it is done.
         dataset = ray.data.read_datasource(
             source, num_cpus=_units(reading_cpus), override_num_blocks=1
-        )
-        return dataset.map_batches(
+        ).repartition(target_num_rows_per_block=config.input.chunk_size)
+        batches = concurrent_batches(config)
+        results = dataset.map_batches(
             EngineReplica,
             fn_constructor_args=(engine_factory, config, retry),
             batch_size=config.input.chunk_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=replicas),
+            # Several batches at once in each actor, all on its one engine, so it
+            # is topped up from the next batch while one ends (as Ray Data LLM's
+            # max_concurrent_batches); and as many more queued at the actor, so
+            # the next is there when one returns.
+            compute=ray.data.ActorPoolStrategy(
+                size=replicas,
+                max_concurrent_calls_per_actor=batches,
+                max_tasks_in_flight_per_actor=2 * batches,
+            ),
             num_cpus=_units(cpus),
             num_gpus=gpus,
         )
+        return results, replicas
+
+
+def concurrent_batches(config: RunConfig) -> int:
+    """Batches a replica runs at once: enough to fill the engine's window and one
+    more, so a batch's rows are queued before the one ahead of it runs out.
+
+    >>> from batching.config import InputConfig
+    >>> concurrent_batches(RunConfig(input=InputConfig("in.jsonl", chunk_size=1024)))
+    3
+    """
+    window = config.max_in_flight or _LARGEST_DEFAULT_WINDOW
+    per_window = math.ceil(window / max(1, config.input.chunk_size))
+    # Bounded: each holds its rows in the actor (and a thread of it).
+    return min(_MAX_CONCURRENT_BATCHES, per_window + 1)
 
 
 def _units(cpus: float) -> float:
@@ -273,18 +331,19 @@ def _write_in_order(
     supply: RowSupply,
     start_index: int,
 ) -> None:
-    from batching.ray_replica import RESULT_COLUMN, STATS_COLUMN, BatchStats
+    from batching.ray_replica import BatchStats
+    from batching.ray_results import ResultDecoder
 
+    decoder = ResultDecoder()
     expected = start_index
+    # Ray Data starts the replicas (their processes and actors) when iteration begins.
+    replicas.started_at = time.time()
     for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for blob in batch.column(STATS_COLUMN).to_pylist():
-            if blob is not None:
-                stats: BatchStats = pickle.loads(blob)
+        results, extras = decoder.decode(batch)
+        for stats in extras:
+            if isinstance(stats, BatchStats):
                 collector.add_engine_work(stats.report)
-                replicas.add(stats.replica, stats.report, rows=stats.rows_run)
-        results: list[Result] = [
-            pickle.loads(blob) for blob in batch.column(RESULT_COLUMN).to_pylist()
-        ]
+                replicas.add(stats)
         for result in results:
             if result.index != expected:
                 # A lost or repeated row would break one-row-in, one-row-out: a bug
@@ -300,27 +359,44 @@ def _write_in_order(
 
 
 class _Replicas:
-    """Per-replica throughput, keyed by the replica's host:pid."""
+    """Per-replica throughput, keyed by the replica's host:pid, and their start-up."""
 
     def __init__(self, connect_seconds: float) -> None:
         self.connect_seconds = connect_seconds
+        self.pool_size = 0
+        # Wall-clock time (comparable across the cluster's processes) when Ray Data
+        # began starting the pool.
+        self.started_at = 0.0
         self.figures: dict[str, ReplicaThroughput] = {}
         self.startup: dict[str, float] = {}
+        self.capacity: dict[str, int] = {}  # each replica's max_num_seqs
 
-    def add(self, name: str, part: Report, *, rows: int) -> None:
+    def add(self, stats: BatchStats) -> None:
+        name = stats.replica
         seen = self.figures.get(name, ReplicaThroughput(name))
         self.figures[name] = ReplicaThroughput(
             name,
-            rows=seen.rows + rows,
-            output_tokens=seen.output_tokens + part.output_tokens,
-            busy_seconds=seen.busy_seconds + part.processing_seconds,
+            rows=seen.rows + stats.rows_run,
+            output_tokens=seen.output_tokens + stats.output_tokens,
+            busy_seconds=seen.busy_seconds + stats.busy_seconds,
         )
-        self.startup[name] = self.startup.get(name, 0.0) + (part.engine_startup_seconds or 0.0)
+        startup = self.startup.get(name, 0.0) + (stats.report.engine_startup_seconds or 0.0)
+        if stats.ready_at is not None and len(self.figures) <= self.pool_size:
+            # Starting its process and actor is start-up too, as loading a model is;
+            # not for a replica Ray started later in place of one that died, whose
+            # wait included the run up to that death.
+            startup += max(0.0, stats.ready_at - self.started_at)
+        self.startup[name] = startup
+        if stats.report.engine_capacity:
+            self.capacity[name] = stats.report.engine_capacity
 
     def report_to(self, collector: ReportCollector) -> None:
         # Replicas start side by side: the run waited for the slowest, not the sum.
         collector.engine_started(self.connect_seconds + max(self.startup.values(), default=0.0))
         collector.record_replicas(tuple(self.figures.values()))
+        if self.capacity:
+            # Occupancy is of every replica's slots: one idle replica halves it.
+            collector.record_engine_capacity(sum(self.capacity.values()))
 
 
 def _batch_error(exc: BaseException) -> BatchError | None:
@@ -336,4 +412,6 @@ def _batch_error(exc: BaseException) -> BatchError | None:
             found = current
         cause = getattr(current, "cause", None)
         current = cause if isinstance(cause, BaseException) else current.__cause__
+    if found is not None and found.args and isinstance(found.args[0], str):
+        found.args = (_RAY_RETRY_NOTE.sub("", found.args[0]), *found.args[1:])
     return found

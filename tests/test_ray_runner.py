@@ -24,6 +24,7 @@ from batching.adapters import KeptOpen
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import Engine, EngineOutput
 from batching.job import run as run_single
+from batching.pipeline import EngineFailedError
 from batching.records import Sampling
 from batching.testing import FakeEngine
 from cli.app import app
@@ -34,7 +35,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from batching.ray_runner import RayOptions, run_on_ray  # noqa: E402
+from batching.ray_runner import RayOptions, concurrent_batches, run_on_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -179,6 +180,37 @@ def test_a_replica_killed_mid_run_loses_and_repeats_nothing(tmp_path: Path, suff
 
     assert marker.exists()  # a replica did die mid-run
     same_output(single, distributed)
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "max_in_flight", "batches"), [(1024, 512, 2), (100, 512, 7), (16, 512, 16)]
+)
+def test_a_replica_takes_enough_batches_at_once_to_fill_its_engine_window(
+    chunk_size: int, max_in_flight: int, batches: int
+) -> None:
+    cfg = RunConfig(
+        input=InputConfig("in.jsonl", chunk_size=chunk_size), max_in_flight=max_in_flight
+    )
+
+    assert concurrent_batches(cfg) == batches
+
+
+def dead_engine() -> Engine:
+    return FakeEngine(die_at_step=0)
+
+
+def test_an_engine_that_keeps_dying_stops_the_run_with_the_single_process_error(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "in.jsonl"
+    write_input(source)
+
+    with pytest.raises(EngineFailedError) as single:
+        run_single(config(source, tmp_path / "single.jsonl"), dead_engine)
+    with pytest.raises(EngineFailedError) as distributed:
+        run_on_ray(config(source, tmp_path / "ray.jsonl"), dead_engine, RayOptions(replicas=1))
+
+    assert str(distributed.value) == str(single.value)
 
 
 def test_resume_on_ray_continues_a_single_process_output(tmp_path: Path) -> None:
