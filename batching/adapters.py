@@ -17,12 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    # Types only: `batching.engine` re-exports KeptOpen from here, where it used to live.
-    from batching.engine import Engine, EngineOutput, EngineRequest, PermanentRequestError
-    from batching.records import Result, Row
+from batching.engine import (
+    CountsSequences,
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    PermanentRequestError,
+)
+from batching.records import Result, Row
 
 __all__ = ["KeptOpen", "ListSink", "ListSupply"]
 
@@ -93,9 +97,9 @@ class KeptOpen:
 
     @property
     def last_step_sequences(self) -> int | None:
-        # What `engine.CountsSequences` asks of an engine; None where it does not say.
-        sequences: int | None = getattr(self._engine, "last_step_sequences", None)
-        return sequences
+        if isinstance(self._engine, CountsSequences):
+            return self._engine.last_step_sequences
+        return None
 
     def encode(
         self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]

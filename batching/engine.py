@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from batching.adapters import KeptOpen  # its home now; re-exported for existing imports
 from batching.records import ERROR_INVALID_REQUEST, RowError, Sample, Sampling
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "EngineOutOfMemoryError",
     "EngineOutput",
     "EngineRequest",
-    "KeptOpen",
     "PermanentRequestError",
     "Sample",
 ]

@@ -34,6 +34,7 @@ from batching.quantiles import LatencyHistogram
 from batching.records import Result
 
 __all__ = [
+    "ENGINE_WORK_FIGURES",
     "ReplicaThroughput",
     "Report",
     "ReportCollector",
@@ -330,8 +331,8 @@ class Report:
 list_figures_in_docstring(ReplicaThroughput)
 list_figures_in_docstring(Report)
 
-# What a replica's own report adds to the run's (`ReportCollector.add_engine_work`).
-_ENGINE_WORK = tuple(f.name for f in figure_fields(Report) if f.metadata.get("engine_work"))
+# The sums a replica's own report adds to the run's (`ReportCollector.add_engine_work`).
+ENGINE_WORK_FIGURES = tuple(f.name for f in figure_fields(Report) if f.metadata.get("engine_work"))
 
 
 class ReportCollector:
@@ -474,7 +475,7 @@ class ReportCollector:
         start side by side, so the caller reports the longest with `engine_started`.
         """
         figures = self._figures
-        for name in _ENGINE_WORK:
+        for name in ENGINE_WORK_FIGURES:
             figures[name] += getattr(part, name)
         if part.oom_window is not None:
             figures["oom_window"] = part.oom_window
