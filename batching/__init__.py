@@ -13,6 +13,7 @@ starts (`create_vllm_engine`) or a run goes to a cluster (`run_on_ray`).
 
 from __future__ import annotations
 
+from batching.adapters import KeptOpen, ListSink, ListSupply
 from batching.aio import BatchQueue, QueueClosedError, RequestError
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import (
@@ -63,6 +64,9 @@ __all__ = [
     "FakeEngineFactory",
     "InputConfig",
     "InputError",
+    "KeptOpen",
+    "ListSink",
+    "ListSupply",
     "OutputConfig",
     "OutputError",
     "OutputWriteError",

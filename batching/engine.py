@@ -27,7 +27,6 @@ __all__ = [
     "EngineOutOfMemoryError",
     "EngineOutput",
     "EngineRequest",
-    "KeptOpen",
     "PermanentRequestError",
     "Sample",
 ]
@@ -189,55 +188,3 @@ class CountsSequences(Protocol):
 
     @property
     def last_step_sequences(self) -> int | None: ...
-
-
-class KeptOpen:
-    """An engine lent to a run that must leave it running: `close` does nothing.
-
-    For a long-lived engine shared by several runs (a Ray replica's batches, a
-    test session's engine); its owner closes it.
-
-    >>> from batching.testing import FakeEngine
-    >>> engine = FakeEngine()
-    >>> lent = KeptOpen(engine)  # run_rows(supply, sink, lambda: lent, config)
-    >>> lent.close()
-    >>> engine.closed
-    False
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    @property
-    def max_model_len(self) -> int:
-        return self._engine.max_model_len
-
-    @property
-    def max_num_seqs(self) -> int:
-        return self._engine.max_num_seqs
-
-    @property
-    def last_step_sequences(self) -> int | None:
-        if isinstance(self._engine, CountsSequences):
-            return self._engine.last_step_sequences
-        return None
-
-    def encode(
-        self, prompts: Sequence[str | Sequence[Mapping[str, Any]]]
-    ) -> list[list[int] | PermanentRequestError]:
-        return self._engine.encode(prompts)
-
-    def add(self, request: EngineRequest) -> None:
-        self._engine.add(request)
-
-    def step(self) -> list[EngineOutput]:
-        return self._engine.step()
-
-    def abort(self, keys: Iterable[int]) -> None:
-        self._engine.abort(keys)
-
-    def has_unfinished(self) -> bool:
-        return self._engine.has_unfinished()
-
-    def close(self) -> None:
-        pass

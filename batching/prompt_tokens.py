@@ -40,7 +40,6 @@ from tokenizers import Tokenizer
 __all__ = [
     "ChatTemplateError",
     "PromptTokenizer",
-    "TokenHistogram",
     "TokenizerUnavailable",
     "context_length",
 ]
@@ -195,57 +194,6 @@ class PromptTokenizer:
             list(texts), add_special_tokens=add_special_tokens
         )
         return [len(encoding) for encoding in encodings]
-
-
-class TokenHistogram:
-    """Min, max, sum and nearest-rank quantiles of token counts in bounded memory.
-
-    Counts below `EXACT_BELOW` (most prompts) are kept exactly, one bucket per
-    length; longer ones share buckets 1/8192 of their size wide, so a quantile
-    there is at most 0.013% low. The number of buckets is bounded by the bit length
-    of the largest count, never by the number of rows.
-
-    >>> h = TokenHistogram()
-    >>> for n in (5, 9, 7, 100):
-    ...     h.add(n)
-    >>> h.quantile(0.5), h.quantile(0.95), h.min, h.max
-    (7, 100, 5, 100)
-    """
-
-    EXACT_BELOW = 16_384
-    _PRECISION_BITS = 14  # EXACT_BELOW.bit_length() - 1
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, int] = {}
-        self.count = 0
-        self.total = 0
-        self.min: int | None = None
-        self.max: int | None = None
-
-    def add(self, tokens: int) -> None:
-        key = tokens
-        if tokens >= self.EXACT_BELOW:
-            shift = tokens.bit_length() - self._PRECISION_BITS
-            key = (tokens >> shift) << shift
-        self._buckets[key] = self._buckets.get(key, 0) + 1
-        self.count += 1
-        self.total += tokens
-        if self.min is None or tokens < self.min:
-            self.min = tokens
-        if self.max is None or tokens > self.max:
-            self.max = tokens
-
-    def quantile(self, q: float) -> int | None:
-        """The smallest count with at least `q` of all counts at or below it."""
-        if not self.count or self.min is None or self.max is None:
-            return None
-        rank = max(1, -(-int(q * 1_000_000) * self.count // 1_000_000))  # ceil, no floats
-        seen = 0
-        for key in sorted(self._buckets):
-            seen += self._buckets[key]
-            if seen >= rank:
-                return min(max(key, self.min), self.max)
-        return self.max
 
 
 class _GenerationTag(jinja2.ext.Extension):

@@ -136,7 +136,7 @@ def render_report(report: Report, console: Console) -> None:
     for number, replica in enumerate(report.replicas, 1):
         table.add_row(
             f"replica {number}",
-            f"{replica.rows:,} rows · {_rate(replica.rows_per_second, 'req/s')} · "
+            f"{replica.rows:,} rows · {_rate(replica.requests_per_second, 'req/s')} · "
             f"{_rate(replica.output_tokens_per_second, 'out tok/s')} ({replica.name})",
         )
     if report.errors_by_type:

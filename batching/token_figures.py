@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batching.config import InputConfig
+from batching.figures import figure, figures_dict
+from batching.quantiles import TokenHistogram
 from batching.readers import row_place
 from batching.records import Request
 
@@ -30,54 +32,44 @@ MAX_LISTED_ERRORS = 20
 class RowProblem:
     """One row's problem; `message` starts with the place (file:line) and names the field."""
 
-    line: int
-    message: str
+    line: int = figure(doc="the row's line in the input")
+    message: str = figure(doc="what is wrong, where, and what to do")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "message": self.message}
+        return figures_dict(self)
 
 
 @dataclass(frozen=True, slots=True)
 class TokenStats:
     """Prompt token figures from the model's tokenizer, over the valid rows it counted.
 
-    `rows_too_long` counts prompts that leave no room for one output token
-    (tokens >= `max_model_len`): `run` gives those a prompt_too_long error, so they
-    are among the report's invalid rows too. Chat rows the template could not render
-    are not counted; `template_errors` says how many, and `chat_rows_skipped` how
-    many went uncounted for want of a template.
+    `run` gives the rows counted in `rows_too_long` a prompt_too_long error, so they
+    are among the report's invalid rows too.
     """
 
-    tokenizer_dir: str
-    rows: int
-    min: int | None
-    median: int | None
-    p95: int | None
-    max: int | None
-    total: int
-    max_model_len: int | None
-    max_model_len_from: str | None
-    rows_too_long: int | None
-    chat_rows_skipped: int
-    template_errors: int
-    first_template_errors: tuple[RowProblem, ...]
+    tokenizer_dir: str = figure(doc="the model directory whose tokenizer counted")
+    rows: int = figure(doc="rows counted: valid, not too long, and renderable")
+    min: int | None = figure(doc="fewest prompt tokens of a row counted")
+    median: int | None = figure(doc="median prompt tokens")
+    p95: int | None = figure(doc="95th percentile of prompt tokens")
+    max: int | None = figure(doc="most prompt tokens of a row counted")
+    total: int = figure(doc="prompt tokens of the rows counted, summed")
+    max_model_len: int | None = figure(doc="the model's context length, if known")
+    max_model_len_from: str | None = figure(
+        doc='where max_model_len came from ("given", or the config.json key)'
+    )
+    rows_too_long: int | None = figure(
+        doc="prompts that leave no room for one output token (tokens >= max_model_len); "
+        "None without a max_model_len"
+    )
+    chat_rows_skipped: int = figure(doc="chat rows not counted for want of a chat template")
+    template_errors: int = figure(doc="chat rows the template could not render (not counted)")
+    first_template_errors: tuple[RowProblem, ...] = figure(
+        doc=f"the first {MAX_LISTED_ERRORS} of those, each with its place and the error"
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "tokenizer_dir": self.tokenizer_dir,
-            "rows": self.rows,
-            "min": self.min,
-            "median": self.median,
-            "p95": self.p95,
-            "max": self.max,
-            "total": self.total,
-            "max_model_len": self.max_model_len,
-            "max_model_len_from": self.max_model_len_from,
-            "rows_too_long": self.rows_too_long,
-            "chat_rows_skipped": self.chat_rows_skipped,
-            "template_errors": self.template_errors,
-            "first_template_errors": [p.to_dict() for p in self.first_template_errors],
-        }
+        return figures_dict(self)
 
 
 class NoTokenFigures(Exception):
@@ -94,8 +86,6 @@ class TokenTally:
         context: tuple[int, str] | None,
         cfg: InputConfig,
     ) -> None:
-        from batching.prompt_tokens import TokenHistogram
-
         self._tokenizer = tokenizer
         self._tokenizer_dir = tokenizer_dir
         self._context = context

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from batching.adapters import KeptOpen
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
-from batching.engine import KeptOpen
 from batching.job import run
 from batching.pipeline import run_rows
 from batching.records import Sampling

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from batching.adapters import KeptOpen
 from batching.aio import BatchQueue, QueueClosedError, RequestError
-from batching.engine import KeptOpen
 from batching.errors import UsageError
 from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, ERROR_PROMPT_TOO_LONG, Sampling
 from batching.retry import RetryPolicy

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from batching.adapters import ListSink, ListSupply
 from batching.config import EngineConfig, InputConfig, RunConfig
 from batching.engine import EngineRequest
 from batching.engines.sim import SimEngine, bound_seconds, sim_engine_factory
 from batching.errors import UsageError
 from batching.pipeline import run_rows
-from batching.records import Request, Result, Sampling
+from batching.records import Request, Sampling
 from cli.app import app
 
 
@@ -121,29 +122,16 @@ def test_through_the_pipeline_occupancy_is_the_time_weighted_share_of_slots() ->
         for i in range(5)
     ]
 
-    class Supply:
-        def chunks(self):  # type: ignore[no-untyped-def]
-            yield rows
-
-        def estimated_total_rows(self) -> int:
-            return len(rows)
-
-    results: list[Result] = []
-
-    class Sink:
-        def write(self, batch):  # type: ignore[no-untyped-def]
-            results.extend(batch)
-
-        def flush(self, durable: bool = False) -> None:
-            pass
-
     config = RunConfig(input=InputConfig(path="-"))
     engine = SimEngine(max_num_seqs=4, step_ms=10, prefill_us_per_token=0, sleep=clock.sleep)
-    report = run_rows(Supply(), Sink(), lambda: engine, config, clock=clock, encode_ahead=False)
+    sink = ListSink()
+    report = run_rows(
+        ListSupply(rows), sink, lambda: engine, config, clock=clock, encode_ahead=False
+    )
     # Steps 1-2 run four sequences, steps 3-4 one: (4 + 4 + 1 + 1) / (4 steps x 4 slots).
     assert report.engine_occupancy == pytest.approx(10 / 16)
     assert report.engine_capacity == 4
-    assert [r.completion_tokens for r in results] == [2] * 5
+    assert [r.completion_tokens for r in sink.results] == [2] * 5
 
 
 def test_the_factory_takes_sizes_from_the_engine_options_and_timings_from_engine_args() -> None:

@@ -356,8 +356,8 @@ def test_close_then_a_new_engine_starts_and_nothing_reaches_stdout(
 def test_rows_vllm_refuses_in_a_run_name_their_file_and_line(
     vllm_engine: VllmEngine, tmp_path: Path
 ) -> None:
+    from batching.adapters import KeptOpen
     from batching.config import InputConfig, OutputConfig, RunConfig
-    from batching.engine import KeptOpen
     from batching.job import run
 
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

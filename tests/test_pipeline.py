@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batching.adapters import ListSink, ListSupply
 from batching.config import InputConfig, RunConfig
 from batching.engine import EngineFactory, EngineOutput, PermanentRequestError
 from batching.engines.sim import SimEngine
@@ -34,33 +35,6 @@ from batching.report import Report
 from batching.retry import RetryPolicy
 from batching.testing import FakeEngine, FakeEngineFactory, expected_output
 from tests.clocks import FakeClock
-
-
-@dataclass
-class ListSupply:
-    rows: list[Row]
-    chunk_size: int
-    chunks_read: int = 0
-
-    def chunks(self) -> Iterator[list[Row]]:
-        for start in range(0, len(self.rows), self.chunk_size):
-            self.chunks_read += 1
-            yield self.rows[start : start + self.chunk_size]
-
-    def estimated_total_rows(self) -> int | None:
-        return len(self.rows)
-
-
-@dataclass
-class ListSink:
-    results: list[Result] = field(default_factory=list)
-    durable_flushes: int = 0
-
-    def write(self, results: Sequence[Result]) -> None:
-        self.results.extend(results)
-
-    def flush(self, durable: bool = False) -> None:
-        self.durable_flushes += durable
 
 
 def prompts(texts: Sequence[str]) -> list[Row]:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from batching.prompt_tokens import (
     ChatTemplateError,
     PromptTokenizer,
-    TokenHistogram,
     TokenizerUnavailable,
     context_length,
 )
@@ -33,49 +28,6 @@ def model_dir(tmp_path: Path, tiny_model: Path, **tokenizer_config: Any) -> Path
     config = {"bos_token": "<s>", "eos_token": "</s>", **tokenizer_config}
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     return directory
-
-
-def nearest_rank(values: list[int], q: float) -> int:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered) - 1e-9)) - 1]
-
-
-@given(st.lists(st.integers(0, TokenHistogram.EXACT_BELOW - 1), min_size=1, max_size=300))
-def test_histogram_is_exact_for_ordinary_lengths(values: list[int]) -> None:
-    h = TokenHistogram()
-    for value in values:
-        h.add(value)
-    assert (h.count, h.total, h.min, h.max) == (len(values), sum(values), min(values), max(values))
-    for q in (0.0, 0.5, 0.95, 1.0):
-        assert h.quantile(q) == nearest_rank(values, q)
-
-
-@given(st.lists(st.integers(1, 10**9), min_size=1, max_size=100))
-def test_histogram_long_lengths_are_close_and_buckets_stay_few(values: list[int]) -> None:
-    h = TokenHistogram()
-    for value in values:
-        h.add(value)
-    for q in (0.5, 0.95):
-        exact = nearest_rank(values, q)
-        found = h.quantile(q)
-        assert found is not None and exact * (1 - 1 / 8192) <= found <= exact
-
-
-def test_histogram_memory_does_not_grow_with_rows() -> None:
-    # Its state, measured as its pickle: 200,000 more distinct lengths in the same
-    # octaves share the buckets the first 200,000 made (one a length would double it).
-    h = TokenHistogram()
-    for n in range(200_000):
-        h.add(TokenHistogram.EXACT_BELOW + n * 997)
-    size = len(pickle.dumps(h))
-    for n in range(200_000):
-        h.add(TokenHistogram.EXACT_BELOW + n * 997 + 1)
-    assert len(pickle.dumps(h)) < size * 1.05
-    assert h.count == 400_000
-
-
-def test_empty_histogram_has_no_quantiles() -> None:
-    assert TokenHistogram().quantile(0.5) is None
 
 
 def test_context_length_takes_the_smallest_key_and_looks_in_text_config(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from batching.adapters import KeptOpen
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
-from batching.engine import Engine, EngineOutput, KeptOpen
+from batching.engine import Engine, EngineOutput
 from batching.job import run as run_single
 from batching.pipeline import EngineFailedError
 from batching.records import Sampling

@@ -3,31 +3,24 @@ bound, the JSON form, the atomic write and the rendered table."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
-import math
 import os
-import pickle
-import random
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from rich.console import Console
 
+from batching.figures import figure_docs
+from batching.gpu_monitor import GpuUsage
+from batching.quantiles import LatencyHistogram
 from batching.records import ERROR_ENGINE, ERROR_INVALID_INPUT, Result, RowError
-from batching.report import (
-    LatencyHistogram,
-    ReplicaThroughput,
-    Report,
-    ReportCollector,
-)
+from batching.report import ReplicaThroughput, Report, ReportCollector
 from batching.report_output import format_duration, render_report, write_report
 from tests.clocks import FakeClock
 
-# The histogram's buckets are 1% wide; its estimate is within half of that in theory,
-# and a value on a bucket edge may round into the neighbour, so test the full width.
+# The latency histogram's buckets are 1% wide (see tests/test_quantiles.py).
 BUCKET_WIDTH = LatencyHistogram.RATIO - 1.0
 
 REQUIRED_KEYS = {
@@ -60,12 +53,6 @@ REQUIRED_KEYS = {
     "rows_resumed",
     "interrupted",
 }
-
-
-def exact_quantile(values: list[float], q: float) -> float:
-    """Nearest-rank quantile, the definition LatencyHistogram approximates."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def ok(index: int, prompt: int, completion: int, latency: float | None = None) -> Result:
@@ -200,66 +187,6 @@ def test_to_dict_has_every_key_and_is_json() -> None:
     assert json.loads(json.dumps(d)) == d
     assert d["errors_by_type"] == {ERROR_ENGINE: 2, ERROR_INVALID_INPUT: 1}
     assert d["requests_per_second"] == 0.12
-
-
-def test_histogram_single_value_is_exact() -> None:
-    h = LatencyHistogram()
-    h.add(0.123456)
-    assert h.quantile(0.5) == 0.123456
-    assert h.quantile(1.0) == 0.123456
-
-
-def test_histogram_ignores_bad_values_and_clamps_out_of_range() -> None:
-    h = LatencyHistogram()
-    assert h.quantile(0.5) is None
-    for bad in (math.nan, math.inf, -1.0):
-        h.add(bad)
-    assert h.count == 0
-    for v in (0.0, 0.0, 1e7, 2e7):
-        h.add(v)
-    below = h.quantile(0.5)  # under 1 µs: the first bucket, so within about 1 µs
-    assert below is not None and 0.0 <= below < 2e-6
-    assert h.quantile(0.75) == 2e7  # beyond a day: the overflow bucket, its maximum
-    assert (h.quantile(0.01), h.quantile(1.0)) == (0.0, 2e7)  # the extremes are exact
-    with pytest.raises(ValueError):
-        h.quantile(0.0)
-
-
-def test_histogram_memory_does_not_grow_with_samples() -> None:
-    # Its state, measured as its pickle: fixed buckets, however many samples.
-    h = LatencyHistogram()
-    empty = len(pickle.dumps(h))
-    rng = random.Random(1)
-    for _ in range(100_000):
-        h.add(rng.expovariate(2.0))
-    assert len(pickle.dumps(h)) < empty + 4096  # the counts' digits, not the samples
-    assert h.count == 100_000
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_histogram_quantiles_within_a_bucket_of_exact(seed: int) -> None:
-    rng = random.Random(seed)
-    # Log-uniform from 1 ms to 100 s, plus a heavy tail: what request latencies do.
-    values = [10 ** rng.uniform(-3, 2) for _ in range(20_000)]
-    values += [rng.paretovariate(1.5) for _ in range(2_000)]
-    h = LatencyHistogram()
-    for v in values:
-        h.add(v)
-    for q in (0.01, 0.5, 0.9, 0.95, 0.99, 1.0):
-        estimate = h.quantile(q)
-        assert estimate is not None
-        assert estimate == pytest.approx(exact_quantile(values, q), rel=BUCKET_WIDTH)
-
-
-@given(
-    values=st.lists(st.floats(min_value=1e-6, max_value=86_400.0), min_size=1, max_size=300),
-    q=st.sampled_from([0.01, 0.25, 0.5, 0.95, 1.0]),
-)
-def test_histogram_error_bound_holds_for_any_data(values: list[float], q: float) -> None:
-    h = LatencyHistogram()
-    for v in values:
-        h.add(v)
-    assert h.quantile(q) == pytest.approx(exact_quantile(values, q), rel=BUCKET_WIDTH)
 
 
 def test_write_report_writes_json_and_leaves_no_temp_file(tmp_path: Path) -> None:
@@ -400,7 +327,7 @@ def test_failed_rows_still_have_a_rate() -> None:
 
 def test_replica_without_rows_has_no_rates() -> None:
     replica = ReplicaThroughput("node-1:7", rows=0, busy_seconds=3.0)
-    assert (replica.rows_per_second, replica.output_tokens_per_second) == (None, None)
+    assert (replica.requests_per_second, replica.output_tokens_per_second) == (None, None)
     d = replica.to_dict()
     assert d["requests_per_second"] is None and d["output_tokens_per_second"] is None
 
@@ -480,3 +407,82 @@ def test_new_keys_come_after_the_keys_readers_already_know() -> None:
     keys = list(sample_report().to_dict())
     assert keys.index("chunks_by_order") < keys.index("rows_resumed") < keys.index("interrupted")
     assert keys[:3] == ["rows", "rows_ok", "rows_failed"]
+
+
+# The JSON keys in the order readers rely on: a new key goes last, never between.
+KEY_ORDER = [
+    "rows", "rows_ok", "rows_failed", "wall_seconds", "engine_startup_seconds",
+    "engine_shutdown_seconds", "processing_seconds", "requests_per_second",
+    "input_tokens_per_second", "output_tokens_per_second", "input_tokens", "output_tokens",
+    "batches", "avg_batch_size", "avg_batch_duration_ms", "padding_tokens_avoided",
+    "latency_p50_ms", "latency_p95_ms", "retries", "engine_restarts", "oom_backoffs",
+    "oom_window", "errors_by_type", "engine_wait_seconds", "engine_wait_share",
+    "between_steps_share", "chunks_by_order", "rows_resumed", "interrupted",
+    "engine_occupancy", "engine_capacity", "reorder_peak_bytes", "reorder_peak_rows",
+    "reading_paused_seconds",
+]  # fmt: skip
+GPU_KEYS = [
+    "gpu_devices", "gpu_samples", "gpu_utilization_avg_pct", "gpu_utilization_max_pct",
+    "gpu_memory_peak_mib", "gpu_memory_total_mib",
+]  # fmt: skip
+# Held for the figures derived from them, with no key of their own.
+NOT_KEYS = {"batch_requests", "batch_seconds", "sequence_seconds", "gpu"}
+GPU = GpuUsage(2, 5, 41.25, 97.5, 1234.56, 81920.0)
+
+
+def test_every_report_field_is_a_key_of_to_dict_in_the_known_order() -> None:
+    assert list(Report().to_dict()) == KEY_ORDER  # no GPU, no replicas: those keys absent
+    full = Report(gpu=GPU, replicas=(ReplicaThroughput("node-1:7", rows=2, busy_seconds=1.0),))
+    assert list(full.to_dict()) == [*KEY_ORDER, *GPU_KEYS, "replicas"]
+    declared = [f.name for f in dataclasses.fields(Report)]
+    assert [name for name in declared if name not in NOT_KEYS] == list(full.to_dict())
+    assert list(figure_docs(Report)) == list(full.to_dict())
+    assert all(figure_docs(Report).values())
+
+
+def test_the_gpu_keys_round_as_before() -> None:
+    d = Report(gpu=GPU).to_dict()
+    assert [d[key] for key in GPU_KEYS] == [2, 5, 41.2, 97.5, 1234.6, 81920.0]
+
+
+def test_the_docstring_lists_every_key() -> None:
+    doc = Report.__doc__ or ""
+    for name, meaning in figure_docs(Report).items():
+        assert f"- {name}: {meaning}." in doc
+
+
+def test_readme_lists_every_report_key() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Progress and report", 1)[1].split("\n### ", 1)[0]
+    missing = [name for name in figure_docs(Report) if f"`{name}`" not in section]
+    assert missing == []
+
+
+def test_a_replicas_report_adds_every_engine_figure() -> None:
+    part = Report(
+        batches=3,
+        batch_requests=7,
+        batch_seconds=0.5,
+        padding_tokens_avoided=4,
+        retries=1,
+        engine_restarts=1,
+        oom_backoffs=1,
+        oom_window=5,
+        engine_wait_seconds=0.25,
+        sequence_seconds=1.5,
+        reorder_peak_bytes=100,
+        reorder_peak_rows=3,
+        reading_paused_seconds=1.25,
+        rows=9,  # counted as written, not from the part
+        input_tokens=9,
+    )
+    c = ReportCollector(clock=FakeClock(), gpu_sampler=lambda: None)
+    c.start()
+    c.add_engine_work(part)
+    c.add_engine_work(part)
+    r = c.finish()
+    assert (r.batches, r.batch_requests, r.batch_seconds) == (6, 14, 1.0)
+    assert (r.padding_tokens_avoided, r.retries, r.engine_restarts, r.oom_backoffs) == (8, 2, 2, 2)
+    assert (r.oom_window, r.engine_wait_seconds, r.sequence_seconds) == (5, 0.5, 3.0)
+    assert (r.reorder_peak_bytes, r.reorder_peak_rows, r.reading_paused_seconds) == (100, 3, 2.5)
+    assert (r.rows, r.input_tokens) == (0, 0)

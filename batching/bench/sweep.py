@@ -19,14 +19,16 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from batching.adapters import KeptOpen, ListSink, ListSupply
 from batching.config import InputConfig, RunConfig
 from batching.engine import Engine, EngineRequest, PermanentRequestError
 from batching.pipeline import run_rows
-from batching.records import Request, Result, Row, Sampling
+from batching.quantiles import exact_quantile
+from batching.records import Request, Row, Sampling
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -121,11 +123,9 @@ def _rounded(value: float | None) -> float | None:
 
 
 def _quantile_ms(latencies: Sequence[float], q: float) -> float | None:
-    """Nearest-rank quantile in ms; exact, as a benchmark holds every latency."""
-    if not latencies:
-        return None
-    ordered = sorted(latencies)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000.0
+    # Exact, as a benchmark holds every latency.
+    seconds = exact_quantile(latencies, q)
+    return None if seconds is None else seconds * 1000.0
 
 
 def synthetic_prompts(
@@ -224,52 +224,6 @@ def run_static_batches(
     )
 
 
-class _Supply:
-    def __init__(self, rows: list[Row], chunk_size: int) -> None:
-        self._rows = rows
-        self._chunk_size = chunk_size
-
-    def chunks(self) -> Iterator[list[Row]]:
-        for start in range(0, len(self._rows), self._chunk_size):
-            yield self._rows[start : start + self._chunk_size]
-
-    def estimated_total_rows(self) -> int | None:
-        return len(self._rows)
-
-
-class _LatencySink:
-    """Keeps only what the bench row needs from each result."""
-
-    def __init__(self) -> None:
-        self.latencies: list[float] = []
-        self.output_tokens = 0
-        self.failed: list[Result] = []
-
-    def write(self, results: Sequence[Result]) -> None:
-        for result in results:
-            if result.error is not None:
-                self.failed.append(result)
-            self.output_tokens += result.completion_tokens or 0
-            if result.latency_s is not None:
-                self.latencies.append(result.latency_s)
-
-    def flush(self, durable: bool = False) -> None:
-        pass
-
-
-class _Borrowed:
-    """The bench's engine lent to the pipeline, which closes what it starts."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def close(self) -> None:
-        pass
-
-
 def as_requests(prompts: Sequence[Prompt]) -> list[Request]:
     """Rows numbered from 0 for prompts that come without a file (no own settings).
 
@@ -302,11 +256,11 @@ def run_through_pipeline(
     """
     # The pipeline numbers rows from 0 (its reorder buffer keys on the index).
     rows: list[Row] = [replace(request, index=i) for i, request in enumerate(requests)]
-    sink = _LatencySink()
-    lent: Engine = _Borrowed(engine)
+    sink = ListSink()
+    lent: Engine = KeptOpen(engine)  # the pipeline closes what it starts; this is the bench's
     started = clock()
     run_rows(
-        _Supply(rows, config.input.chunk_size),
+        ListSupply(rows, config.input.chunk_size),
         sink,
         lambda: lent,
         replace(config, sampling=sampling),
@@ -314,17 +268,18 @@ def run_through_pipeline(
         place=lambda line: f"prompt {line}",  # as encode_prompts names them
     )
     wall = clock() - started
-    if sink.failed:
-        first = sink.failed[0]
-        raise RuntimeError(f"the pipeline run failed {len(sink.failed)} rows, first: {first.error}")
+    failed = [result for result in sink.results if result.error is not None]
+    if failed:
+        raise RuntimeError(f"the pipeline run failed {len(failed)} rows, first: {failed[0].error}")
+    latencies = [result.latency_s for result in sink.results if result.latency_s is not None]
     return BenchRow(
         label="run pipeline",
         batch_size=None,
         requests=len(rows),
         wall_seconds=wall,
-        output_tokens=sink.output_tokens,
-        latency_p50_ms=_quantile_ms(sink.latencies, 0.50),
-        latency_p95_ms=_quantile_ms(sink.latencies, 0.95),
+        output_tokens=sum(result.completion_tokens or 0 for result in sink.results),
+        latency_p50_ms=_quantile_ms(latencies, 0.50),
+        latency_p95_ms=_quantile_ms(latencies, 0.95),
     )
 
 

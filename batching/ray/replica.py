@@ -41,7 +41,7 @@ from batching.live_engine import LiveEngine
 from batching.ray.results import encode_results
 from batching.ray.source import decode_rows
 from batching.records import InvalidRow, Result
-from batching.report import Report, ReportCollector
+from batching.report import ENGINE_WORK_FIGURES, Report, ReportCollector
 from batching.retry import RetryPolicy
 
 __all__ = ["BatchStats", "EngineReplica"]
@@ -251,21 +251,13 @@ def _since(now: Report, before: Report) -> Report:
     """The engine figures `now` adds to `before` (both from one collector)."""
     startup = (now.engine_startup_seconds or 0.0) - (before.engine_startup_seconds or 0.0)
     return Report(
+        **{name: getattr(now, name) - getattr(before, name) for name in ENGINE_WORK_FIGURES},
         engine_startup_seconds=startup or None,
-        batches=now.batches - before.batches,
-        batch_requests=now.batch_requests - before.batch_requests,
-        batch_seconds=now.batch_seconds - before.batch_seconds,
-        padding_tokens_avoided=now.padding_tokens_avoided - before.padding_tokens_avoided,
-        retries=now.retries - before.retries,
-        engine_restarts=now.engine_restarts - before.engine_restarts,
-        oom_backoffs=now.oom_backoffs - before.oom_backoffs,
         oom_window=now.oom_window if now.oom_backoffs > before.oom_backoffs else None,
-        engine_wait_seconds=now.engine_wait_seconds - before.engine_wait_seconds,
         sequence_seconds=(
             None
             if now.sequence_seconds is None
             else now.sequence_seconds - (before.sequence_seconds or 0.0)
         ),
         engine_capacity=now.engine_capacity,
-        reading_paused_seconds=now.reading_paused_seconds - before.reading_paused_seconds,
     )
