@@ -6,16 +6,16 @@ importing `writers`, which imports them to open them.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
-from types import TracebackType
 
+from batching.closing import ClosedOnExit
 from batching.records import Result
 
 __all__ = ["ResultWriter"]
 
 
-class ResultWriter(ABC):
+class ResultWriter(ClosedOnExit):
     """Takes results in input order and writes them.
 
     `rows_written` counts the rows this writer has handed to the output so far (a
@@ -44,14 +44,3 @@ class ResultWriter(ABC):
 
         Parquet: write the footer (stdout), or assemble the parts into the file.
         """
-
-    def __enter__(self) -> ResultWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import io
 import os
 import stat
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterator
-from types import TracebackType
 
+from batching.closing import ClosedOnExit
 from batching.errors import InputError
 from batching.location import Location
 from batching.records import Row
@@ -21,7 +21,7 @@ from batching.uri import RemoteInput, open_remote_input
 __all__ = ["RowSource", "open_binary", "size_if_regular"]
 
 
-class RowSource(ABC):
+class RowSource(ClosedOnExit):
     """Rows of one input, read once, front to back, in chunks.
 
     `total_rows` is exact for Parquet and None for JSONL; `total_bytes` is the size
@@ -54,17 +54,6 @@ class RowSource(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the file; a source that was given a stream leaves it open."""
-
-    def __enter__(self) -> RowSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_binary(location: Location) -> io.RawIOBase:

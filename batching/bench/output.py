@@ -41,11 +41,12 @@ def render_bench(result: BenchResult, console: Console) -> None:
     >>> "batch 2" in console.file.getvalue()
     True
     """
+    workload = result.workload
     table = Table(
         title=(
-            f"bizra-batch bench: {result.prompts} prompts, "
-            f"{result.prompt_tokens_mean:.0f} prompt tokens on average, "
-            f"max_tokens {result.max_tokens}, engine max_num_seqs {result.max_num_seqs}"
+            f"bizra-batch bench: {workload.prompts} prompts, "
+            f"{workload.prompt_tokens_mean:.0f} prompt tokens on average, "
+            f"max_tokens {workload.max_tokens}, engine max_num_seqs {workload.max_num_seqs}"
         ),
         title_justify="left",
     )
@@ -79,10 +80,11 @@ def render_vs_generate(result: VsGenerateResult, console: Console) -> None:
     """
     # Plain unwrapped lines around the table: a title or caption would wrap at its
     # narrow width, and a line that greps whole is worth more than one that fits.
+    workload = result.workload
     console.print(
-        f"bizra-batch bench --vs-generate: {result.prompts} prompts, "
-        f"{result.prompt_tokens_mean:.0f} prompt tokens on average, max_tokens "
-        f"{result.max_tokens} where a row sets none, engine max_num_seqs {result.max_num_seqs}",
+        f"bizra-batch bench --vs-generate: {workload.prompts} prompts, "
+        f"{workload.prompt_tokens_mean:.0f} prompt tokens on average, max_tokens "
+        f"{workload.max_tokens} where a row sets none, engine max_num_seqs {workload.max_num_seqs}",
         highlight=False,
         soft_wrap=True,
     )
@@ -158,9 +160,10 @@ def plot_bench(result: BenchResult, path: str | os.PathLike[str]) -> None:
         axis.set_ylabel(ylabel)
         axis.grid(True, alpha=0.3)
         axis.legend()
+    workload = result.workload
     figure.suptitle(
-        f"{result.prompts} prompts, ~{result.prompt_tokens_mean:.0f} tokens, "
-        f"max_tokens {result.max_tokens}"
+        f"{workload.prompts} prompts, ~{workload.prompt_tokens_mean:.0f} tokens, "
+        f"max_tokens {workload.max_tokens}"
     )
     figure.tight_layout()
     figure.savefig(os.fspath(path), dpi=100)

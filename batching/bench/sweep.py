@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZES",
     "BenchResult",
     "BenchRow",
+    "Workload",
     "as_requests",
     "encode_prompts",
     "pipeline_config",
@@ -97,15 +98,29 @@ class BenchRow:
 
 
 @dataclass(frozen=True, slots=True)
-class BenchResult:
-    """The whole benchmark: what ran, and one `BenchRow` per measurement."""
+class Workload:
+    """What a benchmark ran: the prompts, their mean length in tokens, the `max_tokens`
+    a prompt without its own takes, and the engine's `max_num_seqs`.
+
+    >>> from batching.testing import FakeEngine
+    >>> Workload.of(FakeEngine(max_num_seqs=4), [[1, 2], [3]], Sampling(max_tokens=8))
+    Workload(prompts=2, prompt_tokens_mean=1.5, max_tokens=8, max_num_seqs=4)
+    """
 
     prompts: int
     prompt_tokens_mean: float
     max_tokens: int
     max_num_seqs: int
-    rows: tuple[BenchRow, ...]
-    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, engine: Engine, encoded: Sequence[Sequence[int]], sampling: Sampling) -> Workload:
+        """The workload of `encoded` (the prompts as token ids, at least one) on `engine`."""
+        return cls(
+            prompts=len(encoded),
+            prompt_tokens_mean=sum(map(len, encoded)) / len(encoded),
+            max_tokens=sampling.max_tokens or 0,
+            max_num_seqs=engine.max_num_seqs,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +128,20 @@ class BenchResult:
             "prompt_tokens_mean": round(self.prompt_tokens_mean, 1),
             "max_tokens": self.max_tokens,
             "max_num_seqs": self.max_num_seqs,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    """The whole benchmark: what ran, and one `BenchRow` per measurement."""
+
+    workload: Workload
+    rows: tuple[BenchRow, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.workload.to_dict(),
             "settings": dict(self.settings),
             "rows": [row.to_dict() for row in self.rows],
         }
@@ -343,10 +372,7 @@ def run_bench(
         rows.append(row)
         on_row(row)
     return BenchResult(
-        prompts=len(encoded),
-        prompt_tokens_mean=sum(map(len, encoded)) / len(encoded),
-        max_tokens=sampling.max_tokens or 0,
-        max_num_seqs=engine.max_num_seqs,
+        workload=Workload.of(engine, encoded, sampling),
         rows=tuple(rows),
         settings=dict(settings or {}),
     )

@@ -17,7 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from batching.bench.sweep import BenchRow, Prompt, encode_prompts, prompt_of, run_through_pipeline
+from batching.bench.sweep import (
+    BenchRow,
+    Prompt,
+    Workload,
+    encode_prompts,
+    prompt_of,
+    run_through_pipeline,
+)
 from batching.config import RunConfig
 from batching.engine import Engine, EngineOutput
 from batching.records import Request, Sampling
@@ -47,14 +54,11 @@ SHARED_ENGINE = "one engine, loaded once: LLM.generate runs on the vllm.LLM the 
 class VsGenerateResult:
     """The same rows through one raw `LLM.generate` call and through `run`'s pipeline.
 
-    `max_tokens` is the default a row without its own takes. The ratios are the
-    pipeline's throughput over `LLM.generate`'s (above 1.0: the pipeline is faster).
+    The ratios are the pipeline's throughput over `LLM.generate`'s (above 1.0: the
+    pipeline is faster).
     """
 
-    prompts: int
-    prompt_tokens_mean: float
-    max_tokens: int
-    max_num_seqs: int
+    workload: Workload
     warmup_prompts: int
     generate: BenchRow
     pipeline: BenchRow
@@ -73,10 +77,7 @@ class VsGenerateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prompts": self.prompts,
-            "prompt_tokens_mean": round(self.prompt_tokens_mean, 1),
-            "max_tokens": self.max_tokens,
-            "max_num_seqs": self.max_num_seqs,
+            **self.workload.to_dict(),
             "warmup_prompts": self.warmup_prompts,
             "engine": self.engine,
             "settings": dict(self.settings),
@@ -169,10 +170,7 @@ def run_vs_generate(
     ours = run_through_pipeline(engine, requests, sampling, pipeline, clock)
     on_row(ours)
     return VsGenerateResult(
-        prompts=len(requests),
-        prompt_tokens_mean=sum(map(len, encoded)) / len(encoded),
-        max_tokens=sampling.max_tokens or 0,
-        max_num_seqs=engine.max_num_seqs,
+        workload=Workload.of(engine, encoded, sampling),
         warmup_prompts=len(warm),
         generate=raw,
         pipeline=ours,

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batching.ray.source import INDEX_COLUMN, pickled
+from batching.ray.source import INDEX_COLUMN, KEY_FIELDS, id_columns, pickled
 from batching.records import Result, RowError
 
 __all__ = ["BATCH_COLUMN", "INDEX_COLUMN", "ResultDecoder", "encode_results"]
@@ -37,9 +37,7 @@ _INT64 = range(-(2**63), 2**63)
 
 SCHEMA = pa.schema(
     [
-        (INDEX_COLUMN, pa.int64()),
-        ("id_int", pa.int64()),
-        ("id_str", pa.string()),
+        *KEY_FIELDS,
         ("output", pa.string()),
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int64()),
@@ -81,15 +79,11 @@ def encode_results(indices: Sequence[int], results: Sequence[Result], extra: Any
     error_types, error_messages = columns["error_type"], columns["error_message"]
     latencies, chats = columns["latency_s"], columns["chat"]
     for position, result in enumerate(results):
-        row_id = result.id
-        if type(row_id) is int and row_id in _INT64:
-            id_int.append(row_id)
-            id_str.append(None)
-        else:
-            id_int.append(None)
-            id_str.append(row_id if type(row_id) is str else None)
-            if row_id is not None and type(row_id) is not str:
-                loose.setdefault("id", {})[position] = row_id
+        row_int, row_str, loose_id = id_columns(result.id)
+        id_int.append(row_int)
+        id_str.append(row_str)
+        if loose_id:
+            loose.setdefault("id", {})[position] = result.id
         outputs.append(_typed(result.output, str, "output", position, loose))
         reasons.append(_typed(result.finish_reason, str, "finish_reason", position, loose))
         prompt_tokens.append(_typed(result.prompt_tokens, int, "prompt_tokens", position, loose))
@@ -165,20 +159,8 @@ def _results(
     columns: list[list[Any]], start: int, end: int, loose: dict[str, dict[int, Any]], offset: int
 ) -> list[Result]:
     """Rows `start:end` of a block, the batch's rows from `offset` on."""
-    (
-        indices,
-        ids_int,
-        ids_str,
-        outputs,
-        reasons,
-        prompt_tokens,
-        completion_tokens,
-        error_types,
-        error_messages,
-        latencies,
-        chats,
-        _,
-    ) = (column[start:end] for column in columns)
+    # Every column but the last, the batch's blob, in SCHEMA's order.
+    rows = zip(*(column[start:end] for column in columns[:-1]), strict=True)
     results = [
         Result(
             index,
@@ -205,20 +187,7 @@ def _results(
             error_message,
             latency,
             chat,
-        ) in zip(
-            indices,
-            ids_int,
-            ids_str,
-            outputs,
-            reasons,
-            prompt_tokens,
-            completion_tokens,
-            error_types,
-            error_messages,
-            latencies,
-            chats,
-            strict=True,
-        )
+        ) in rows
     ]
     for field, values in loose.items():
         for position, value in values.items():

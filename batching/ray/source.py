@@ -38,11 +38,13 @@ from batching.records import NO_SAMPLING, InvalidRow, Request, Row
 
 __all__ = [
     "INDEX_COLUMN",
+    "KEY_FIELDS",
     "ROWS_SCHEMA",
     "ROW_COLUMN",
     "RowsDatasource",
     "decode_rows",
     "encode_rows",
+    "id_columns",
     "pickled",
 ]
 
@@ -57,16 +59,31 @@ def pickled(value: object) -> bytes:
 
 
 _INT64 = range(-(2**63), 2**63)
+# How rows and results alike are keyed: an id is an int column or a str column, or
+# neither (pickled aside, see `id_columns`).
+KEY_FIELDS = [(INDEX_COLUMN, pa.int64()), ("id_int", pa.int64()), ("id_str", pa.string())]
 ROWS_SCHEMA = pa.schema(
     [
-        (INDEX_COLUMN, pa.int64()),
-        ("id_int", pa.int64()),
-        ("id_str", pa.string()),
+        *KEY_FIELDS,
         ("line", pa.int64()),
         ("prompt", pa.string()),
         (ROW_COLUMN, pa.binary()),
     ]
 )
+
+
+def id_columns(row_id: Any) -> tuple[int | None, str | None, bool]:
+    """`row_id` in the id_int and id_str columns, and whether it must go aside instead
+    (an id neither column holds: a bool, a float, an int past int64).
+
+    >>> id_columns(7), id_columns("a"), id_columns(None), id_columns(2**64)
+    ((7, None, False), (None, 'a', False), (None, None, False), (None, None, True))
+    """
+    if type(row_id) is int and row_id in _INT64:
+        return row_id, None, False
+    if type(row_id) is str:
+        return None, row_id, False
+    return None, None, row_id is not None
 
 
 def encode_rows(rows: list[Row]) -> pa.Table:
@@ -82,15 +99,11 @@ def encode_rows(rows: list[Row]) -> pa.Table:
     extras: list[bytes | None] = []
     for row in rows:
         loose: dict[str, Any] = {}
-        row_id = row.id
-        if type(row_id) is int and row_id in _INT64:
-            ids_int.append(row_id)
-            ids_str.append(None)
-        else:
-            ids_int.append(None)
-            ids_str.append(row_id if type(row_id) is str else None)
-            if row_id is not None and type(row_id) is not str:
-                loose["id"] = row_id
+        id_int, id_str, loose_id = id_columns(row.id)
+        ids_int.append(id_int)
+        ids_str.append(id_str)
+        if loose_id:
+            loose["id"] = row.id
         if isinstance(row, Request):
             prompts.append(row.prompt)
             if row.messages is not None:
