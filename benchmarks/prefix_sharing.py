@@ -29,7 +29,6 @@ import math
 import random
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,11 @@ from benchmarks.common import (
     TINY_MODEL,
     Measurement,
     bizra_command,
-    checkout_description,
     format_table,
     iter_output_rows,
     measure,
+    print_provenance,
+    work_folder,
 )
 
 __all__ = ["main", "write_shared_prefix_file"]
@@ -175,11 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_generate(Path(args.raw[0]), Path(args.raw[1]), args.raw[2], args.max_tokens)
         return 0
 
-    print("command:", shlex.join([sys.executable, *sys.argv]))
-    print("checkout:", checkout_description())
-    with tempfile.TemporaryDirectory(prefix="bizra-prefix-") as scratch:
-        work = args.keep or Path(scratch)
-        work.mkdir(parents=True, exist_ok=True)
+    print_provenance()
+    with work_folder(args.keep, "bizra-prefix-") as work:
         prompts = work / "prompts.jsonl"
         mean_tokens = write_shared_prefix_file(
             prompts, args.rows, args.preambles, args.preamble_tokens, _token_counter(args.model)
