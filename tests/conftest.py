@@ -25,6 +25,10 @@ from tests.reading_helpers import Open
 if TYPE_CHECKING:
     from batching.engines.vllm import VllmEngine
 
+# Helpers that assert: pytest shows the values of a failing assert there too (it
+# rewrites only test modules and conftest unless told).
+pytest.register_assert_rewrite("tests.engine_helpers", "tests.output_helpers")
+
 # CI runs the same examples every time (a red CI must mean a changed behaviour, not
 # a new random draw) and never fails on a slow example on a loaded 2-core box;
 # locally, hypothesis keeps exploring new inputs.

@@ -28,6 +28,7 @@ from batching.errors import UsageError
 from batching.records import Sampling
 from batching.retry import RetryPolicy
 from cli.app import app
+from tests.engine_helpers import drain
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -79,15 +80,6 @@ def make_engine(
     )
     config = OpenAIConfig("http://server.test/v1", "m", concurrency=4, max_retries=max_retries)
     return OpenAIEngine(config, retry=retry, transport=httpx.MockTransport(handler))
-
-
-def drain(engine: OpenAIEngine) -> dict[int, EngineOutput]:
-    outputs: dict[int, EngineOutput] = {}
-    while engine.has_unfinished():
-        for output in engine.step():
-            assert output.key not in outputs
-            outputs[output.key] = output
-    return outputs
 
 
 def plain(key: int, prompt: str, **sampling: Any) -> EngineRequest:
