@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--kv-blocks",
         type=int,
         help=f"KV cache blocks of {BLOCK_SIZE} tokens for both runs (default: "
-        f"{CACHE_SHARE:.0%} of the distinct preambles' blocks)",
+        f"{CACHE_SHARE * 100:.0f}%% of the distinct preambles' blocks)",
     )
     parser.add_argument("--order", default="auto", help="bizra's --order (default auto)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="bizra's --chunk-size")
