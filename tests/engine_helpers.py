@@ -1,10 +1,17 @@
-"""Driving an `Engine` in tests the way the pipeline does, without the pipeline."""
+"""Driving an engine in tests: an `Engine` stepped directly, or `run --engine openai`
+against a server."""
 
 from __future__ import annotations
 
-from batching.engine import Engine, EngineOutput
+from pathlib import Path
 
-__all__ = ["drain"]
+from click.testing import Result
+from typer.testing import CliRunner
+
+from batching.engine import Engine, EngineOutput
+from cli.app import app
+
+__all__ = ["drain", "run_on_server"]
 
 
 def drain(engine: Engine) -> dict[int, EngineOutput]:
@@ -15,3 +22,11 @@ def drain(engine: Engine) -> dict[int, EngineOutput]:
             assert output.key not in outputs
             outputs[output.key] = output
     return outputs
+
+
+def run_on_server(
+    source: Path, base_url: str, *options: str, env: dict[str, str] | None = None
+) -> Result:
+    """`run SOURCE --engine openai --base-url BASE_URL OPTIONS...`, in this process."""
+    command = ["run", str(source), "--engine", "openai", "--base-url", base_url, *options]
+    return CliRunner().invoke(app, command, env=env)
