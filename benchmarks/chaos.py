@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import random
 import shutil
@@ -40,10 +39,13 @@ from typing import Any
 
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from samples.build_tiny_model import ensure_tiny_model
+
 __all__ = ["main"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILDER = REPO_ROOT / "samples" / "build_tiny_model.py"
 CHUNK_SIZE = 64
 # A kill this soon after Popen lands before the CLI has imported anything.
 AT_START_S = 1.0
@@ -95,15 +97,6 @@ class Comparison:
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicated or self.differing or self.unreadable)
-
-
-def _ensure_tiny_model() -> Path:
-    spec = importlib.util.spec_from_file_location("build_tiny_model", BUILDER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path: Path = module.ensure_tiny_model()
-    return path
 
 
 def _write_prompts(path: Path, rows: int, seed: int) -> None:
@@ -297,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.monotonic()
-    model = _ensure_tiny_model()
+    model = ensure_tiny_model()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bizra-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     source, log = work / "prompts.jsonl", work / "stderr.log"

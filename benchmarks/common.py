@@ -14,8 +14,10 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,9 @@ __all__ = [
     "iter_output_rows",
     "make_prompt",
     "measure",
+    "print_provenance",
     "summarize",
+    "work_folder",
     "write_prompt_file",
 ]
 
@@ -100,23 +104,39 @@ def checkout_description() -> str:
     '2a79b52 (with uncommitted changes)'
     """
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        changes = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"{commit} (with uncommitted changes)" if changes else commit
+
+
+def print_provenance() -> None:
+    """Print the command line and the checkout, so a pasted result says what made it."""
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print("checkout:", checkout_description())
+
+
+@contextmanager
+def work_folder(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """The folder a benchmark writes into: `keep` (made if missing, left behind), else a
+    temporary one removed afterwards.
+
+    >>> with work_folder(None, "bizra-doc-") as work:
+    ...     work.is_dir()
+    True
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        work = keep or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work
+
+
+def _git(*args: str) -> str:
+    """What a git command in this checkout printed, stripped; it raises if git failed."""
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def iter_output_rows(path: Path) -> Iterator[dict[str, object]]:

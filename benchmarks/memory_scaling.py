@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,10 +26,11 @@ from benchmarks.common import (
     TINY_MODEL,
     Measurement,
     bizra_command,
-    checkout_description,
     format_table,
     iter_output_rows,
     measure,
+    print_provenance,
+    work_folder,
     write_prompt_file,
 )
 
@@ -66,13 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="Work in this folder and keep its files.")
     args = parser.parse_args(argv)
 
-    print("command:", shlex.join([sys.executable, *sys.argv]))
-    print("checkout:", checkout_description())
+    print_provenance()
     ok = True
     runs: list[Measurement] = []
-    with tempfile.TemporaryDirectory(prefix="bizra-memory-") as scratch:
-        work = args.keep or Path(scratch)
-        work.mkdir(parents=True, exist_ok=True)
+    with work_folder(args.keep, "bizra-memory-") as work:
         for label, rows in (("small", args.small), ("large", args.large)):
             prompts = work / f"{label}.jsonl"
             out = work / f"{label}-out.jsonl"

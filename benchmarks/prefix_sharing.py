@@ -29,7 +29,6 @@ import math
 import random
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,11 @@ from benchmarks.common import (
     TINY_MODEL,
     Measurement,
     bizra_command,
-    checkout_description,
     format_table,
     iter_output_rows,
     measure,
+    print_provenance,
+    work_folder,
 )
 
 __all__ = ["main", "write_shared_prefix_file"]
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--kv-blocks",
         type=int,
         help=f"KV cache blocks of {BLOCK_SIZE} tokens for both runs (default: "
-        f"{CACHE_SHARE:.0%} of the distinct preambles' blocks)",
+        f"{CACHE_SHARE * 100:.0f}%% of the distinct preambles' blocks)",
     )
     parser.add_argument("--order", default="auto", help="bizra's --order (default auto)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="bizra's --chunk-size")
@@ -175,11 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_generate(Path(args.raw[0]), Path(args.raw[1]), args.raw[2], args.max_tokens)
         return 0
 
-    print("command:", shlex.join([sys.executable, *sys.argv]))
-    print("checkout:", checkout_description())
-    with tempfile.TemporaryDirectory(prefix="bizra-prefix-") as scratch:
-        work = args.keep or Path(scratch)
-        work.mkdir(parents=True, exist_ok=True)
+    print_provenance()
+    with work_folder(args.keep, "bizra-prefix-") as work:
         prompts = work / "prompts.jsonl"
         mean_tokens = write_shared_prefix_file(
             prompts, args.rows, args.preambles, args.preamble_tokens, _token_counter(args.model)

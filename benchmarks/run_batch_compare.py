@@ -37,7 +37,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -50,9 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
     REPO_ROOT,
     TINY_MODEL,
-    checkout_description,
     format_table,
     make_prompt,
+    print_provenance,
+    work_folder,
 )
 
 __all__ = ["main", "write_openai_file"]
@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="Work in this folder and keep its files.")
     args = parser.parse_args(argv)
 
-    print("command:", shlex.join([sys.executable, *sys.argv]))
-    print("checkout:", checkout_description())
+    print_provenance()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     openai = args.bizra_input == "openai" or (args.bizra_input == "auto" and bizra_reads_openai())
@@ -195,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("the OpenAI file (--input-format openai)" if openai else "a converted native copy")
     )
     runs: dict[tuple[str, int], TreeRun] = {}
-    with tempfile.TemporaryDirectory(prefix="bizra-run-batch-") as scratch:
-        work = args.keep or Path(scratch)
-        work.mkdir(parents=True, exist_ok=True)
+    with work_folder(args.keep, "bizra-run-batch-") as work:
         for rows in sizes:
             for label, run in _compare(work, rows, openai, args, env).items():
                 runs[label, rows] = run

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 import orjson
@@ -38,11 +37,12 @@ from benchmarks.common import (
     TINY_MODEL,
     Measurement,
     bizra_command,
-    checkout_description,
     format_table,
     iter_output_rows,
     measure,
+    print_provenance,
     summarize,
+    work_folder,
     write_prompt_file,
 )
 
@@ -133,11 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_generate(args.raw[0], args.raw[1], args.model, args.max_tokens)
         return 0
 
-    print("command:", shlex.join([sys.executable, *sys.argv]))
-    print("checkout:", checkout_description())
-    with tempfile.TemporaryDirectory(prefix="bizra-vs-generate-") as scratch:
-        work = args.keep or Path(scratch)
-        work.mkdir(parents=True, exist_ok=True)
+    print_provenance()
+    with work_folder(args.keep, "bizra-vs-generate-") as work:
         prompts = work / "prompts.jsonl"
         write_prompt_file(prompts, args.rows)
         runs: dict[str, list[Measurement]] = {"bizra": [], "raw": []}

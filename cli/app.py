@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
@@ -62,26 +63,44 @@ def _root(
     """Offline batch inference for LLMs on vLLM."""
 
 
-app.command(
+def _register(
+    name: str,
+    function: Callable[..., None],
+    short_help: str,
+    command_class: type[typer.core.TyperCommand],
+    *,
+    no_args_is_help: bool = True,
+) -> None:
+    """Add a subcommand; every one reads its options from BIZRA_BATCH_* env vars too."""
+    app.command(
+        name,
+        short_help=short_help,
+        no_args_is_help=no_args_is_help,
+        context_settings=CONTEXT_SETTINGS,
+        cls=command_class,
+    )(function)
+
+
+_register(
     "run",
-    short_help="Run prompts through a model: one result row per input row, in order.",
-    no_args_is_help=True,
-    context_settings=CONTEXT_SETTINGS,
-    cls=run_command.RunCommand,
-)(run_command.run)
-app.command(
+    run_command.run,
+    "Run prompts through a model: one result row per input row, in order.",
+    run_command.RunCommand,
+)
+_register(
     "validate",
-    short_help="Check an input file without running the model.",
-    no_args_is_help=True,
-    context_settings=CONTEXT_SETTINGS,
-    cls=PanelledCommand,
-)(validate_command.validate)
-app.command(
+    validate_command.validate,
+    "Check an input file without running the model.",
+    PanelledCommand,
+)
+# `bench` with no arguments measures synthetic prompts.
+_register(
     "bench",
-    short_help="Measure batching on the real engine: serial, batch sizes, and run.",
-    context_settings=CONTEXT_SETTINGS,
-    cls=PanelledCommand,
-)(bench_command.bench)
+    bench_command.bench,
+    "Measure batching on the real engine: serial, batch sizes, and run.",
+    PanelledCommand,
+    no_args_is_help=False,
+)
 
 
 def main() -> None:

@@ -19,10 +19,15 @@ from hypothesis import settings
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, EngineConfig, InputConfig
 from batching.readers import RowSource, open_source
+from samples.build_tiny_model import ensure_tiny_model
 from tests.reading_helpers import Open
 
 if TYPE_CHECKING:
     from batching.engines.vllm import VllmEngine
+
+# Helpers that assert: pytest shows the values of a failing assert there too (it
+# rewrites only test modules and conftest unless told).
+pytest.register_assert_rewrite("tests.engine_helpers", "tests.output_helpers")
 
 # CI runs the same examples every time (a red CI must mean a changed behaviour, not
 # a new random draw) and never fails on a slow example on a loaded 2-core box;
@@ -32,17 +37,6 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILDER = REPO_ROOT / "samples" / "build_tiny_model.py"
-
-
-def _ensure_tiny_model() -> Path:
-    # samples/ is scripts, not a package: load the builder from its file.
-    spec = importlib.util.spec_from_file_location("build_tiny_model", BUILDER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path: Path = module.ensure_tiny_model()
-    return path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,7 +53,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """Path of the tiny random model, built on first use (a few seconds)."""
-    return _ensure_tiny_model()
+    return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")

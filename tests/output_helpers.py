@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from batching.config import OutputConfig
 from batching.records import ERROR_ENGINE, Result, RowError
-from batching.writers import open_writer
+from batching.writers import open_writer, scan_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,3 +123,13 @@ def results_for_resume(count: int) -> list[Result]:
     return [
         ok(i, topic=f"t{i}", n=i) if i % 3 else failed(i, topic=None, n=i) for i in range(count)
     ]
+
+
+def resume_to_the_whole(path: Path, results: list[Result], on_disk: int) -> None:
+    """Check that the output at `path` offers its first `on_disk` rows to resume, then
+    resume with the rest and check that the output is all of `results`, in order."""
+    existing = scan_output(resumable(path))
+    assert existing is not None and existing.rows == on_disk
+    with open_writer(resumable(path, resume=True)) as writer:
+        writer.write(results[on_disk:])
+    assert parquet_rows(path) == [r.to_dict() for r in results]

@@ -30,6 +30,17 @@ def lines(stream: io.StringIO) -> list[str]:
     return stream.getvalue().splitlines()
 
 
+def started_lines(
+    *, interval_s: float, total: int | None, at: float = 0.0
+) -> tuple[LineProgress, FakeClock, io.StringIO]:
+    """Plain-lines progress on a fake clock, after its first update (no rows yet) at `at`."""
+    clock = FakeClock(at)
+    stream = io.StringIO()
+    progress = LineProgress(stream, interval_s=interval_s, clock=clock)
+    progress.update(0, 0, total)
+    return progress, clock, stream
+
+
 def test_stderr_console_writes_to_stderr() -> None:
     console = stderr_console()
     assert isinstance(console, Console)
@@ -69,20 +80,15 @@ def test_plain_lines_come_once_per_interval() -> None:
 
 
 def test_plain_lines_rates_exclude_time_before_the_first_update() -> None:
-    clock = FakeClock(300.0)  # five minutes of engine start-up before the first row
-    stream = io.StringIO()
-    progress = LineProgress(stream, interval_s=10.0, clock=clock)
-    progress.update(0, 0, None)
+    # Five minutes of engine start-up before the first row.
+    progress, clock, stream = started_lines(interval_s=10.0, total=None, at=300.0)
     clock.now = 310.0
     progress.update(500, 2_000, None)
     assert lines(stream) == ["bizra-batch: 500 rows, 50 rows/s, 200 out tok/s"]
 
 
 def test_plain_lines_with_a_low_estimate_never_pass_100_percent() -> None:
-    clock = FakeClock()
-    stream = io.StringIO()
-    progress = LineProgress(stream, interval_s=1.0, clock=clock)
-    progress.update(0, 0, 100)
+    progress, clock, stream = started_lines(interval_s=1.0, total=100)
     clock.now = 2.0
     progress.update(150, 15, 100)
     assert lines(stream) == ["bizra-batch: 150/150 rows (100%), 75 rows/s, 7.5 out tok/s"]
@@ -91,10 +97,7 @@ def test_plain_lines_with_a_low_estimate_never_pass_100_percent() -> None:
 def test_plain_lines_close_claims_nothing() -> None:
     # An interrupted run or a closed pipe also closes the progress: it must not
     # say "done"; the run's summary, which follows, has the figures.
-    clock = FakeClock()
-    stream = io.StringIO()
-    progress = LineProgress(stream, interval_s=10.0, clock=clock)
-    progress.update(0, 0, 1_000)
+    progress, clock, stream = started_lines(interval_s=10.0, total=1_000)
     clock.now = 4.0
     progress.update(500, 8_000, 1_000)
     progress.close()

@@ -28,6 +28,8 @@ from batching.errors import UsageError
 from batching.records import Sampling
 from batching.retry import RetryPolicy
 from cli.app import app
+from tests.engine_helpers import drain, run_on_server
+from tests.reading_helpers import jsonl
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -79,15 +81,6 @@ def make_engine(
     )
     config = OpenAIConfig("http://server.test/v1", "m", concurrency=4, max_retries=max_retries)
     return OpenAIEngine(config, retry=retry, transport=httpx.MockTransport(handler))
-
-
-def drain(engine: OpenAIEngine) -> dict[int, EngineOutput]:
-    outputs: dict[int, EngineOutput] = {}
-    while engine.has_unfinished():
-        for output in engine.step():
-            assert output.key not in outputs
-            outputs[output.key] = output
-    return outputs
 
 
 def plain(key: int, prompt: str, **sampling: Any) -> EngineRequest:
@@ -332,23 +325,9 @@ def test_cli_runs_rows_through_a_server_in_input_order(
     rows = [{"prompt": w} for w in ("one", "two", "reject me", "four")]
     rows.insert(1, {"id": "chat", "messages": [{"role": "user", "content": "hey"}]})
     source = tmp_path / "in.jsonl"
-    source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            str(source),
-            "--engine",
-            "openai",
-            "--base-url",
-            url,
-            "-m",
-            "served",
-            "-q",
-            "--api-key-env",
-            "TEST_KEY",
-        ],
-        env={"TEST_KEY": "sekrit"},
+    source.write_bytes(jsonl(*rows))
+    result = run_on_server(
+        source, url, "-m", "served", "-q", "--api-key-env", "TEST_KEY", env={"TEST_KEY": "sekrit"}
     )
     assert result.exit_code == 1, result.output  # one row failed
     out = [orjson.loads(line) for line in result.stdout.splitlines()]

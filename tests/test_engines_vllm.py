@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from batching.engines.vllm import (
     create_vllm_engine,
 )
 from batching.records import ERROR_PROMPT_TOO_LONG, Sampling
+from tests.engine_helpers import drain
 
 PROMPTS = Path(__file__).resolve().parent.parent / "samples" / "prompts.jsonl"
 GREEDY = Sampling(max_tokens=16, temperature=0.0)
@@ -59,12 +60,7 @@ def _run(engine: Engine, requests: Iterable[EngineRequest]) -> dict[int, EngineO
     """Add everything up front (as LLM.generate does), then step until drained."""
     for request in requests:
         engine.add(request)
-    outputs: dict[int, EngineOutput] = {}
-    while engine.has_unfinished():
-        for output in engine.step():
-            assert output.key not in outputs
-            outputs[output.key] = output
-    return outputs
+    return drain(engine)
 
 
 def _assert_same(ours: EngineOutput, theirs: Any) -> None:
@@ -73,6 +69,25 @@ def _assert_same(ours: EngineOutput, theirs: Any) -> None:
     assert ours.completion_tokens == len(completion.token_ids)
     assert ours.prompt_tokens == len(theirs.prompt_token_ids)
     assert ours.finish_reason == completion.finish_reason
+
+
+def _assert_greedy_outputs_equal(
+    engine: VllmEngine, inputs: list[Any], theirs_of: Callable[..., list[Any]]
+) -> None:
+    """Our greedy outputs for `inputs` (prompts or chats) equal those of vLLM's own
+    call, `LLM.generate` or `LLM.chat`: the same prompt token ids, the same output."""
+    from vllm import SamplingParams
+
+    ids = _ids(engine.encode(inputs))
+    ours = _run(engine, (EngineRequest(k, p, GREEDY) for k, p in enumerate(ids)))
+
+    params = SamplingParams(max_tokens=16, temperature=0.0)
+    theirs = theirs_of(inputs, params, use_tqdm=False)
+
+    assert sorted(ours) == list(range(len(inputs)))
+    for key, output in enumerate(theirs):
+        assert ids[key] == list(output.prompt_token_ids)
+        _assert_same(ours[key], output)
 
 
 # -- without vLLM ---------------------------------------------------------------------
@@ -137,19 +152,7 @@ def test_quiet_filter_drops_only_known_noise(msg: str, args: tuple[Any, ...], sh
 
 @pytest.mark.vllm
 def test_greedy_outputs_equal_llm_generate(vllm_engine: VllmEngine) -> None:
-    from vllm import SamplingParams
-
-    prompts = _plain_prompts(40)
-    ids = _ids(vllm_engine.encode(prompts))
-    ours = _run(vllm_engine, (EngineRequest(k, p, GREEDY) for k, p in enumerate(ids)))
-
-    params = SamplingParams(max_tokens=16, temperature=0.0)
-    theirs = vllm_engine.llm.generate(prompts, params, use_tqdm=False)
-
-    assert sorted(ours) == list(range(len(prompts)))
-    for key, output in enumerate(theirs):
-        assert ids[key] == list(output.prompt_token_ids)
-        _assert_same(ours[key], output)
+    _assert_greedy_outputs_equal(vllm_engine, _plain_prompts(40), vllm_engine.llm.generate)
 
 
 @pytest.mark.vllm
@@ -171,17 +174,7 @@ def test_unset_sampling_fields_take_llm_generate_defaults(vllm_engine: VllmEngin
 
 @pytest.mark.vllm
 def test_chat_outputs_equal_llm_chat(vllm_engine: VllmEngine) -> None:
-    from vllm import SamplingParams
-
-    chats = _chats(20)
-    ids = _ids(vllm_engine.encode(chats))
-    ours = _run(vllm_engine, (EngineRequest(k, p, GREEDY) for k, p in enumerate(ids)))
-
-    params = SamplingParams(max_tokens=16, temperature=0.0)
-    theirs = vllm_engine.llm.chat(chats, params, use_tqdm=False)
-    for key, output in enumerate(theirs):
-        assert ids[key] == list(output.prompt_token_ids)
-        _assert_same(ours[key], output)
+    _assert_greedy_outputs_equal(vllm_engine, _chats(20), vllm_engine.llm.chat)
 
 
 @pytest.mark.vllm

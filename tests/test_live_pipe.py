@@ -66,21 +66,27 @@ def _read_while_open(
     process: subprocess.Popen[bytes], producer: _Producer
 ) -> tuple[list[bytes], list[int], bytes]:
     """The first output lines, with how many rows had been sent when each arrived,
-    then the rest once the producer has stopped and closed the input."""
+    then the rest once the producer has stopped and closed the input. A run still
+    alive when this fails is killed, not left behind."""
     assert process.stdout is not None
-    lines: list[bytes] = []
-    sent_when_read: list[int] = []
-    while len(lines) < OUTPUTS_WHILE_OPEN:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        sent_when_read.append(producer.sent)
-    producer.stop.set()
-    producer.join(timeout=DEADLINE_S)
-    rest = process.stdout.read()  # the producer closed the input: the run ends
-    process.wait(timeout=DEADLINE_S)
-    return lines, sent_when_read, rest
+    try:
+        lines: list[bytes] = []
+        sent_when_read: list[int] = []
+        while len(lines) < OUTPUTS_WHILE_OPEN:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            sent_when_read.append(producer.sent)
+        producer.stop.set()
+        producer.join(timeout=DEADLINE_S)
+        rest = process.stdout.read()  # the producer closed the input: the run ends
+        process.wait(timeout=DEADLINE_S)
+        return lines, sent_when_read, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.slow
@@ -93,13 +99,7 @@ def test_a_slow_pipe_gets_results_before_its_input_ends(tmp_path: Path) -> None:
         )
         producer = _Producer(process.stdin)
         producer.start()
-        assert process.stdout is not None
-        try:
-            lines, sent_when_read, rest = _read_while_open(process, producer)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        lines, sent_when_read, rest = _read_while_open(process, producer)
     messages = stderr_path.read_text(errors="replace")
     assert process.returncode == 0, messages
     assert len(sent_when_read) == OUTPUTS_WHILE_OPEN, messages
@@ -141,13 +141,9 @@ def test_a_named_pipe_given_as_input_is_read_live_like_stdin(tmp_path: Path) -> 
             stdout=subprocess.PIPE,
             stderr=stderr,
         )
-        assert process.stdout is not None
         try:
             lines, sent_when_read, rest = _read_while_open(process, producer)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
             if producer.is_alive():  # the run never opened the pipe: free the writer
                 with contextlib.suppress(OSError):
                     os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))

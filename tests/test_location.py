@@ -20,28 +20,41 @@ def test_none_and_a_dash_are_stdio_and_json_lines(given: str | None) -> None:
     assert location.is_stdio and not location.is_local and not location.is_remote
 
 
-def test_a_file_uri_is_the_local_file_named_as_given() -> None:
-    location = Location.of("file:///data/a%20b.jsonl.gz")
-    assert location == Location(
-        kind="local",
-        path="/data/a b.jsonl.gz",
-        name="file:///data/a%20b.jsonl.gz",
-        format="jsonl",
-        compressed=True,
-        extension=".jsonl",
-    )
-    assert location.is_local
-
-
-def test_a_remote_uri_keeps_its_query_but_its_format_does_not_see_it() -> None:
-    location = Location.of("s3://bucket/out.parquet?region=eu-west-1")
-    assert location == Location(
-        kind="remote",
-        path="s3://bucket/out.parquet?region=eu-west-1",
-        name="s3://bucket/out.parquet?region=eu-west-1",
-        format="parquet",
-        compressed=False,
-        extension=".parquet",
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        pytest.param(
+            "file:///data/a%20b.jsonl.gz",
+            Location(
+                kind="local",
+                path="/data/a b.jsonl.gz",
+                name="file:///data/a%20b.jsonl.gz",
+                format="jsonl",
+                compressed=True,
+                extension=".jsonl",
+            ),
+            id="a file URI is the local file, named as given",
+        ),
+        pytest.param(
+            "s3://bucket/out.parquet?region=eu-west-1",
+            Location(
+                kind="remote",
+                path="s3://bucket/out.parquet?region=eu-west-1",
+                name="s3://bucket/out.parquet?region=eu-west-1",
+                format="parquet",
+                compressed=False,
+                extension=".parquet",
+            ),
+            id="a remote URI keeps its query, but its format does not see it",
+        ),
+    ],
+)
+def test_a_uri_resolves_to_one_location(given: str, expected: Location) -> None:
+    location = Location.of(given)
+    assert location == expected
+    assert (location.is_local, location.is_remote) == (
+        expected.kind == "local",
+        expected.kind == "remote",
     )
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from typer.testing import CliRunner
 
-from cli.app import app
+from tests.engine_helpers import run_on_server
+from tests.reading_helpers import jsonl
 
 pytestmark = pytest.mark.vllm
 
@@ -107,33 +107,13 @@ def test_run_against_vllm_serve_writes_one_ordered_row_per_input(
         {"id": "p3", "prompt": "Hello"},
     ]
     source = tmp_path / "in.jsonl"
-    source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    source.write_bytes(jsonl(*rows))
     output = tmp_path / "out.jsonl"
     report = tmp_path / "report.json"
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            str(source),
-            "--engine",
-            "openai",
-            "--base-url",
-            served_tiny_model,
-            "--model",
-            "tiny",
-            "--max-tokens",
-            "4",
-            "--temperature",
-            "0",
-            "--concurrency",
-            "2",
-            "-o",
-            str(output),
-            "--report",
-            str(report),
-            "-q",
-        ],
-    )
+    result = run_on_server(
+        source, served_tiny_model, "--model", "tiny", "--max-tokens", "4", "--temperature", "0",
+        "--concurrency", "2", "-o", str(output), "--report", str(report), "-q",
+    )  # fmt: skip
     assert result.exit_code == 1, result.output  # the max_tokens=100000 row fails alone
     out = [orjson.loads(line) for line in output.read_bytes().splitlines()]
     assert [r["id"] for r in out] == ["p1", "c1", "p2", "bad", "p3"]

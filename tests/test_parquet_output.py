@@ -27,6 +27,7 @@ from tests.output_helpers import (
     results_for_resume,
     results_strategy,
     resumable,
+    resume_to_the_whole,
     row_group_sizes,
     write_in_batches,
 )
@@ -255,12 +256,7 @@ def test_parquet_parts_left_by_an_interrupted_close_give_way_to_the_finished_fil
     os.mkdir(f"{path}.parts")
     (Path(f"{path}.parts") / "part-000001.parquet").write_bytes(path.read_bytes())
 
-    existing = scan_output(resumable(path))
-    assert existing is not None and existing.rows == 5
-    with open_writer(resumable(path, resume=True)) as writer:
-        writer.write(results[5:])
-
-    assert parquet_rows(path) == [r.to_dict() for r in results]
+    resume_to_the_whole(path, results, on_disk=5)
 
 
 def test_parquet_parts_of_an_unfinished_run_count_as_an_existing_output(tmp_path: Path) -> None:
@@ -289,11 +285,7 @@ def test_parquet_run_that_fails_keeps_its_parts_for_resume(tmp_path: Path) -> No
         raise KeyboardInterrupt
 
     assert not path.exists()  # a half output never looks finished
-    existing = scan_output(resumable(path))
-    assert existing is not None and existing.rows == 4
-    with open_writer(resumable(path, resume=True)) as resumed:
-        resumed.write(results[4:])
-    assert parquet_rows(path) == [r.to_dict() for r in results]
+    resume_to_the_whole(path, results, on_disk=4)
 
 
 def test_parquet_resume_keeps_the_column_types_of_the_rows_it_continues(tmp_path: Path) -> None:
