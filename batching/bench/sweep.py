@@ -383,8 +383,8 @@ def _against_serial(row: BenchRow, serial: BenchRow, size: int | None) -> BenchR
     return replace(row, speedup=speedup, efficiency=None if size is None else speedup / size)
 
 
-def pipeline_config(chunk_size: int = 1024, max_in_flight: int = 512) -> RunConfig:
-    """The `run` defaults, for the pipeline row."""
+def pipeline_config(chunk_size: int = 1024, max_in_flight: int | None = None) -> RunConfig:
+    """The `run` defaults, for the pipeline row (the window from the engine's batch)."""
     return RunConfig(
         input=InputConfig(path="-", chunk_size=chunk_size), max_in_flight=max_in_flight
     )
