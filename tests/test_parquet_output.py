@@ -1,4 +1,4 @@
-"""Parquet output: columns and types, row groups, and sealed parts that survive a crash."""
+"""Parquet output: what the writer puts on disk, its row groups, parts that survive a crash."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ from hypothesis import strategies as st
 
 from batching.config import OutputConfig
 from batching.errors import OutputError
-from batching.records import ERROR_ENGINE, Result
+from batching.records import Result
 from batching.writers import ExistingOutput, open_writer, scan_output
 from tests.output_helpers import (
     Raw,
     build_results,
     crash_after,
-    failed,
     ok,
     parquet_rows,
     parts_of,
@@ -31,49 +30,6 @@ from tests.output_helpers import (
     row_group_sizes,
     write_in_batches,
 )
-
-
-def test_parquet_columns_and_types(tmp_path: Path) -> None:
-    path = tmp_path / "out.parquet"
-    results = [
-        ok(0, topic="a", n=1, score=1, flag=True, meta={"k": [1]}, note=None, mixed=1),
-        failed(1, topic="b", n=2, score=0.5, flag=False, meta=None, note=None, mixed="x"),
-    ]
-
-    with open_writer(OutputConfig(path=str(path))) as writer:
-        writer.write(results)
-
-    schema = pq.read_schema(path)
-    assert [(f.name, str(f.type)) for f in schema] == [
-        ("id", "int64"),
-        ("output", "string"),
-        ("finish_reason", "string"),
-        ("prompt_tokens", "int64"),
-        ("completion_tokens", "int64"),
-        ("error", "struct<type: string, message: string>"),
-        ("topic", "string"),
-        ("n", "int64"),
-        ("score", "double"),
-        ("flag", "bool"),
-        ("meta", "string"),
-        ("note", "string"),
-        ("mixed", "string"),
-    ]
-    rows = parquet_rows(path)
-    assert rows[1]["error"] == {"type": ERROR_ENGINE, "message": "boom"}
-    assert rows[0]["error"] is None
-    # Objects, and fields of mixed or unknown type, are JSON text.
-    assert (rows[0]["meta"], rows[0]["mixed"], rows[1]["mixed"]) == ('{"k":[1]}', "1", '"x"')
-
-
-def test_parquet_ids_are_strings_when_not_all_integers() -> None:
-    out = io.BytesIO()
-    results = [Result(index=0, id="a"), Result(index=1, id=2), Result(index=2, id=True)]
-
-    with open_writer(OutputConfig(format="parquet"), stdout=out) as writer:
-        writer.write(results)
-
-    assert [r["id"] for r in parquet_rows(out)] == ["a", "2", "true"]
 
 
 def test_parquet_to_stdout_has_a_row_group_per_flush_and_is_readable_after_close() -> None:
@@ -146,16 +102,6 @@ def test_parquet_value_that_no_longer_fits_its_column_is_an_output_error() -> No
     writer.close()
 
     assert [r["n"] for r in parquet_rows(out)] == [1]  # the rows before it stay readable
-
-
-def test_parquet_later_string_id_in_an_integer_id_column_is_an_output_error() -> None:
-    writer = open_writer(OutputConfig(format="parquet"), stdout=io.BytesIO())
-    writer.write([ok(0)])
-    writer.flush()
-    writer.write([Result(index=1, id="b")])
-
-    with pytest.raises(OutputError, match="id 'b' of row 2 is not an integer"):
-        writer.flush()
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -126,11 +126,6 @@ def test_output_in_a_missing_directory_is_refused_with_the_path(tmp_path: Path) 
         open_writer(OutputConfig(path=str(path)))
 
 
-def test_unknown_extension_suggests_output_format(tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match=r"out\.csv: unknown output format.*--output-format"):
-        open_writer(OutputConfig(path=str(tmp_path / "out.csv")))
-
-
 def test_format_option_overrides_the_extension(tmp_path: Path) -> None:
     path = tmp_path / "out.txt"
 
