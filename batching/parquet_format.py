@@ -90,7 +90,7 @@ class ParquetLayout:
 
     def start(self, first: Sequence[Result]) -> None:
         pa = self._pa
-        ints = bool(first) and all(type(result.id) is int for result in first)
+        ints = bool(first) and all(_int64(result.id) for result in first)
         text = (
             pa.list_(pa.string()) if any(isinstance(r.output, list) for r in first) else pa.string()
         )
@@ -137,10 +137,11 @@ class ParquetLayout:
         ids = [result.id for result in results]
         json_ids: list[int] = []
         if schema.field("id").type != pa.string():
-            bad = next((r for r in results if type(r.id) is not int), None)
+            bad = next((r for r in results if not _int64(r.id)), None)
             if bad is not None:
+                kind = "a 64-bit integer" if type(bad.id) is int else "an integer"
                 raise OutputError(
-                    f"{name}: id {bad.id!r} of row {bad.index + 1} is not an integer, but "
+                    f"{name}: id {bad.id!r} of row {bad.index + 1} is not {kind}, but "
                     "the Parquet id column was made int64 from the first rows; write JSONL "
                     "instead, or give every row an id of one type"
                 )
@@ -333,3 +334,13 @@ def _decode_id(value: Any) -> Any:
         return value
     # Only ints, floats and booleans were ever encoded; '"a"' was the string '"a"'.
     return decoded if type(decoded) in (int, float, bool) else value
+
+
+def _int64(value: object) -> bool:
+    """Whether an id fits an int64 column (bool is not an int here; JSON's 2**64 - 1 is
+    an int to orjson, and goes to a string column as JSON text instead).
+
+    >>> _int64(7), _int64(2**63), _int64(True)
+    (True, False, False)
+    """
+    return type(value) is int and -(2**63) <= value < 2**63
