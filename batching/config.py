@@ -16,6 +16,7 @@ from batching.location import STDIO, InputFormat, Location, OutputFormat
 from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, output_format
 from batching.records import Sampling
 from batching.sampling_rules import check_default_sampling
+from batching.template import PromptTemplate
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
@@ -53,6 +54,9 @@ class InputConfig:
     id_field: str = "id"
     keep_fields: tuple[str, ...] = ()
     chunk_size: int = 1024
+    # Given, a row's prompt is this template rendered with its fields, whatever
+    # prompt or messages the row holds itself.
+    template: PromptTemplate | None = None
     location: Location = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

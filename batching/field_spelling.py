@@ -60,6 +60,8 @@ class FieldSpelling:
         )
         # A kept field is the user's own on purpose, however it is spelt.
         self.cleared = {*self._read, *fields.keep_fields}
+        if fields.template is not None:
+            self.cleared.update(fields.template.fields)
         # The fields that give a row what `name` would: itself, or either of a pair
         # (a chat row's "prompt_id" is no misspelt prompt).
         self._given_by = {name: frozenset((name,)) for name in self._read}

@@ -45,19 +45,34 @@ class ParquetSource(RowSource):
             ) from None
         super().__init__(path, total_rows=self._file.metadata.num_rows, total_bytes=total_bytes)
         names = set(self._file.schema_arrow.names)
-        if cfg.prompt_field not in names and cfg.messages_field not in names:
+        template_fields = () if cfg.template is None else cfg.template.fields
+        absent = [name for name in template_fields if name not in names]
+        if absent:
+            columns = ", ".join(sorted(names)) or "(none)"
+            self.close()
+            raise InputError(
+                f"{path}: no {absent[0]!r} column for the template (columns: {columns}); "
+                "rename it in the template"
+            )
+        if (
+            cfg.template is None
+            and cfg.prompt_field not in names
+            and cfg.messages_field not in names
+        ):
             columns = ", ".join(sorted(names)) or "(none)"
             self.close()
             raise InputError(
                 f"{path}: no {cfg.prompt_field!r} or {cfg.messages_field!r} column (columns: "
                 f"{columns}); set --prompt-field or --messages-field"
             )
+        # With a template, the prompt and messages columns are not read.
+        prompt_fields = (cfg.prompt_field, cfg.messages_field) if cfg.template is None else ()
         wanted = (
-            cfg.prompt_field,
-            cfg.messages_field,
+            *prompt_fields,
             cfg.id_field,
             *ROW_SAMPLING_FIELDS,
             *cfg.keep_fields,
+            *template_fields,
         )
         # Every row has every column: one check names a misspelt one for the file.
         FieldSpelling(cfg).check(self._file.schema_arrow.names, path)

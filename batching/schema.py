@@ -7,7 +7,9 @@ expected and what was found, so one bad row costs one error record, not the run.
 
 Rules, per row (an object):
 
-- exactly one of the prompt field (a non-empty string) and the messages field (a
+- with a template (`InputConfig.template`), the prompt is the template rendered with
+  the row's fields and the row's own prompt and messages fields are not read;
+  without one, exactly one of the prompt field (a non-empty string) and the messages field (a
   non-empty list of `{"role": str, "content": str | [{"type": "text", "text": str}]}`);
 - the id field, if present and not null, is a string, integer, finite number or
   boolean; absent or null, the id is the row's 0-based index;
@@ -81,24 +83,28 @@ def parse_row(
             )
         row_id = raw_id
 
-    prompt = obj.get(fields.prompt_field)
-    messages = obj.get(fields.messages_field)
     problem: str | None = None
-    if prompt is not None and messages is not None:
-        problem = (
-            f"{where}: fields {fields.prompt_field!r} and {fields.messages_field!r} are both "
-            "set; give one of them"
-        )
-    elif prompt is not None:
-        if not isinstance(prompt, str) or not prompt:
-            problem = _message(where, fields.prompt_field, "a non-empty string", prompt)
-    elif messages is not None:
-        problem = check_messages(messages, fields.messages_field, where)
+    messages: Any = None
+    if fields.template is not None:
+        prompt, problem = fields.template.render(obj, where)
     else:
-        problem = (
-            f"{where}: no {fields.prompt_field!r} or {fields.messages_field!r} field; "
-            "set --prompt-field or --messages-field if the text is under another name"
-        )
+        prompt = obj.get(fields.prompt_field)
+        messages = obj.get(fields.messages_field)
+        if prompt is not None and messages is not None:
+            problem = (
+                f"{where}: fields {fields.prompt_field!r} and {fields.messages_field!r} are "
+                "both set; give one of them"
+            )
+        elif prompt is not None:
+            if not isinstance(prompt, str) or not prompt:
+                problem = _message(where, fields.prompt_field, "a non-empty string", prompt)
+        elif messages is not None:
+            problem = check_messages(messages, fields.messages_field, where)
+        else:
+            problem = (
+                f"{where}: no {fields.prompt_field!r} or {fields.messages_field!r} field; "
+                "set --prompt-field or --messages-field if the text is under another name"
+            )
     if problem is None:
         sampling, problem = parse_sampling(obj, where)
     if problem is not None:

@@ -14,6 +14,7 @@ import typer
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
+from batching.template import PromptTemplate
 
 __all__ = [
     "BATCHING",
@@ -37,6 +38,8 @@ __all__ = [
     "MessagesField",
     "ModelOption",
     "PromptField",
+    "TemplateFileOption",
+    "TemplateOption",
     "input_config",
     "panel_option",
     "parse_engine_args",
@@ -89,6 +92,17 @@ PromptField = Annotated[str, _input("Field holding a row's prompt text.")]
 MessagesField = Annotated[
     str, _input("Field holding a row's chat messages (a list of role/content).")
 ]
+TemplateOption = Annotated[
+    str | None,
+    _input(
+        "Jinja2 template for each row's prompt, filled from the row's fields, e.g. "
+        "'Summarize: {{ text }}'. It replaces a row's own prompt or messages; a row "
+        "without a field it uses is an invalid row. Sandboxed: no files, no internals."
+    ),
+]
+TemplateFileOption = Annotated[
+    str | None, _input("Read --template from this UTF-8 file.", metavar="FILE")
+]
 IdField = Annotated[str, _input("Row id field; default id is the 0-based row number.")]
 MaxLineBytes = Annotated[int, _input("Longer input lines are invalid rows.", min=1)]
 
@@ -118,12 +132,23 @@ def input_config(
     *,
     keep_fields: str = "",
     chunk_size: int = 1024,
+    template: str | None = None,
+    template_file: str | None = None,
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
     >>> input_config("in.jsonl", None, keep_fields="topic, lang").keep_fields
     ('topic', 'lang')
+    >>> input_config("in.jsonl", None, template="Hi {{ name }}").template.fields
+    ('name',)
     """
+    if template is not None and template_file is not None:
+        raise UsageError("--template and --template-file: give one of them")
+    prompt_template = None
+    if template is not None:
+        prompt_template = PromptTemplate(template)
+    elif template_file is not None:
+        prompt_template = PromptTemplate.from_file(template_file)
     return InputConfig(
         path=path,
         format=None if input_format is None else input_format.value,
@@ -132,6 +157,7 @@ def input_config(
         id_field=id_field,
         keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
         chunk_size=chunk_size,
+        template=prompt_template,
     )
 
 

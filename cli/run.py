@@ -46,6 +46,8 @@ from cli.options import (
     MaxNumSeqsOption,
     MessagesField,
     PromptField,
+    TemplateFileOption,
+    TemplateOption,
     input_config,
     parse_engine_args,
 )
@@ -144,6 +146,8 @@ def run(
     messages_field: MessagesField = "messages",
     id_field: IdField = "id",
     keep_fields: KeepFields = "",
+    template: TemplateOption = None,
+    template_file: TemplateFileOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = None,
@@ -202,6 +206,7 @@ def run(
             input=input_config(
                 input_path, input_format, prompt_field, messages_field, id_field,
                 keep_fields=keep_fields, chunk_size=chunk_size,
+                template=template, template_file=template_file,
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,

@@ -18,6 +18,8 @@ from cli.options import (
     MaxLineBytes,
     MessagesField,
     PromptField,
+    TemplateFileOption,
+    TemplateOption,
     input_config,
 )
 
@@ -60,6 +62,8 @@ def validate(
     prompt_field: PromptField = "prompt",
     messages_field: MessagesField = "messages",
     id_field: IdField = "id",
+    template: TemplateOption = None,
+    template_file: TemplateFileOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     json_output: Annotated[
         bool,
@@ -88,7 +92,10 @@ def validate(
 
     with exit_on_error():
         # Inside: the config refuses a path it cannot resolve (file://host/).
-        config = input_config(input_path, input_format, prompt_field, messages_field, id_field)
+        config = input_config(
+            input_path, input_format, prompt_field, messages_field, id_field,
+            template=template, template_file=template_file,
+        )  # fmt: skip
         report = validate_input(
             config,
             tokenizer_dir=model or None,  # an empty BIZRA_BATCH_MODEL means none
