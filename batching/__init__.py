@@ -41,6 +41,7 @@ from batching.ray.runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
 from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
+from batching.template import PromptTemplate
 from batching.testing import FakeEngine, FakeEngineFactory
 from batching.validate import ValidationReport, format_report
 
@@ -71,6 +72,7 @@ __all__ = [
     "OutputError",
     "OutputWriteError",
     "PermanentRequestError",
+    "PromptTemplate",
     "QueueClosedError",
     "RayOptions",
     "Report",
