@@ -68,6 +68,11 @@ class InputConfig:
                     f"--keep-fields {name}: every output row has its own {name!r} column; "
                     "copy the input field under another name first"
                 )
+        if self.template is not None and self.format == "openai":
+            raise UsageError(
+                "--template reads plain rows, and an OpenAI batch file's lines hold their "
+                "own requests; pass --input-format jsonl to fill the template from its lines"
+            )
         object.__setattr__(self, "location", Location.of(self.path))
 
 

@@ -330,8 +330,9 @@ class JsonlSource(RowSource):
 
 
 def _openai_lines(obj: object, fields: InputConfig) -> bool:
-    """Whether the first row is an OpenAI batch line (and not a plain row)."""
-    if not is_openai_line(obj):
+    """Whether the first row is an OpenAI batch line (and not a plain row); with a
+    template, rows are plain rows whatever fields they hold."""
+    if fields.template is not None or not is_openai_line(obj):
         return False
     assert isinstance(obj, dict)
     return fields.prompt_field not in obj and fields.messages_field not in obj

@@ -147,8 +147,9 @@ class TokenTally:
         assert self._context is not None
         limit, source = self._context
         field = self._cfg.prompt_field if request.prompt is not None else self._cfg.messages_field
+        what = "template" if self._cfg.template is not None else f"field {field!r}"
         message = (
-            f"{self._place(request.line)}: field {field!r}: {tokens:,} prompt tokens leave no "
+            f"{self._place(request.line)}: {what}: {tokens:,} prompt tokens leave no "
             f"room for output within max_model_len {limit:,} ({source}); run gives this row "
             "a prompt_too_long error: shorten it"
         )

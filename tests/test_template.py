@@ -284,3 +284,20 @@ def test_validate_renders_the_template_and_reports_the_rows_that_fail(
     assert report["errors"] == [
         {"line": 2, "message": "in.jsonl:2: template: the row has no field 'review'"}
     ]
+
+
+def test_a_template_with_openai_input_is_a_usage_error(reviews: Path) -> None:
+    result = run(str(reviews), "--template", "x", "--input-format", "openai")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "bizra-batch: error: --template reads plain rows, and an OpenAI batch file's lines "
+        "hold their own requests; pass --input-format jsonl to fill the template from its "
+        "lines\n"
+    )
+
+
+def test_with_a_template_openai_looking_lines_are_plain_rows(reviews: Path) -> None:
+    reviews.write_bytes(jsonl([{"custom_id": "r1", "url": "/v1/completions", "body": {}}]))
+    result = run(str(reviews), "--template", "{{ custom_id }}")
+    assert result.exit_code == 0, result.stderr
+    assert read_jsonl(result.stdout)[0]["output"] == "1r"
