@@ -50,6 +50,8 @@ class PromptTemplate:
     _compiled: jinja2.Template = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise UsageError(f"{self.origin}: the template is empty; give the prompt's text")
         try:
             parsed = _ENVIRONMENT.parse(self.source)
         except jinja2.TemplateSyntaxError as exc:

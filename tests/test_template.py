@@ -132,6 +132,12 @@ def test_a_template_that_reads_files_is_refused_when_built(source: str) -> None:
     )
 
 
+def test_an_empty_template_is_refused() -> None:
+    with pytest.raises(UsageError) as caught:
+        PromptTemplate(" \n")
+    assert str(caught.value) == "--template: the template is empty; give the prompt's text"
+
+
 def test_a_template_that_does_not_parse_names_its_line() -> None:
     with pytest.raises(UsageError) as caught:
         PromptTemplate("Review:\n{{ review }\n", origin="t.j2")
