@@ -398,10 +398,16 @@ class ReportCollector:
         figures["batches"] += 1
         figures["batch_requests"] += batch_size
         figures["batch_seconds"] += duration_s
-        if sequences is None:
+        self._add_sequence_seconds(None if sequences is None else sequences * duration_s)
+
+    def _add_sequence_seconds(self, seconds: float | None) -> None:
+        """Add to the run's sequence-seconds; one part the engine did not count makes
+        the whole unknown, so occupancy is never computed from part of the run."""
+        figures = self._figures
+        if seconds is None:
             figures["sequence_seconds"] = None
         elif figures["sequence_seconds"] is not None:
-            figures["sequence_seconds"] += sequences * duration_s
+            figures["sequence_seconds"] += seconds
 
     def record_engine_capacity(self, sequences: int) -> None:
         """The engines of this run run at most `sequences` sequences a step in all."""
@@ -479,11 +485,8 @@ class ReportCollector:
             figures[name] += getattr(part, name)
         if part.oom_window is not None:
             figures["oom_window"] = part.oom_window
-        if part.sequence_seconds is None or not part.batches:
-            if part.batches:
-                figures["sequence_seconds"] = None
-        elif figures["sequence_seconds"] is not None:
-            figures["sequence_seconds"] += part.sequence_seconds
+        if part.batches:  # a part with no step has nothing to count
+            self._add_sequence_seconds(part.sequence_seconds)
         self.record_reorder(part.reorder_peak_bytes, part.reorder_peak_rows)
 
     def record_replicas(self, replicas: tuple[ReplicaThroughput, ...]) -> None:
