@@ -21,6 +21,7 @@ from batching.template import PromptTemplate
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "STDIO",
+    "CacheConfig",
     "EngineConfig",
     "InputConfig",
     "InputFormat",
@@ -145,6 +146,28 @@ class EngineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The result cache a run reads and fills (`--cache`): its file, and what the
+    engine is, since every key holds the model and the settings that change outputs.
+
+    `engine_kind` tells engines apart that share a model name (vllm, openai, fake,
+    sim); `sampled` caches sampled requests too, not only deterministic ones.
+
+    >>> CacheConfig("results.sqlite", EngineConfig(model="fake"), "fake").sampled
+    False
+    """
+
+    path: str
+    engine: EngineConfig
+    engine_kind: str = "vllm"
+    sampled: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.path or self.path == "-":
+            raise UsageError("--cache needs a file path (a SQLite file it makes if missing)")
+
+
+@dataclass(frozen=True, slots=True)
 class RunConfig:
     """Everything one run needs besides the engine itself."""
 
@@ -174,6 +197,11 @@ class RunConfig:
     # Live input (a pipe that delivers rows slowly): a partial chunk goes to the
     # engine once its first row has waited this long, instead of at end of input.
     max_wait_ms: float = 50.0
+    # Identical deterministic requests run once, each row still getting its own
+    # output row (`batching.dedup`); `--no-dedup` turns it off.
+    dedup: bool = True
+    # Finished results kept across runs (`batching.result_cache`); None: no cache.
+    cache: CacheConfig | None = None
     errors_location: Location | None = field(init=False, repr=False, compare=False)
     report_location: Location | None = field(init=False, repr=False, compare=False)
 

@@ -47,6 +47,7 @@ from batching.records import (
 )
 from batching.report import Report, ReportCollector
 from batching.retry import Failure, RetryPolicy, classify
+from batching.reuse import Repeats, Reuse
 
 __all__ = ["EngineFailedError", "run_rows"]
 
@@ -61,6 +62,7 @@ class _Pending:
     token_ids: list[int]
     attempts: int = 0
     submitted_at: float = 0.0
+    repeats: Repeats | None = None  # rows it answers too, and its cache key
 
 
 @dataclass(slots=True)
@@ -73,6 +75,8 @@ class _Chunk:
     ready: list[_Pending] = field(default_factory=list)
     order: ChunkOrder | None = None
     padding_avoided: int = 0
+    served: list[Result] = field(default_factory=list)  # from the result cache
+    failed_repeats: dict[int, Repeats] = field(default_factory=dict)  # by row index
 
 
 class _NullProgress:
@@ -123,6 +127,8 @@ def run_rows(
     """
     collector = report or ReportCollector(clock=clock)
     collector.start()
+    place = place or row_place(config.input)
+    reuse = Reuse.open(config, collector, place=place)
     runner = _Runner(
         supply=supply,
         sink=sink,
@@ -135,7 +141,8 @@ def run_rows(
         clock=clock,
         on_result=on_result,
         encode_ahead=encode_ahead,
-        place=place or row_place(config.input),
+        place=place,
+        reuse=reuse,
     )
     try:
         with _prompt_thread_switches():
@@ -183,6 +190,7 @@ class _Runner:
         on_result: Callable[[Result], None] | None = None,
         encode_ahead: bool = True,
         place: Callable[[int], str],
+        reuse: Reuse | None = None,
     ) -> None:
         self.supply = supply
         self.sink = sink
@@ -195,6 +203,9 @@ class _Runner:
         self.on_result = on_result
         self.encode_ahead = encode_ahead
         self.place = place
+        self.reuse = reuse
+        # The requests running for their identical rows too, by row index.
+        self._leads: dict[int, Repeats] = {}
         # One request until the engine starts and says its batch size (see
         # `RunConfig.max_in_flight`); the first chunk starts it.
         self.window = max(1, config.max_in_flight or 1)
@@ -328,18 +339,27 @@ class _Runner:
             else:
                 requests.append(row)
         chunk = _Chunk(rows, failed)
-        if not requests:
+        runs: list[tuple[Request, Repeats | None]] = [(r, None) for r in requests]
+        if self.reuse is not None and requests:
+            # Before tokenizing: repeats and cached rows are never encoded, and a run
+            # whose rows are all in the cache starts no engine.
+            sorted_chunk = self.reuse.sort(requests)
+            runs, chunk.served = sorted_chunk.runs, sorted_chunk.served
+        if not runs:
             return chunk  # nothing for the engine: do not start one for it
         encoder = engine()
-        prompts = [r.prompt if r.prompt is not None else (r.messages or ()) for r in requests]
+        prompts = [r.prompt if r.prompt is not None else (r.messages or ()) for r, _ in runs]
         prepared: list[_Pending] = []
-        for request, encoded in zip(requests, encoder.encode(prompts), strict=True):
+        for (request, repeats), encoded in zip(runs, encoder.encode(prompts), strict=True):
             if isinstance(encoded, PermanentRequestError):
                 failed.append(self._failed(request, encoded.error_type, str(encoded)))
             elif not encoded:
                 failed.append(self._failed(request, ERROR_INVALID_INPUT, "the prompt is empty"))
             else:
-                prepared.append(_Pending(request, encoded))
+                prepared.append(_Pending(request, encoded, repeats=repeats))
+                continue
+            if repeats is not None:
+                chunk.failed_repeats[request.index] = repeats
         lengths = [len(p.token_ids) for p in prepared]
         chunk.order, order = plan_order([p.token_ids for p in prepared], self.config.order)
         # Against input-order static batches of the engine's own batch size.
@@ -353,14 +373,32 @@ class _Runner:
         """Record the rows that failed up front; queue the rest in submission order."""
         if not chunk.rows:
             return
+        for result in chunk.served:
+            self._finish(result)
+        self._leads.update(chunk.failed_repeats)
         for result in chunk.failed:
             self._finish(result)
+        if chunk.served:
+            self.report.record_reuse(hits=len(chunk.served))
         self.chunk_ends.append(chunk.rows[-1].index + 1)
         if chunk.order is None:
             return
         self.report.record_chunk_order(chunk.order)
         self.report.add_padding_avoided(chunk.padding_avoided)
-        self.pending.extend(chunk.ready)
+        if self.reuse is None:
+            self.pending.extend(chunk.ready)
+            return
+        for item in chunk.ready:
+            if item.repeats is None:
+                self.pending.append(item)
+                continue
+            answered = self.reuse.join(item.repeats)
+            if answered is None:
+                self._leads[item.request.index] = item.repeats
+                self.pending.append(item)
+            else:
+                for result in answered:
+                    self._finish(result)
 
     def _submit(self, item: _Pending) -> None:
         request = item.request
@@ -452,6 +490,11 @@ class _Runner:
         self.reorder.push(result)
         if self.on_result is not None:
             self.on_result(result)
+        if self._leads and self.reuse is not None:
+            repeats = self._leads.pop(result.index, None)
+            if repeats is not None:
+                for answer in self.reuse.settle(result, repeats):
+                    self._finish(answer)
 
     def _emit(self) -> None:
         # Rows are counted in the report when written, not when finished: after an
@@ -462,6 +505,8 @@ class _Runner:
                 return
             self.sink.write(ready)
             self.report.record_results(ready)
+            if self.reuse is not None:
+                self.reuse.flush()  # one cache transaction per batch written
             durable = False
             while self.chunk_ends and self.reorder.next_index >= self.chunk_ends[0]:
                 self.chunk_ends.popleft()
@@ -625,8 +670,12 @@ class _Runner:
         try:
             self._emit()
         finally:
-            if self._engine is not None:
-                started = self.clock()
-                self._engine.close()
-                # Seconds for vLLM to free the model and KV cache: not processing.
-                self.report.engine_stopped(self.clock() - started)
+            try:
+                if self.reuse is not None:
+                    self.reuse.close()
+            finally:
+                if self._engine is not None:
+                    started = self.clock()
+                    self._engine.close()
+                    # Seconds for vLLM to free the model and KV cache: not processing.
+                    self.report.engine_stopped(self.clock() - started)

@@ -278,6 +278,22 @@ class Report:
         digits=6,
         engine_work=True,
     )
+    # Before the optional keys (gpu_*, replicas): where they are absent, readers
+    # still find every key after reading_paused_seconds in the same place.
+    rows_deduplicated: int = figure(
+        0,
+        "rows answered by an identical deterministic request of the same run instead of "
+        "running again (`--no-dedup` turns this off); each still has its own output row",
+    )
+    cache_hits: int = figure(
+        0, "rows answered from the result cache (`--cache`) without reaching the engine"
+    )
+    cache_misses: int = figure(
+        0,
+        "distinct requests looked up in the result cache and not found; each ran in the "
+        "engine and was stored",
+    )
+
     gpu: GpuUsage | None = figure(
         None,
         "what the GPUs did, sampled while the engine ran (`batching.gpu_monitor`)",
@@ -319,7 +335,6 @@ class Report:
         "only then a key",
         optional=True,
     )
-
     def __post_init__(self) -> None:
         derive_figures(self)
 
@@ -520,6 +535,23 @@ class ReportCollector:
         'SIGTERM'
         """
         self._figures["interrupted"] = signal_name
+
+    def record_reuse(self, *, deduplicated: int = 0, hits: int = 0, misses: int = 0) -> None:
+        """Rows answered without the engine: by an identical row of the run
+        (`deduplicated`) or from the result cache (`hits`); `misses`: requests the
+        cache did not hold.
+
+        >>> c = ReportCollector(clock=lambda: 0.0, gpu_sampler=lambda: None)
+        >>> c.start()
+        >>> c.record_reuse(deduplicated=2, hits=3, misses=1)
+        >>> report = c.finish()
+        >>> report.rows_deduplicated, report.cache_hits, report.cache_misses
+        (2, 3, 1)
+        """
+        figures = self._figures
+        figures["rows_deduplicated"] += deduplicated
+        figures["cache_hits"] += hits
+        figures["cache_misses"] += misses
 
     def engine_stopped(self, seconds: float) -> None:
         """Closing the engine at the end of the run took `seconds`."""

@@ -50,6 +50,16 @@ def _ms(value: float | None) -> str:
     return f"{value:,.0f} ms" if value < 1000 else f"{value / 1000:.2f} s"
 
 
+def _reused(report: Report) -> str:
+    """Rows answered without the engine, and what the cache missed; "" when none."""
+    parts = []
+    if report.rows_deduplicated:
+        parts.append(f"{report.rows_deduplicated:,} repeats of an earlier row")
+    if report.cache_hits or report.cache_misses:
+        parts.append(f"cache {report.cache_hits:,} hits, {report.cache_misses:,} misses")
+    return " · ".join(parts)
+
+
 def render_report(report: Report, console: Console) -> None:
     """Print the end-of-run summary as a compact two-column table.
 
@@ -67,6 +77,9 @@ def render_report(report: Report, console: Console) -> None:
     if report.rows_resumed:
         rows += f" · {report.rows_resumed:,} kept from the earlier run"
     table.add_row("rows", rows)
+    reused = _reused(report)
+    if reused:
+        table.add_row("reused", reused)
     wall = format_duration(report.wall_seconds)
     engine_times = []
     if report.engine_startup_seconds is not None:

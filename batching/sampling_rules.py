@@ -25,6 +25,7 @@ __all__ = [
     "ROW_SAMPLING_FIELDS",
     "check_default_sampling",
     "describe",
+    "is_deterministic",
     "message",
     "parse_sampling",
     "setting_problem",
@@ -276,3 +277,23 @@ def check_default_sampling(sampling: Sampling) -> None:
         problem = setting_problem(name, getattr(sampling, name))
         if problem is not None:
             raise UsageError(f"--{name.replace('_', '-')}: {problem}")
+
+
+def is_deterministic(sampling: Sampling) -> bool:
+    """Whether a request with these (effective) settings always gets the same answer:
+    greedy (temperature 0) or seeded, and one sample. Deduplication and the result
+    cache rely on this one rule.
+
+    An unset temperature is the engine's default (vLLM's is 1.0, or the model's
+    generation_config), so it counts as sampled unless a seed fixes it.
+
+    >>> is_deterministic(Sampling(temperature=0.0))
+    True
+    >>> is_deterministic(Sampling(temperature=0.8, seed=7)), is_deterministic(Sampling())
+    (True, False)
+    >>> is_deterministic(Sampling(temperature=0.0, n=2))
+    False
+    """
+    if (sampling.n or 1) != 1:
+        return False
+    return sampling.temperature == 0.0 or sampling.seed is not None

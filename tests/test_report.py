@@ -419,7 +419,7 @@ KEY_ORDER = [
     "oom_window", "errors_by_type", "engine_wait_seconds", "engine_wait_share",
     "between_steps_share", "chunks_by_order", "rows_resumed", "interrupted",
     "engine_occupancy", "engine_capacity", "reorder_peak_bytes", "reorder_peak_rows",
-    "reading_paused_seconds",
+    "reading_paused_seconds", "rows_deduplicated", "cache_hits", "cache_misses",
 ]  # fmt: skip
 GPU_KEYS = [
     "gpu_devices", "gpu_samples", "gpu_utilization_avg_pct", "gpu_utilization_max_pct",

@@ -1,0 +1,129 @@
+"""Identical requests run once: what makes two rows the same request, and the
+finished results kept so that later repeats are answered too.
+
+Two rows are the same request when the engine would get the same prompt (the text,
+or the chat's messages) and the same effective sampling; only deterministic ones
+(`sampling_rules.is_deterministic`) are merged, since two sampled rows are meant to
+differ. The prompt as given decides its tokens once the model is fixed, so the key
+needs no tokenizer: rows can be matched, and looked up in the result cache, before
+anything is tokenized or any engine started.
+
+>>> from batching.records import Request, Sampling
+>>> greedy = Sampling(temperature=0.0, max_tokens=8)
+>>> a = request_key(Request(index=0, id="a", line=1, prompt="Hi"), greedy)
+>>> b = request_key(Request(index=5, id="b", line=6, prompt="Hi"), greedy)
+>>> c = request_key(Request(index=6, id="c", line=7, prompt="Hi"), Sampling(temperature=0))
+>>> a == b, a == c
+(True, False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from batching.ordering import result_bytes
+from batching.records import SAMPLING_FIELDS, Request, Result, Sampling
+
+__all__ = ["RECENT_RESULTS_BYTES", "RecentResults", "request_key", "result_for"]
+
+# Finished results kept for repeats that come after their first row finished. 32 MiB
+# holds ~100k short answers (~300 bytes each with the row overhead `result_bytes`
+# counts), more than a chunk's worth of repeats many times over, beside a reorder
+# buffer of 256 MiB by default; the least recently used go first.
+RECENT_RESULTS_BYTES = 32 * 1024 * 1024
+
+
+def request_key(request: Request, sampling: Sampling) -> bytes:
+    """A digest of what decides a request's answer besides the model: its prompt
+    (or messages) and `sampling`, the effective settings (the row's over the run's).
+
+    Floats are written as floats, so temperature 0 and 0.0 are one request.
+    """
+    settings = [
+        float(value) if isinstance(value, int | float) and name in _FLOAT_FIELDS else value
+        for name, value in _sampling_items(sampling)
+    ]
+    data = orjson.dumps(
+        [request.prompt, request.messages, settings],
+        option=orjson.OPT_SORT_KEYS,
+        default=_plain,
+    )
+    return hashlib.sha256(data).digest()
+
+
+_FLOAT_FIELDS = frozenset({"temperature", "top_p"})
+
+
+def _sampling_items(sampling: Sampling) -> list[tuple[str, Any]]:
+    return [(name, getattr(sampling, name)) for name in SAMPLING_FIELDS]
+
+
+def _plain(value: Any) -> Any:
+    # Chat messages arrive as any Mapping; orjson writes only dicts itself.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot key a {type(value).__name__}")
+
+
+def result_for(result: Result, request: Request) -> Result:
+    """`result` as `request`'s own row: its index, id and kept fields; no latency,
+    since this row never ran in the engine. (An error keeps its message as is: the
+    caller restates it for the row.)
+
+    >>> first = Result(index=0, id="a", output="yo", completion_tokens=1, latency_s=0.2)
+    >>> copy = result_for(first, Request(index=7, id="b", line=8, prompt="Hi"))
+    >>> copy.index, copy.id, copy.output, copy.latency_s
+    (7, 'b', 'yo', None)
+    """
+    return Result(
+        index=request.index,
+        id=request.id,
+        output=result.output,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        error=result.error,
+        kept=request.kept,
+        latency_s=None,
+        logprobs=result.logprobs,
+        chat=request.messages is not None,
+    )
+
+
+class RecentResults:
+    """Finished results by request key, the least recently used dropped past
+    `limit_bytes` (estimated as the reorder buffer estimates, `result_bytes`).
+
+    >>> recent = RecentResults(limit_bytes=700)
+    >>> for n in range(3):
+    ...     recent.remember(bytes([n]), Result(index=n, id=n, output="x" * 100))
+    >>> recent.get(bytes([0])) is None, recent.get(bytes([2])).index
+    (True, 2)
+    """
+
+    def __init__(self, limit_bytes: int = RECENT_RESULTS_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self.held_bytes = 0
+        self._results: OrderedDict[bytes, tuple[Result, int]] = OrderedDict()
+
+    def get(self, key: bytes) -> Result | None:
+        entry = self._results.get(key)
+        if entry is None:
+            return None
+        self._results.move_to_end(key)
+        return entry[0]
+
+    def remember(self, key: bytes, result: Result) -> None:
+        size = result_bytes(result) + len(key)
+        if size > self.limit_bytes or key in self._results:
+            return
+        self._results[key] = (result, size)
+        self.held_bytes += size
+        while self.held_bytes > self.limit_bytes:
+            _, (_, dropped) = self._results.popitem(last=False)
+            self.held_bytes -= dropped
