@@ -54,7 +54,7 @@ def _reused(report: Report) -> str:
     """Rows answered without the engine, and what the cache missed; "" when none."""
     parts = []
     if report.rows_deduplicated:
-        parts.append(f"{report.rows_deduplicated:,} repeats of an earlier row")
+        parts.append(f"{report.rows_deduplicated:,} rows deduplicated")
     if report.cache_hits or report.cache_misses:
         parts.append(f"cache {report.cache_hits:,} hits, {report.cache_misses:,} misses")
     return " · ".join(parts)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
 
 from batching import interrupts
-from batching.config import EngineConfig, OutputConfig, RunConfig
+from batching.config import CacheConfig, EngineConfig, OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.engines.choice import (
     RAY_LOCAL,
@@ -54,6 +55,8 @@ from cli.options import (
 from cli.run_options import (
     ApiKeyEnv,
     BaseUrl,
+    CachePath,
+    CacheSampled,
     ChunkSize,
     Concurrency,
     Debug,
@@ -71,6 +74,7 @@ from cli.run_options import (
     MaxRetries,
     MaxTokens,
     MaxWaitMs,
+    NoDedup,
     OnInvalid,
     OnInvalidChoice,
     OrderChoice,
@@ -174,6 +178,9 @@ def run(
     max_in_flight: MaxInFlight = None,
     reorder_buffer_mb: ReorderBufferMb = 256,
     max_wait_ms: MaxWaitMs = 50.0,
+    no_dedup: NoDedup = False,
+    cache: CachePath = None,
+    cache_sampled: CacheSampled = False,
     max_retries: MaxRetries = 3,
     max_engine_restarts: MaxEngineRestarts = 3,
     resume: Resume = False,
@@ -241,6 +248,7 @@ def run(
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
         )
+        config = _with_reuse(config, engine_config, engine, no_dedup, cache, cache_sampled, ray)
         remote = remote_config(
             engine, base_url, api_key_env, model=model, concurrency=concurrency,
             timeout_s=request_timeout, max_retries=max_retries, max_model_len=max_model_len,
@@ -248,6 +256,26 @@ def run(
         cluster = ray_options(ray, replicas, engine, tensor_parallel_size, verbose=debug)
         factory = engine_factory(engine, engine_config, remote=remote, verbose=debug)
     raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
+
+
+def _with_reuse(
+    config: RunConfig,
+    engine_config: EngineConfig,
+    engine: EngineChoice,
+    no_dedup: bool,
+    cache: str | None,
+    cache_sampled: bool,
+    ray: str | None,
+) -> RunConfig:
+    """`config` with deduplication and the result cache as the options ask."""
+    if cache is None:
+        if cache_sampled:
+            raise UsageError("--cache-sampled needs --cache PATH")
+        return replace(config, dedup=not no_dedup)
+    if ray is not None:
+        raise UsageError("--cache is not supported with --ray yet; run without --ray")
+    cache_config = CacheConfig(cache, engine_config, engine.value, sampled=cache_sampled)
+    return replace(config, dedup=not no_dedup, cache=cache_config)
 
 
 def _read_json_schema(path: str) -> str:

@@ -28,6 +28,8 @@ from cli.options import (
 __all__ = [
     "ApiKeyEnv",
     "BaseUrl",
+    "CachePath",
+    "CacheSampled",
     "ChunkSize",
     "Concurrency",
     "Debug",
@@ -45,6 +47,7 @@ __all__ = [
     "MaxRetries",
     "MaxTokens",
     "MaxWaitMs",
+    "NoDedup",
     "OnInvalid",
     "OnInvalidChoice",
     "OrderChoice",
@@ -292,5 +295,29 @@ Replicas = Annotated[
         "Engines in the pool, each with --tensor-parallel-size GPUs. Default: as many as "
         "the cluster's GPUs allow (1 without GPUs).",
         min=1,
+    ),
+]
+
+# Never the same work twice (`batching.reuse`).
+NoDedup = Annotated[
+    bool,
+    _batching(
+        "Run every row, even one whose request (prompt and sampling, deterministic) an "
+        "earlier row of the run already makes; by default such repeats run once."
+    ),
+]
+CachePath = Annotated[
+    str | None,
+    _batching(
+        "Keep finished results in this SQLite file (made if missing) and answer the rows "
+        "it holds without the engine; runs may share it.",
+        metavar="PATH",
+    ),
+]
+CacheSampled = Annotated[
+    bool,
+    _batching(
+        "With --cache, also cache and reuse sampled requests (temperature > 0 and no "
+        "seed, or n > 1); by default only deterministic ones."
     ),
 ]

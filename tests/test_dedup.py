@@ -1,0 +1,159 @@
+"""Identical deterministic requests run once; every row still gets its own row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from batching.adapters import ListSink, ListSupply
+from batching.config import InputConfig, RunConfig
+from batching.dedup import RecentResults, request_key
+from batching.pipeline import run_rows
+from batching.records import Request, Result, Sampling
+from batching.report import Report
+from batching.testing import FakeEngine
+
+GREEDY = Sampling(temperature=0.0, max_tokens=16)
+
+
+def rows_of(prompts: Sequence[str], sampling: Sampling | None = None) -> list[Request]:
+    return [
+        Request(
+            index=i,
+            id=f"row-{i}",
+            line=i + 1,
+            prompt=prompt,
+            sampling=sampling or Sampling(),
+            kept={"n": i},
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def run(
+    rows: Sequence[Request],
+    *,
+    dedup: bool = True,
+    chunk_size: int = 3,
+    engine: FakeEngine | None = None,
+    **settings: Any,
+) -> tuple[list[Result], Report, FakeEngine]:
+    engine = engine or FakeEngine()
+    config = RunConfig(InputConfig("-"), sampling=GREEDY, dedup=dedup, **settings)
+    sink = ListSink()
+    report = run_rows(
+        ListSupply(rows, chunk_size=chunk_size),
+        sink,
+        lambda: engine,
+        config,
+        place=lambda line: f"in.jsonl:{line}",
+    )
+    return sink.results, report, engine
+
+
+def without_latency(results: list[Result]) -> list[dict[str, Any]]:
+    return [result.to_dict() for result in results]
+
+
+PROMPTS = ["alpha", "beta", "alpha", "gamma", "beta", "alpha", "delta", "gamma", "alpha"]
+
+
+def test_each_repeat_runs_once_and_every_row_keeps_its_own_place_id_and_fields() -> None:
+    results, report, engine = run(rows_of(PROMPTS))
+    assert sorted(engine.added) == [0, 1, 3, 6]  # the first row of each prompt
+    assert [r.index for r in results] == list(range(len(PROMPTS)))
+    assert [r.id for r in results] == [f"row-{i}" for i in range(len(PROMPTS))]
+    assert [r.kept for r in results] == [{"n": i} for i in range(len(PROMPTS))]
+    assert report.rows == len(PROMPTS)
+    assert report.rows_deduplicated == len(PROMPTS) - 4
+
+
+def test_the_output_is_the_same_as_running_every_row() -> None:
+    deduplicated, _, _ = run(rows_of(PROMPTS))
+    every_row, report, engine = run(rows_of(PROMPTS), dedup=False)
+    assert len(engine.added) == len(PROMPTS)
+    assert report.rows_deduplicated == 0
+    assert without_latency(deduplicated) == without_latency(every_row)
+
+
+def test_a_repeat_after_its_first_row_finished_is_answered_without_the_engine() -> None:
+    # One row in flight at a time: "alpha" has finished long before it comes again.
+    results, report, engine = run(rows_of(["alpha", "beta", "alpha"]), chunk_size=1,
+                                  max_in_flight=1)  # fmt: skip
+    assert engine.added == [0, 1]
+    assert results[2].output == results[0].output
+    assert report.rows_deduplicated == 1
+
+
+def test_rows_answered_by_another_row_carry_no_latency_of_their_own() -> None:
+    results, _, _ = run(rows_of(["alpha", "alpha"]))
+    assert results[0].latency_s is not None
+    assert results[1].latency_s is None
+
+
+def test_sampled_rows_all_run_and_seeded_ones_are_merged() -> None:
+    _, report, engine = run(rows_of(["a", "a", "a"], Sampling(temperature=0.7)))
+    assert len(engine.added) == 3 and report.rows_deduplicated == 0
+    _, report, engine = run(rows_of(["a", "a", "a"], Sampling(temperature=0.7, seed=3)))
+    assert len(engine.added) == 1 and report.rows_deduplicated == 2
+    _, report, engine = run(rows_of(["a", "a"], Sampling(n=2)))
+    assert len(engine.added) == 2 and report.rows_deduplicated == 0
+
+
+def test_a_row_with_other_sampling_is_another_request() -> None:
+    rows = rows_of(["a", "a"])
+    rows[1].sampling = Sampling(max_tokens=3)
+    _, report, engine = run(rows)
+    assert len(engine.added) == 2 and report.rows_deduplicated == 0
+
+
+def test_a_failing_request_gives_its_repeats_the_same_error_at_their_own_place() -> None:
+    results, report, engine = run(rows_of(["bad", "ok", "bad", "bad"]), chunk_size=4,
+                                  engine=FakeEngine(reject=frozenset({"bad"})))  # fmt: skip
+    assert engine.added == [1]
+    errors = [None if r.error is None else r.error.to_dict() for r in results]
+    assert errors == [
+        {"type": "invalid_request", "message": "in.jsonl:1: rejected by the fake engine"},
+        None,
+        {"type": "invalid_request", "message": "in.jsonl:3: rejected by the fake engine"},
+        {"type": "invalid_request", "message": "in.jsonl:4: rejected by the fake engine"},
+    ]
+    assert report.rows_failed == 3 and report.rows_deduplicated == 2
+
+
+def test_a_repeat_of_a_request_that_failed_earlier_is_tried_again() -> None:
+    # A failure is never kept: the next repeat of a finished failure runs again.
+    engine = FakeEngine(reject=frozenset({"bad"}))
+    results, report, _ = run(rows_of(["bad", "bad"]), chunk_size=1, max_in_flight=1,
+                             engine=engine)  # fmt: skip
+    assert [r.error is not None for r in results] == [True, True]
+    assert report.rows_deduplicated == 0
+
+
+def test_a_chat_and_a_prompt_of_the_same_text_are_different_requests() -> None:
+    chat = Request(index=0, id="c", line=1, messages=({"role": "user", "content": "Hi"},))
+    plain = Request(index=1, id="p", line=2, prompt="Hi")
+    assert request_key(chat, GREEDY) != request_key(plain, GREEDY)
+
+
+def test_temperature_written_as_an_integer_is_the_same_request() -> None:
+    row = Request(index=0, id="a", line=1, prompt="Hi")
+    assert request_key(row, Sampling(temperature=0)) == request_key(row, Sampling(temperature=0.0))
+
+
+def test_repeated_chats_run_once() -> None:
+    chat = ({"role": "user", "content": "Hi"},)
+    rows = [Request(index=i, id=i, line=i + 1, messages=chat) for i in range(3)]
+    results, report, engine = run(rows)
+    assert len(engine.added) == 1 and report.rows_deduplicated == 2
+    assert all(r.chat for r in results)
+    assert len({str(r.output) for r in results}) == 1
+
+
+def test_the_kept_results_stay_under_their_byte_limit() -> None:
+    recent = RecentResults(limit_bytes=10_000)
+    for n in range(1_000):
+        recent.remember(n.to_bytes(4, "big"), Result(index=n, id=n, output="x" * 100))
+    assert recent.held_bytes <= 10_000
+    assert recent.get((999).to_bytes(4, "big")) is not None
+    assert recent.get((0).to_bytes(4, "big")) is None
