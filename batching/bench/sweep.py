@@ -384,7 +384,13 @@ def _against_serial(row: BenchRow, serial: BenchRow, size: int | None) -> BenchR
 
 
 def pipeline_config(chunk_size: int = 1024, max_in_flight: int | None = None) -> RunConfig:
-    """The `run` defaults, for the pipeline row (the window from the engine's batch)."""
+    """The `run` defaults, for the pipeline row (the window from the engine's batch).
+
+    Without deduplication: the serial side runs every prompt, so the pipeline must
+    too, or a prompt set with repeats would credit the engine with work it skipped.
+    """
     return RunConfig(
-        input=InputConfig(path="-", chunk_size=chunk_size), max_in_flight=max_in_flight
+        input=InputConfig(path="-", chunk_size=chunk_size),
+        max_in_flight=max_in_flight,
+        dedup=False,
     )

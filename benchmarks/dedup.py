@@ -1,0 +1,122 @@
+"""Repeated rows: bizra-batch with deduplication (the default) against `--no-dedup`.
+
+Writes `--rows` rows of which `--repeat-share` (default 30%) repeat an earlier row's
+prompt (drawn at random among the rows before it), each with its own id; runs are
+greedy (`--temperature 0`), so the repeats are identical deterministic requests.
+Both sides are the real CLI on the tiny model, whole processes timed start to exit
+(engine start-up included), run alternately; it prints the raw figures, the ratio
+(no-dedup / dedup wall time, target >= 1.35) and how many non-repeated rows differ
+between the two outputs (target 0).
+
+    .venv/bin/python benchmarks/dedup.py                      # 20k rows
+    .venv/bin/python benchmarks/dedup.py --rows 3000          # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shlex
+import sys
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    PROMPT_SEED,
+    TINY_MODEL,
+    Measurement,
+    bizra_command,
+    format_table,
+    iter_output_rows,
+    make_prompt,
+    measure,
+    print_provenance,
+    summarize,
+    work_folder,
+)
+
+__all__ = ["main", "write_repeating_file"]
+
+TARGET_RATIO = 1.35
+
+
+def write_repeating_file(path: Path, rows: int, repeat_share: float, seed: int) -> set[int]:
+    """Write `rows` rows, `repeat_share` of them an earlier row's prompt; the repeats' ids."""
+    rng = random.Random(seed)
+    prompts: list[str] = []
+    repeats: set[int] = set()
+    with path.open("wb") as out:
+        for index in range(rows):
+            if prompts and rng.random() < repeat_share:
+                prompt = rng.choice(prompts)
+                repeats.add(index)
+            else:
+                prompt = make_prompt(index, rng)
+            prompts.append(prompt)
+            out.write(orjson.dumps({"id": index, "prompt": prompt}) + b"\n")
+    return repeats
+
+
+def _differing(a: Path, b: Path, skip: set[int]) -> int:
+    return sum(
+        x["id"] != y["id"] or (x["id"] not in skip and x["output"] != y["output"])
+        for x, y in zip(iter_output_rows(a), iter_output_rows(b), strict=True)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--repeat-share", type=float, default=0.3)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--model", default=TINY_MODEL)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="Work in this folder and keep its files.")
+    args = parser.parse_args(argv)
+
+    print_provenance()
+    with work_folder(args.keep, "bizra-dedup-") as work:
+        prompts = work / "prompts.jsonl"
+        repeated = write_repeating_file(prompts, args.rows, args.repeat_share, PROMPT_SEED)
+        print(f"{args.rows} rows, {len(repeated)} of them repeat an earlier row's prompt")
+        runs: dict[str, list[Measurement]] = {"dedup": [], "no-dedup": []}
+        outputs: dict[str, Path] = {}
+        for repeat in range(1, args.repeats + 1):
+            for label in ("dedup", "no-dedup"):
+                out = work / f"{label}-{repeat}.jsonl"
+                out.unlink(missing_ok=True)
+                command = bizra_command(prompts, out, args.model, args.max_tokens)
+                command += ["--no-dedup"] if label == "no-dedup" else []
+                if repeat == 1:
+                    print(f"{label} command: {shlex.join(command)}")
+                runs[label].append(measure(label, command, args.rows, work / f"{label}.log"))
+                outputs.setdefault(label, out)
+
+        order = [runs[label][i] for i in range(args.repeats) for label in runs]
+        print(
+            format_table(
+                ["run", "wall s", "rows/s", "CPU s", "peak RSS MiB", "load before"],
+                [
+                    [f"{r.label} #{i // 2 + 1}", r.wall_s, r.rows_per_s, r.cpu_s,
+                     r.peak_rss_bytes / 2**20, r.load_before]
+                    for i, r in enumerate(order)
+                ],
+            )
+        )  # fmt: skip
+        stats = {label: summarize(measured) for label, measured in runs.items()}
+        ratio = stats["no-dedup"]["median_wall_s"] / stats["dedup"]["median_wall_s"]
+        differing = _differing(outputs["dedup"], outputs["no-dedup"], repeated)
+        print(
+            f"\nmedian wall: dedup {stats['dedup']['median_wall_s']:.2f} s, no-dedup "
+            f"{stats['no-dedup']['median_wall_s']:.2f} s; no-dedup / dedup = {ratio:.2f} "
+            f"(target >= {TARGET_RATIO})"
+        )
+        print(f"non-repeated rows whose output differs: {differing} (target 0)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
