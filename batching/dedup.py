@@ -29,7 +29,13 @@ import orjson
 from batching.ordering import result_bytes
 from batching.records import SAMPLING_FIELDS, Request, Result, Sampling
 
-__all__ = ["RECENT_RESULTS_BYTES", "RecentResults", "request_key", "result_for"]
+__all__ = [
+    "RECENT_RESULTS_BYTES",
+    "RecentResults",
+    "request_bytes",
+    "request_key",
+    "result_for",
+]
 
 # Finished results kept for repeats that come after their first row finished. 32 MiB
 # holds ~100k short answers (~300 bytes each with the row overhead `result_bytes`
@@ -68,6 +74,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"cannot key a {type(value).__name__}")
+
+
+# A waiting row's Request and its list slot, before its prompt: measured like the
+# reorder buffer's rows (`ordering.result_bytes`), ~230 bytes.
+_REQUEST_OVERHEAD_BYTES = 230
+
+
+def request_bytes(request: Request) -> int:
+    """An estimate of the memory a row waiting for an identical request holds.
+
+    >>> request_bytes(Request(index=0, id="a", line=1, prompt="x" * 100))
+    330
+    """
+    if request.prompt is not None:
+        return _REQUEST_OVERHEAD_BYTES + len(request.prompt)
+    text = sum(len(str(message.get("content", ""))) for message in request.messages or ())
+    return _REQUEST_OVERHEAD_BYTES + text
 
 
 def result_for(result: Result, request: Request) -> Result:

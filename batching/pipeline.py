@@ -263,7 +263,7 @@ class _Runner:
             if not self.pending:
                 if exhausted:
                     break
-                if self.reorder.held_bytes > self.reorder_limit_bytes:
+                if self._held_bytes() > self.reorder_limit_bytes:
                     if self._paused_since is None:
                         self._paused_since = self.clock()
                     break
@@ -284,6 +284,13 @@ class _Runner:
                 continue
             self._submit(self.pending.popleft())
         return exhausted
+
+    def _held_bytes(self) -> int:
+        """What finished rows waiting for an earlier one hold, and rows waiting on an
+        identical request in flight: one file of one repeated prompt must not be read
+        into memory while its first row runs."""
+        waiting = 0 if self.reuse is None else self.reuse.waiting_bytes
+        return self.reorder.held_bytes + waiting
 
     def _resume_reading(self) -> None:
         if self._paused_since is not None:

@@ -335,6 +335,7 @@ class Report:
         "only then a key",
         optional=True,
     )
+
     def __post_init__(self) -> None:
         derive_figures(self)
 

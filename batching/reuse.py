@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from batching.config import RunConfig
-from batching.dedup import RecentResults, request_key, result_for
+from batching.dedup import RecentResults, request_bytes, request_key, result_for
 from batching.model_identity import model_identity
 from batching.records import Request, Result, RowError
 from batching.report import ReportCollector
@@ -92,6 +92,9 @@ class Reuse:
         self._leading: dict[bytes, Repeats] = {}  # in flight, by dedup key
         self._recent = RecentResults()
         self._writes: list[tuple[bytes, StoredResult]] = []
+        # What the rows waiting on a request in flight hold (`request_bytes`): the
+        # engine loop stops reading past its reorder limit, as for finished rows.
+        self.waiting_bytes = 0
 
     @classmethod
     def open(
@@ -172,6 +175,7 @@ class Reuse:
             if leader is not None:
                 leader.followers.append(repeats.request)
                 leader.followers.extend(repeats.followers)
+                self.waiting_bytes += _held(repeats.request, *repeats.followers)
                 return []
             done = self._recent.get(key)
             if done is not None:
@@ -179,6 +183,7 @@ class Reuse:
                 self._report.record_reuse(deduplicated=len(rows))
                 return [result_for(done, request) for request in rows]
             self._leading[key] = repeats
+            self.waiting_bytes += _held(*repeats.followers)
         if repeats.missed:
             self._report.record_reuse(misses=1)
         return None
@@ -188,6 +193,7 @@ class Reuse:
         key = repeats.key
         if key is not None and self._leading.get(key) is repeats:
             del self._leading[key]
+            self.waiting_bytes -= _held(*repeats.followers)
         if result.ok:
             if key is not None:
                 self._recent.remember(key, result)
@@ -224,3 +230,7 @@ class Reuse:
         finally:
             if self._cache is not None:
                 self._cache.close()
+
+
+def _held(*requests: Request) -> int:
+    return sum(request_bytes(request) for request in requests)

@@ -248,7 +248,7 @@ def run(
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
         )
-        config = _with_reuse(config, engine_config, engine, no_dedup, cache, cache_sampled, ray)
+        config = _with_reuse(config, engine_config, engine, no_dedup, cache, cache_sampled)
         remote = remote_config(
             engine, base_url, api_key_env, model=model, concurrency=concurrency,
             timeout_s=request_timeout, max_retries=max_retries, max_model_len=max_model_len,
@@ -265,15 +265,12 @@ def _with_reuse(
     no_dedup: bool,
     cache: str | None,
     cache_sampled: bool,
-    ray: str | None,
 ) -> RunConfig:
     """`config` with deduplication and the result cache as the options ask."""
     if cache is None:
         if cache_sampled:
             raise UsageError("--cache-sampled needs --cache PATH")
         return replace(config, dedup=not no_dedup)
-    if ray is not None:
-        raise UsageError("--cache is not supported with --ray yet; run without --ray")
     cache_config = CacheConfig(cache, engine_config, engine.value, sampled=cache_sampled)
     return replace(config, dedup=not no_dedup, cache=cache_config)
 

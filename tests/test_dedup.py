@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from batching.adapters import ListSink, ListSupply
 from batching.config import InputConfig, RunConfig
 from batching.dedup import RecentResults, request_key
+from batching.engine import EngineOutput
 from batching.pipeline import run_rows
 from batching.records import Request, Result, Sampling
 from batching.report import Report
@@ -157,3 +159,36 @@ def test_the_kept_results_stay_under_their_byte_limit() -> None:
     assert recent.held_bytes <= 10_000
     assert recent.get((999).to_bytes(4, "big")) is not None
     assert recent.get((0).to_bytes(4, "big")) is None
+
+
+@dataclass
+class SlowFirstEngine(FakeEngine):
+    """Finishes nothing for its first `hold_steps` steps; notes how many chunks had
+    been read by then."""
+
+    hold_steps: int = 30
+    supply: ListSupply | None = None
+    chunks_read_while_held: int = 0
+
+    def step(self) -> list[EngineOutput]:
+        if self._step_count < self.hold_steps:
+            self._step_count += 1
+            self.chunks_read_while_held = self.supply.chunks_read if self.supply else 0
+            return []
+        return super().step()
+
+
+def test_rows_waiting_on_a_running_request_stop_reading_past_the_reorder_limit() -> None:
+    # 2,000 copies of one request: without a bound, every row would be read (and
+    # held) while the first one runs.
+    rows = rows_of(["the same prompt"] * 2_000)
+    supply = ListSupply(rows, chunk_size=10)
+    engine = SlowFirstEngine(supply=supply)
+    config = RunConfig(InputConfig("-"), sampling=GREEDY, reorder_buffer_bytes=10_000)
+    sink = ListSink()
+    # Encoded on this thread, so how far reading goes does not depend on timing.
+    report = run_rows(supply, sink, lambda: engine, config, encode_ahead=False)
+    # ~250 bytes a waiting row: 40 rows, 4 chunks, then one more chunk to notice.
+    assert engine.chunks_read_while_held <= 6
+    assert engine.added == [0] and report.rows_deduplicated == 1_999
+    assert [r.index for r in sink.results] == list(range(2_000))

@@ -13,6 +13,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -384,3 +385,44 @@ def test_a_writer_killed_mid_write_leaves_whole_batches_only(tmp_path: Path) -> 
     cache.close()
     assert all(count in (0, 200) for count in per_batch)  # never part of a batch
     assert per_batch[: committed + 1] == [200] * (committed + 1)
+
+
+# -- real vLLM ---------------------------------------------------------------------
+
+
+@pytest.mark.vllm
+def test_a_cached_rerun_on_vllm_writes_exactly_the_first_runs_rows(
+    vllm_engine: Engine, tiny_engine_config: EngineConfig, tmp_path: Path
+) -> None:
+    from batching.adapters import KeptOpen
+    from batching.config import OutputConfig
+    from batching.job import run as run_job
+
+    samples = Path(__file__).resolve().parent.parent / "samples" / "prompts.jsonl"
+    # The samples' prompts and chats without their own sampling: all greedy here.
+    rows = [
+        {k: v for k, v in orjson.loads(line).items() if k in ("id", "prompt", "messages")}
+        for line in samples.read_bytes().splitlines()[:24]
+    ]
+    rows += [{**row, "id": f"again-{row['id']}"} for row in rows[:8]]  # repeats, chats among them
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    cache = CacheConfig(str(tmp_path / "cache.sqlite"), tiny_engine_config, "vllm")
+    greedy = Sampling(temperature=0.0, max_tokens=8)
+
+    def run_to(name: str, factory: Any, **settings: Any) -> tuple[bytes, Report]:
+        out = tmp_path / name
+        config = RunConfig(InputConfig(str(source), chunk_size=10), OutputConfig(str(out)),
+                           sampling=greedy, **settings)  # fmt: skip
+        report = run_job(config, factory)
+        return out.read_bytes(), report
+
+    def lent() -> Engine:
+        return KeptOpen(vllm_engine)
+
+    every_row, _ = run_to("every-row.jsonl", lent, dedup=False)
+    first, report = run_to("first.jsonl", lent, cache=cache)
+    assert (report.rows_deduplicated, report.cache_misses) == (8, 24)
+    again, report = run_to("again.jsonl", no_engine, cache=cache)
+    assert report.cache_hits == 32
+    assert again == first == every_row

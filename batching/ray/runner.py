@@ -121,6 +121,9 @@ def run_on_ray(
             "--ray reads the input on the cluster, which cannot see this process's stdin; "
             "pass the input file's path"
         )
+    if config.cache is not None:
+        # Each replica would open the path on its own node: not one shared cache.
+        raise UsageError("--cache is not supported with --ray yet; run without --ray")
     return run_job(
         config,
         engine_factory,
