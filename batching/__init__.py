@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from batching.adapters import KeptOpen, ListSink, ListSupply
 from batching.aio import BatchQueue, QueueClosedError, RequestError
-from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
+from batching.config import CacheConfig, EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import (
     Engine,
     EngineDeadError,
@@ -29,6 +29,8 @@ from batching.engines.sim import SimEngine
 from batching.engines.vllm import create_vllm_engine
 from batching.errors import (
     BatchError,
+    CacheCorruptError,
+    CacheFileError,
     EngineStartError,
     InputError,
     OutputError,
@@ -36,6 +38,7 @@ from batching.errors import (
     UsageError,
 )
 from batching.job import run
+from batching.model_identity import ModelIdentity, model_identity
 from batching.pipeline import EngineFailedError, run_rows
 from batching.ray.runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
@@ -52,6 +55,9 @@ from batching.validate import validate as validate_input
 __all__ = [
     "BatchError",
     "BatchQueue",
+    "CacheConfig",
+    "CacheCorruptError",
+    "CacheFileError",
     "Engine",
     "EngineConfig",
     "EngineDeadError",
@@ -68,6 +74,7 @@ __all__ = [
     "KeptOpen",
     "ListSink",
     "ListSupply",
+    "ModelIdentity",
     "OutputConfig",
     "OutputError",
     "OutputWriteError",
@@ -91,6 +98,7 @@ __all__ = [
     "ValidationReport",
     "create_vllm_engine",
     "format_report",
+    "model_identity",
     "run",
     "run_on_ray",
     "run_rows",

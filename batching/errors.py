@@ -6,7 +6,15 @@ A row's own failure is never one of these: it becomes an error record in the out
 
 from __future__ import annotations
 
-__all__ = ["BatchError", "EngineStartError", "InputError", "OutputError", "UsageError"]
+__all__ = [
+    "BatchError",
+    "CacheCorruptError",
+    "CacheFileError",
+    "EngineStartError",
+    "InputError",
+    "OutputError",
+    "UsageError",
+]
 
 
 class BatchError(Exception):
@@ -39,3 +47,13 @@ class OutputWriteError(BatchError):
 
 class EngineStartError(BatchError):
     """The engine could not start (no such model, a bad engine argument); no row ran."""
+
+
+class CacheFileError(UsageError):
+    """The `--cache` file is not a result cache of ours (not SQLite, another program's
+    database, another schema version); nothing was run."""
+
+
+class CacheCorruptError(BatchError):
+    """The result cache turned out damaged during a run; the rows written so far are
+    saved, and no damaged result was used."""

@@ -34,14 +34,12 @@ from typing import Any
 import orjson
 
 from batching.config import EngineConfig
-from batching.errors import BatchError, UsageError
+from batching.errors import CacheCorruptError, CacheFileError, UsageError
 from batching.location import Location
 from batching.model_identity import ModelIdentity
 from batching.records import Request, Result
 
 __all__ = [
-    "CacheCorruptError",
-    "CacheFileError",
     "ResultCache",
     "StoredResult",
     "cache_scope",
@@ -87,14 +85,6 @@ _SPEED_ONLY_ARGS = frozenset(
         "compilation_config",
     }
 )
-
-
-class CacheFileError(UsageError):
-    """The --cache file is not a result cache of ours; nothing was run (exit 2)."""
-
-
-class CacheCorruptError(BatchError):
-    """The cache turned out damaged during a run; the rows written so far are saved."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,16 +20,12 @@ from typer.testing import CliRunner
 from batching.adapters import ListSink, ListSupply
 from batching.config import CacheConfig, EngineConfig, InputConfig, RunConfig
 from batching.engine import Engine
+from batching.errors import CacheCorruptError, CacheFileError
 from batching.model_identity import model_identity
 from batching.pipeline import run_rows
 from batching.records import Request, Result, Sampling
 from batching.report import Report
-from batching.result_cache import (
-    CacheCorruptError,
-    CacheFileError,
-    ResultCache,
-    StoredResult,
-)
+from batching.result_cache import ResultCache, StoredResult
 from batching.testing import FakeEngine
 from cli.app import app
 
