@@ -181,9 +181,10 @@ class Reuse:
             if done is not None:
                 rows = (repeats.request, *repeats.followers)
                 self._report.record_reuse(deduplicated=len(rows))
-                return [result_for(done, request) for request in rows]
+                return [done.result_for(request) for request in rows]
             self._leading[key] = repeats
-            self.waiting_bytes += _held(*repeats.followers)
+            if repeats.followers:
+                self.waiting_bytes += _held(*repeats.followers)
         if repeats.missed:
             self._report.record_reuse(misses=1)
         return None
@@ -193,7 +194,8 @@ class Reuse:
         key = repeats.key
         if key is not None and self._leading.get(key) is repeats:
             del self._leading[key]
-            self.waiting_bytes -= _held(*repeats.followers)
+            if repeats.followers:
+                self.waiting_bytes -= _held(*repeats.followers)
         if result.ok:
             if key is not None:
                 self._recent.remember(key, result)
