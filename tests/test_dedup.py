@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from batching.adapters import ListSink, ListSupply
+from batching.aio import BatchQueue
 from batching.config import InputConfig, RunConfig
 from batching.dedup import RecentResults, request_key
 from batching.engine import EngineOutput
 from batching.pipeline import run_rows
 from batching.records import Request, Result, Sampling
 from batching.report import Report
+from batching.retry import RetryPolicy
 from batching.testing import FakeEngine
 
 GREEDY = Sampling(temperature=0.0, max_tokens=16)
@@ -192,3 +195,37 @@ def test_rows_waiting_on_a_running_request_stop_reading_past_the_reorder_limit()
     assert engine.chunks_read_while_held <= 6
     assert engine.added == [0] and report.rows_deduplicated == 1_999
     assert [r.index for r in sink.results] == list(range(2_000))
+
+
+def test_a_request_failing_in_the_engine_fails_its_repeats_with_the_same_error() -> None:
+    rows = rows_of(["poison", "ok", "poison"])
+    engine = FakeEngine(poison=frozenset({"poison"}))
+    config = RunConfig(InputConfig("-"), sampling=GREEDY)
+    sink = ListSink()
+    report = run_rows(
+        ListSupply(rows, chunk_size=3),
+        sink,
+        lambda: engine,
+        config,
+        retry=RetryPolicy(max_retries=1, sleep=lambda _: None),
+        place=lambda line: f"in.jsonl:{line}",
+    )
+    messages = [None if r.error is None else r.error.message for r in sink.results]
+    why = "failed after 2 attempts: RuntimeError: a poison request crashed the batch"
+    assert messages == [f"in.jsonl:1: {why}", None, f"in.jsonl:3: {why}"]
+    assert report.rows_deduplicated == 1
+
+
+def test_a_batch_queue_answers_identical_requests_at_once_with_one_engine_request() -> None:
+    engine = FakeEngine()
+
+    async def ask() -> list[Result]:
+        async with BatchQueue(lambda: engine, max_wait_ms=10_000, max_batch_size=3) as queue:
+            return await asyncio.gather(
+                *(queue.submit("same", temperature=0.0, max_tokens=4) for _ in range(3))
+            )
+
+    results = asyncio.run(ask())
+    assert [r.output for r in results] == ["emas"] * 3
+    assert sorted(r.index for r in results) == [0, 1, 2]
+    assert len(engine.added) == 1
