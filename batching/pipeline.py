@@ -6,7 +6,12 @@ thread while the engine runs, so nothing of ours runs between its steps but hand
 requests over and taking results. Memory is bounded by three numbers, none of which
 grows with the input: the chunk size (rows read ahead), the in-flight window (rows
 inside the engine; by default 10% above the engine's batch) and the reorder limit
-(the bytes finished rows waiting for an earlier one may hold).
+(the bytes finished rows waiting for an earlier one may hold, with the rows waiting
+on an identical request still running).
+
+Rows are matched before they are tokenized (`batching.reuse`): a repeat of a
+deterministic request waits for the first one's answer instead of running again, and
+with a result cache, the rows it holds are answered from it without the engine.
 """
 
 from __future__ import annotations
