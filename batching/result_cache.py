@@ -198,6 +198,9 @@ class ResultCache:
             # cut may lose the last batches, never leave a half-written one.
             db.execute("PRAGMA synchronous=NORMAL")
             _create_if_new(db, path)
+        except sqlite3.OperationalError as exc:  # locked past the timeout, read-only, ...
+            db.close()
+            raise CacheFileError(f"--cache {path}: cannot use the file ({exc})") from None
         except sqlite3.DatabaseError as exc:
             db.close()
             raise CacheFileError(_not_ours(path, str(exc))) from None

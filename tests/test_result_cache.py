@@ -422,3 +422,10 @@ def test_a_cached_rerun_on_vllm_writes_exactly_the_first_runs_rows(
     again, report = run_to("again.jsonl", no_engine, cache=cache)
     assert report.cache_hits == 32
     assert again == first == every_row
+
+
+def test_a_cache_in_a_missing_folder_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-folder" / "cache.sqlite"
+    with pytest.raises(CacheFileError) as caught:
+        ResultCache.open(str(path))
+    assert str(caught.value) == f"--cache {path}: cannot open (unable to open database file)"
