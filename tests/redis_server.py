@@ -23,14 +23,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """Start redis-server; yield its URL (db 0). Ready when it says so on stdout."""
+def redis_server(directory: Path, password: str | None = None) -> Iterator[str]:
+    """Start redis-server; yield its URL (db 0, with `password` if one is required).
+    Ready when it says so on stdout."""
     binary = shutil.which("redis-server")
     assert binary is not None
     port = _free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "notice"],
+         "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "notice",
+         *(["--requirepass", password] if password else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -44,7 +46,8 @@ def redis_server(directory: Path) -> Iterator[str]:
                 break
         else:
             raise RuntimeError("redis-server did not start:\n" + "".join(seen))
-        yield f"redis://127.0.0.1:{port}/0"
+        auth = f":{password}@" if password else ""
+        yield f"redis://{auth}127.0.0.1:{port}/0"
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -47,6 +47,7 @@ from batching.redis_queue.entries import Entry, entry_place, entry_row, id_text,
 from batching.redis_queue.figures import QueueFigures, WorkerReport
 from batching.redis_queue.stream import QueueConnectionError, QueueCounts, RedisStream
 from batching.report import ReportCollector
+from batching.retry import RetryPolicy
 
 __all__ = ["QueueWorker", "WorkerSettings"]
 
@@ -92,6 +93,7 @@ class QueueWorker:
     """Runs a stream's requests until stopped (`request_stop`), or until the queue is
     empty with `settings.drain`; `run()` returns the report.
 
+    `retry` is the engine rows' (`run_rows`'s); Redis calls have their own.
     Raises what starting the engine raises, `EngineFailedError` if the engine keeps
     dying, `QueueConnectionError` if Redis stays unreachable: the entries held then
     stay pending, for another worker to claim.
@@ -106,6 +108,7 @@ class QueueWorker:
         *,
         progress: ProgressSink | None = None,
         report: ReportCollector | None = None,
+        retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream
@@ -122,6 +125,7 @@ class QueueWorker:
             on_result=self._finished,
             on_failure=self._engine_failed,
             report=self._collector,
+            retry=retry,
             place=self._place,
             max_wait_s=config.max_wait_ms / 1000.0,
             eager_start=True,  # a wrong model fails before an entry is taken
