@@ -102,7 +102,9 @@ ResultsOption = Annotated[
 ]
 DeadLetterOption = Annotated[
     str | None,
-    _queue("Stream entries delivered more than --max-deliveries times go to. Default: <stream>:dead."),
+    _queue(
+        "Stream entries delivered more than --max-deliveries times go to. Default: <stream>:dead."
+    ),
 ]
 ResultKeysOption = Annotated[
     bool, _queue("Also write each result as SET result:<id>, expiring after --result-ttl.")

@@ -24,13 +24,15 @@ from batching.config import InputConfig, RunConfig
 from batching.engine import Engine
 from batching.records import Sampling
 from batching.retry import RetryPolicy
-from batching.testing import FakeEngine, FakeEngineFactory, expected_output
 from batching.template import PromptTemplate
+from batching.testing import FakeEngine, FakeEngineFactory, expected_output
 from tests.redis_server import redis_server
 
 redis = pytest.importorskip("redis", reason="redis-py is the `redis` extra (scripts/setup)")
 if shutil.which("redis-server") is None:
-    pytest.skip("redis-server is not installed (scripts/setup installs it)", allow_module_level=True)
+    pytest.skip(
+        "redis-server is not installed (scripts/setup installs it)", allow_module_level=True
+    )
 
 from batching.redis_queue import (  # noqa: E402
     QueueWorker,
@@ -72,7 +74,9 @@ def push(client: Any, rows: list[dict[str, Any]], stream: str = STREAM) -> list[
     return [client.xadd(stream, {"data": orjson.dumps(row).decode()}) for row in rows]
 
 
-def results_by_id(client: Any, stream: str = f"{STREAM}:results") -> dict[str, list[dict[str, Any]]]:
+def results_by_id(
+    client: Any, stream: str = f"{STREAM}:results"
+) -> dict[str, list[dict[str, Any]]]:
     by_id: dict[str, list[dict[str, Any]]] = {}
     for _, fields in client.xrange(stream):
         by_id.setdefault(fields["id"], []).append({**fields, "row": orjson.loads(fields["data"])})
@@ -265,9 +269,7 @@ def test_an_entry_delivered_too_often_goes_to_the_dead_letter_stream(r: Any, url
     assert (report.queue.dead_lettered, report.queue.claimed) == (1, 0)
 
 
-def test_a_row_that_fails_its_batch_gets_an_error_result_not_a_redelivery(
-    r: Any, url: str
-) -> None:
+def test_a_row_that_fails_its_batch_gets_an_error_result_not_a_redelivery(r: Any, url: str) -> None:
     push(r, [{"id": i, "prompt": "poison" if i == 3 else f"p{i}"} for i in range(8)])
     engine = FakeEngine(max_num_seqs=8, poison=frozenset({"poison"}))
     run_config = RunConfig(InputConfig(path="<redis>", chunk_size=8), max_retries=1)
@@ -304,7 +306,7 @@ def test_two_workers_answer_every_request_exactly_once(r: Any, url: str) -> None
 def test_a_result_is_written_once_even_if_two_workers_ran_the_entry(r: Any, url: str) -> None:
     (entry,) = push(r, [{"id": "slow", "prompt": "abc"}])
     stream = connect(url, StreamNames(STREAM, consumer="slow-worker"))
-    (held,) = stream.read(count=1, block_ms=1)
+    assert len(stream.read(count=1, block_ms=1)) == 1  # it holds the entry
     # Another worker takes the entry over (it looked dead) and answers it...
     report = serve(url, claim_idle_ms=0, consumer="claimer")
     assert report.queue.claimed == 1

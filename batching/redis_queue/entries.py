@@ -61,8 +61,9 @@ def entry_row(entry: Entry, *, index: int, fields: InputConfig) -> Row:
     `InvalidRow` whose id is the entry's id (its error result says what is wrong).
 
     >>> cfg = InputConfig(path="<redis>")
-    >>> entry_row(Entry("2-0", {"data": "{oops"}), index=0, fields=cfg).error.message
-    "entry 2-0: field 'data': not valid JSON (unexpected character, expected a string key: line 1 column 2 (char 1))"
+    >>> print(entry_row(Entry("2-0", {"data": "{oops"}), index=0, fields=cfg).error.message)
+    entry 2-0: field 'data': not valid JSON (unexpected character, expected a string key:
+    line 1 column 2 (char 1))
     >>> entry_row(Entry("3-0", {"prompt": "Hi", "n": "2"}), index=1, fields=cfg).sampling.n
     2
     """

@@ -68,8 +68,10 @@ class WorkerReport:
     def queue_line(self) -> str:
         """The queue's figures as one line under the run's summary.
 
-        >>> WorkerReport(Report(), QueueFigures(entries_read=2, entries_pending=0)).queue_line()
-        'queue: 2 entries read, 0 claimed from dead workers, 0 dead-lettered, 0 duplicate results skipped; now ? waiting, 0 pending'
+        >>> queue = QueueFigures(entries_read=2, entries_pending=0)
+        >>> print(WorkerReport(Report(), queue).queue_line())
+        queue: 2 entries read, 0 claimed from dead workers, 0 dead-lettered,
+        0 duplicate results skipped; now ? waiting, 0 pending
         """
         q = self.queue
 

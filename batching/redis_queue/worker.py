@@ -348,8 +348,9 @@ class QueueWorker:
 def _dead_letter_error(entry: Entry, max_deliveries: int) -> str:
     """Why an entry was dead-lettered.
 
-    >>> _dead_letter_error(Entry("1-0", {}, deliveries=4), 3)
-    'delivered 4 times (--max-deliveries 3) and never answered: every worker that took it stopped before writing its result'
+    >>> print(_dead_letter_error(Entry("1-0", {}, deliveries=4), 3))
+    delivered 4 times (--max-deliveries 3) and never answered: every worker that took it
+    stopped before writing its result
     """
     return (
         f"delivered {entry.deliveries} times (--max-deliveries {max_deliveries}) and never "
