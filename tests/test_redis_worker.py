@@ -506,3 +506,28 @@ def test_the_tiny_model_answers_requests_pushed_while_the_worker_runs(
     assert answers["again"]["output"] == answers["first"]["output"] == answers["n1"]["output"]
     assert report.queue.results_written == 8
     assert not vllm_engine.has_unfinished()
+
+
+@pytest.mark.slow
+def test_neither_the_package_nor_the_cli_imports_redis_until_a_worker_connects() -> None:
+    code = "import sys, batching.redis_queue, cli.app\nprint('redis' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_cli_with_a_wrong_password_exits_1_at_once_and_masks_it(url: str) -> None:
+    wrong = url.replace(PASSWORD, "not-the-password")
+    done = subprocess.run(
+        cli(wrong, "--stream", STREAM, "--engine", "fake", "--drain"),
+        capture_output=True, text=True, env=cli_env(), timeout=DEADLINE_S,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "not-the-password" not in done.stderr
+    masked = url.replace(PASSWORD, "***")
+    assert done.stderr == (
+        f"bizra-batch: error: {masked}: creating the group refused: invalid username-password "
+        "pair or user is disabled.\n"
+    )

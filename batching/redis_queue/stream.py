@@ -201,6 +201,11 @@ class RedisStream:
             redis.ConnectionError,
             redis.TimeoutError,
         )
+        # A wrong password stays wrong: no retrying it for half a minute.
+        self._refused: tuple[type[Exception], ...] = (
+            redis.AuthenticationError,
+            redis.exceptions.AuthorizationError,
+        )
         self._response_error: type[Exception] = redis.ResponseError
         self.names = names
         self.where = where
@@ -216,6 +221,8 @@ class RedisStream:
         while True:
             try:
                 return call()
+            except self._refused as exc:
+                raise QueueConnectionError(f"{self.where}: {what} refused: {exc}") from None
             except self._errors as exc:
                 attempt += 1
                 if not self._retry.should_retry(attempt):
