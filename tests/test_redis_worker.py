@@ -531,3 +531,18 @@ def test_cli_with_a_wrong_password_exits_1_at_once_and_masks_it(url: str) -> Non
         f"bizra-batch: error: {masked}: creating the group refused: invalid username-password "
         "pair or user is disabled.\n"
     )
+
+
+def test_renewing_held_entries_resets_their_idle_time_not_their_deliveries(
+    r: Any, url: str
+) -> None:
+    (entry,) = push(r, [{"prompt": "long"}])
+    stream = connect(url, StreamNames(STREAM, consumer="holder"))
+    assert len(stream.read(count=1, block_ms=1)) == 1
+    # As if it had waited three hours in this worker.
+    r.xclaim(STREAM, "bizra-batch", "holder", 0, [entry], idle=10_800_000, justid=True)
+    stream.touch([entry])
+    (pending,) = r.xpending_range(STREAM, "bizra-batch", "-", "+", 10)
+    assert pending["time_since_delivered"] < 10_800_000
+    assert pending["times_delivered"] == 1
+    stream.close()

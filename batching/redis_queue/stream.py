@@ -291,6 +291,19 @@ class RedisStream:
         entries = [Entry(i, fields, times.get(i, 1)) for i, fields in items]
         return Claimed(entries, deleted)
 
+    def touch(self, entry_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries this consumer holds (XCLAIM JUSTID: the
+        delivery count stays), so no worker claims them while they wait or run here."""
+        if not entry_ids:
+            return
+        names = self.names
+        self._call(
+            "renewing held entries",
+            lambda: self._client.xclaim(
+                names.stream, names.group, names.consumer, 0, list(entry_ids), justid=True
+            ),
+        )
+
     def _deliveries(self, entry_ids: Sequence[str]) -> dict[str, int]:
         names = self.names
         reply = self._call(

@@ -225,6 +225,11 @@ class QueueWorker:
                 continue
             if self._clock() >= next_claim:
                 next_claim = self._clock() + claim_every_s
+                # A long batch (minutes at a large batch size) must not look like a
+                # dead worker's: ours are renewed at twice the rate they would expire.
+                with self._lock:
+                    held = list(self._held_ids)
+                self._stream.touch(held)
                 if self._take_claimed(room):
                     continue
             # Entries read as a stop request comes are run all the same: taken is held.
