@@ -21,6 +21,7 @@ starts its own server on a free port and stops it.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -56,16 +57,28 @@ def _engine(max_num_seqs: int) -> FakeEngine:
     return FakeEngine(max_num_seqs=max_num_seqs)
 
 
-def time_run(prompts: Path, out: Path, chunk_size: int, max_num_seqs: int) -> tuple[float, int]:
+class Timed:
+    """Wall and CPU seconds of this process (every thread; not redis-server's)."""
+
+    def __enter__(self) -> Timed:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def time_run(prompts: Path, out: Path, chunk_size: int, max_num_seqs: int) -> tuple[Timed, int]:
     config = _config(str(prompts), chunk_size, str(out))
-    started = time.perf_counter()
-    report = run(config, lambda: _engine(max_num_seqs))
-    return time.perf_counter() - started, report.rows
+    with Timed() as timed:
+        report = run(config, lambda: _engine(max_num_seqs))
+    return timed, report.rows
 
 
 def time_worker(
     url: str, prompts: Path, chunk_size: int, max_num_seqs: int, ttl_s: int | None
-) -> tuple[float, int]:
+) -> tuple[Timed, int]:
     client = redis.Redis.from_url(url)
     client.flushdb()
     lines = prompts.read_bytes().splitlines()
@@ -82,12 +95,11 @@ def time_worker(
         _config("<redis>", chunk_size),
         WorkerSettings(drain=True, result_ttl_s=ttl_s),
     )
-    started = time.perf_counter()
-    report = worker.run()
-    seconds = time.perf_counter() - started
+    with Timed() as timed:
+        report = worker.run()
     stream.close()
     assert report.queue.results_written == len(lines), report.queue
-    return seconds, report.run.rows
+    return timed, report.run.rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,26 +117,34 @@ def main(argv: list[str] | None = None) -> int:
         f"max_num_seqs {args.max_num_seqs}, max_tokens 16, result keys: {args.result_keys}"
     )
     rates: dict[str, list[float]] = {"run": [], "worker": []}
+    cpu_us: dict[str, list[float]] = {"run": [], "worker": []}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         prompts = work / "prompts.jsonl"
         write_prompt_file(prompts, args.rows)
         with redis_server(work) as url:
             for repeat in range(1, args.repeats + 1):
-                seconds, rows = time_run(prompts, work / "out.jsonl", args.chunk_size,
-                                         args.max_num_seqs)  # fmt: skip
-                rates["run"].append(rows / seconds)
-                print(f"repeat {repeat} run:    {rows} rows in {seconds:.3f} s = "
-                      f"{rows / seconds:,.0f} rows/s")  # fmt: skip
-                seconds, rows = time_worker(url, prompts, args.chunk_size, args.max_num_seqs,
-                                            ttl_s)  # fmt: skip
-                rates["worker"].append(rows / seconds)
-                print(f"repeat {repeat} worker: {rows} rows in {seconds:.3f} s = "
-                      f"{rows / seconds:,.0f} rows/s")  # fmt: skip
+                for side in ("run", "worker"):
+                    load = os.getloadavg()[0]
+                    if side == "run":
+                        timed, rows = time_run(prompts, work / "out.jsonl", args.chunk_size,
+                                               args.max_num_seqs)  # fmt: skip
+                    else:
+                        timed, rows = time_worker(url, prompts, args.chunk_size,
+                                                  args.max_num_seqs, ttl_s)  # fmt: skip
+                    rates[side].append(rows / timed.wall)
+                    cpu_us[side].append(timed.cpu / rows * 1e6)
+                    print(f"repeat {repeat} {side:6}: {rows} rows in {timed.wall:.3f} s "
+                          f"(cpu {timed.cpu:.3f} s) = {rows / timed.wall:,.0f} rows/s; "
+                          f"load {load:.2f}")  # fmt: skip
     run_rate = statistics.median(rates["run"])
     worker_rate = statistics.median(rates["worker"])
     ratio = worker_rate / run_rate
     verdict = "meets" if ratio >= TARGET_RATIO else "misses"
+    print(
+        f"median cpu per row (this process): run {statistics.median(cpu_us['run']):.1f} us, "
+        f"worker {statistics.median(cpu_us['worker']):.1f} us"
+    )
     print(
         f"median: run {run_rate:,.0f} rows/s, worker {worker_rate:,.0f} rows/s; "
         f"worker/run = {ratio:.2f} ({verdict} the {TARGET_RATIO}x target)"
