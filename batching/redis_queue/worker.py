@@ -43,7 +43,7 @@ from batching.errors import UsageError
 from batching.live_engine import LiveEngine
 from batching.protocols import ProgressSink
 from batching.records import Result
-from batching.redis_queue.entries import Entry, entry_place, entry_row, id_text, result_fields
+from batching.redis_queue.entries import Entry, entry_place, entry_row, result_fields
 from batching.redis_queue.figures import QueueFigures, WorkerReport
 from batching.redis_queue.stream import QueueConnectionError, QueueCounts, RedisStream
 from batching.report import ReportCollector
@@ -334,7 +334,7 @@ class QueueWorker:
         rows = []
         for result, entry_id in zip(results, entry_ids, strict=True):
             fields = result_fields(result, entry_id)
-            rows.append((entry_id, id_text(result.id), fields["data"]))
+            rows.append((entry_id, fields["id"], fields["data"]))
         written = self._stream.write_results(rows, ttl_s=self._settings.result_ttl_s)
         with self._lock:
             for result, entry_id in zip(results, entry_ids, strict=True):
