@@ -12,9 +12,9 @@ from batching.redis_queue.entries import Entry, entry_row, result_fields
 from batching.redis_queue.figures import QueueFigures, WorkerReport
 from batching.redis_queue.stream import (
     INSTALL_HINT,
-    QueueConnectionError,
     QueueCounts,
     RedisMissingError,
+    RedisQueueError,
     RedisStream,
     StreamNames,
     connect,
@@ -25,11 +25,11 @@ from batching.redis_queue.worker import QueueWorker, WorkerSettings
 __all__ = [
     "INSTALL_HINT",
     "Entry",
-    "QueueConnectionError",
     "QueueCounts",
     "QueueFigures",
     "QueueWorker",
     "RedisMissingError",
+    "RedisQueueError",
     "RedisStream",
     "StreamNames",
     "WorkerReport",

@@ -35,14 +35,15 @@ from typing import Any, TypeVar
 import orjson
 
 from batching.errors import BatchError, UsageError
+from batching.output_format import dumps
 from batching.redis_queue.entries import DATA_FIELD, Entry
 from batching.retry import RetryPolicy
 
 __all__ = [
     "INSTALL_HINT",
-    "QueueConnectionError",
     "QueueCounts",
     "RedisMissingError",
+    "RedisQueueError",
     "RedisStream",
     "StreamNames",
     "connect",
@@ -97,8 +98,8 @@ class RedisMissingError(UsageError):
     """redis-py is not installed (exit 2, with the install hint)."""
 
 
-class QueueConnectionError(BatchError):
-    """Redis could not be reached, after every retry (exit 1)."""
+class RedisQueueError(BatchError):
+    """Redis stayed unreachable after every retry, or refused a call (exit 1)."""
 
 
 def redacted_url(url: str) -> str:
@@ -150,20 +151,11 @@ class QueueCounts:
     pending: int
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """Entries claimed from workers that held them too long, and how many entries
-    were claimed but had been deleted from the stream meanwhile (acknowledged)."""
-
-    entries: list[Entry]
-    deleted: int
-
-
 def connect(url: str, names: StreamNames, *, retry: RetryPolicy | None = None) -> RedisStream:
     """Open the stream at `url` and create the group if it is missing.
 
     Raises `RedisMissingError` without redis-py, `UsageError` for a URL redis-py
-    cannot parse, `QueueConnectionError` if the server stays unreachable.
+    cannot parse, `RedisQueueError` if the server stays unreachable.
 
     >>> connect("redis://127.0.0.1:1/0", StreamNames("p"))  # doctest: +SKIP
     """
@@ -222,11 +214,13 @@ class RedisStream:
             try:
                 return call()
             except self._refused as exc:
-                raise QueueConnectionError(f"{self.where}: {what} refused: {exc}") from None
+                raise RedisQueueError(f"{self.where}: {what} refused: {exc}") from None
+            except self._response_error as exc:  # NOGROUP, WRONGTYPE: no retry mends them
+                raise RedisQueueError(f"{self.where}: {what}: {exc}") from None
             except self._errors as exc:
                 attempt += 1
                 if not self._retry.should_retry(attempt):
-                    raise QueueConnectionError(
+                    raise RedisQueueError(
                         f"{self.where}: {what} failed {attempt} times, the last: {exc}"
                     ) from None
                 with self._lock:
@@ -242,12 +236,8 @@ class RedisStream:
             try:
                 self._client.xgroup_create(names.stream, names.group, id="0", mkstream=True)
             except self._response_error as exc:
-                if "BUSYGROUP" not in str(exc):
+                if "BUSYGROUP" not in str(exc):  # the group exists: ours to join
                     raise
-            except self._errors:
-                raise
-            except Exception as exc:  # a key of another type, a refused command
-                raise QueueConnectionError(f"{self.where}: {names.stream}: {exc}") from None
 
         self._call("creating the group", create)
 
@@ -265,7 +255,7 @@ class RedisStream:
             entries.extend(Entry(entry_id, fields or {}) for entry_id, fields in items)
         return entries
 
-    def claim(self, min_idle_ms: int, count: int) -> Claimed:
+    def claim(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over up to `count` entries other consumers have held over `min_idle_ms`
         without acknowledging them (a dead worker's), with their delivery counts."""
         names = self.names
@@ -281,15 +271,13 @@ class RedisStream:
             ),
         )
         self._claim_cursor = reply[0]
+        # Entries deleted from the stream meanwhile come with no fields (Redis 6.2) or
+        # not at all (7: it names them apart); either way the group drops them.
         items = [(i, f) for i, f in reply[1] if i is not None and f is not None]
-        # Redis 7 names the entries it dropped from the group because they were
-        # deleted; Redis 6.2 returns them with no fields, dropped from `items` above.
-        deleted = len(reply[2]) if len(reply) > 2 else len(reply[1]) - len(items)
         if not items:
-            return Claimed([], deleted)
+            return []
         times = self._deliveries([entry_id for entry_id, _ in items])
-        entries = [Entry(i, fields, times.get(i, 1)) for i, fields in items]
-        return Claimed(entries, deleted)
+        return [Entry(i, fields, times.get(i, 1)) for i, fields in items]
 
     def touch(self, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of entries this consumer holds (XCLAIM JUSTID: the
@@ -383,6 +371,4 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 def _json_fields(fields: Any) -> str:
-    from batching.output_format import dumps
-
     return dumps(dict(fields)).decode()

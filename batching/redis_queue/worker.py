@@ -45,7 +45,7 @@ from batching.protocols import ProgressSink
 from batching.records import Result
 from batching.redis_queue.entries import Entry, entry_place, entry_row, result_fields
 from batching.redis_queue.figures import QueueFigures, WorkerReport
-from batching.redis_queue.stream import QueueConnectionError, QueueCounts, RedisStream
+from batching.redis_queue.stream import QueueCounts, RedisQueueError, RedisStream
 from batching.report import ReportCollector
 from batching.retry import RetryPolicy
 
@@ -95,7 +95,7 @@ class QueueWorker:
 
     `retry` is the engine rows' (`run_rows`'s); Redis calls have their own.
     Raises what starting the engine raises, `EngineFailedError` if the engine keeps
-    dying, `QueueConnectionError` if Redis stays unreachable: the entries held then
+    dying, `RedisQueueError` if Redis stays unreachable: the entries held then
     stay pending, for another worker to claim.
     """
 
@@ -248,7 +248,7 @@ class QueueWorker:
         claimed = self._stream.claim(settings.claim_idle_ms, room)
         with self._lock:
             # Our own entries, idle while they wait for the engine, are ours already.
-            fresh = [e for e in claimed.entries if e.entry_id not in self._held_ids]
+            fresh = [e for e in claimed if e.entry_id not in self._held_ids]
         too_often = [e for e in fresh if e.deliveries > settings.max_deliveries]
         if too_often:
             moved = self._stream.dead_letter(
@@ -259,7 +259,7 @@ class QueueWorker:
         if runnable:
             self._bump("claimed", len(runnable))
             self._feed(runnable)
-        return bool(claimed.entries)
+        return bool(claimed)
 
     def _feed(self, entries: list[Entry]) -> None:
         fields = self._config.input
@@ -287,7 +287,7 @@ class QueueWorker:
     def _counts(self) -> QueueCounts | None:
         try:
             return self._stream.counts()
-        except QueueConnectionError:
+        except RedisQueueError:
             return None
 
     # -- the engine thread -----------------------------------------------------------
