@@ -546,3 +546,18 @@ def test_renewing_held_entries_resets_their_idle_time_not_their_deliveries(
     assert pending["time_since_delivered"] < 10_800_000
     assert pending["times_delivered"] == 1
     stream.close()
+
+
+def test_a_refused_call_is_one_error_naming_the_server_not_a_traceback(r: Any, url: str) -> None:
+    from batching.redis_queue import RedisQueueError
+
+    stream = connect(url, StreamNames(STREAM, consumer="w"))
+    r.xgroup_destroy(STREAM, "bizra-batch")  # someone removed the group under the worker
+    with pytest.raises(RedisQueueError) as caught:
+        stream.read(count=1, block_ms=1)
+    stream.close()
+    masked = url.replace(PASSWORD, "***")
+    assert str(caught.value) == (
+        f"{masked}: reading: NOGROUP No such key '{STREAM}' or consumer group 'bizra-batch' in "
+        "XREADGROUP with GROUP option"
+    )
