@@ -561,3 +561,21 @@ def test_a_refused_call_is_one_error_naming_the_server_not_a_traceback(r: Any, u
         f"{masked}: reading: NOGROUP No such key '{STREAM}' or consumer group 'bizra-batch' in "
         "XREADGROUP with GROUP option"
     )
+
+
+def test_an_engine_that_fails_for_good_stops_the_worker_and_leaves_its_entries_pending(
+    r: Any, url: str
+) -> None:
+    from batching.pipeline import EngineFailedError
+
+    push(r, [{"id": i, "prompt": f"p{i}"} for i in range(6)])
+    factory = FakeEngineFactory([FakeEngine(die_at_step=1)])
+    run_config = RunConfig(InputConfig(path="<redis>", chunk_size=8), max_engine_restarts=1)
+    stream = connect(url, StreamNames(STREAM, consumer="w"))
+    worker = QueueWorker(stream, factory, run_config, WorkerSettings(drain=True))
+    with pytest.raises(EngineFailedError):
+        worker.run()
+    stream.close()
+    assert results_by_id(r) == {}
+    # Not acknowledged: a worker with a working engine claims and runs them.
+    assert r.xpending(STREAM, "bizra-batch")["pending"] == 6
