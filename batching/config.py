@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batching.chat_framing import ChatFraming
 from batching.errors import OutputError, UsageError
 from batching.grouping import Order
 from batching.location import STDIO, InputFormat, Location, OutputFormat
@@ -20,6 +21,7 @@ from batching.template import PromptTemplate
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "OPENAI_LINES_FRAMED",
     "STDIO",
     "EngineConfig",
     "InputConfig",
@@ -34,6 +36,13 @@ __all__ = [
 OnInvalid = Literal["record", "abort"]
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+# An OpenAI batch line names its endpoint (chat or completion) and its answer must
+# be that endpoint's body, so it is sent as it says, as vLLM's run-batch does.
+OPENAI_LINES_FRAMED = (
+    "--chat and --system apply to plain rows, and OpenAI batch lines name their own "
+    "endpoint; drop them, or put the system message in each line's body.messages"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +66,13 @@ class InputConfig:
     # Given, a row's prompt is this template rendered with its fields, whatever
     # prompt or messages the row holds itself.
     template: PromptTemplate | None = None
+    # `chat`: each prompt goes as a chat's user message, through the chat template;
+    # `system` (implies `chat`) is every chat's first message (batching.chat_framing).
+    chat: bool = False
+    system: str | None = None
     location: Location = field(init=False, repr=False, compare=False)
+    # `chat` and `system` as one value: None leaves prompts as they are.
+    framing: ChatFraming | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
@@ -73,6 +88,12 @@ class InputConfig:
                 "--template reads plain rows, and an OpenAI batch file's lines hold their "
                 "own requests; pass --input-format jsonl to fill the template from its lines"
             )
+        framing = None
+        if self.chat or self.system is not None:
+            if self.format == "openai":
+                raise UsageError(OPENAI_LINES_FRAMED)
+            framing = ChatFraming(self.system)
+        object.__setattr__(self, "framing", framing)
         object.__setattr__(self, "location", Location.of(self.path))
 
 

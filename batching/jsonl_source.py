@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
-from batching.config import InputConfig
+from batching.config import OPENAI_LINES_FRAMED, InputConfig
 from batching.errors import InputError
 from batching.field_spelling import FieldSpelling
 from batching.id_registry import IdRegistry
@@ -274,7 +274,7 @@ class JsonlSource(RowSource):
                 else:
                     if not decided:
                         decided = True
-                        openai = _openai_lines(obj, fields)
+                        openai = _openai_lines(obj, fields, where)
                     if openai:
                         row = parse_openai_row(
                             obj, index=index, line=line, fields=fields, where=where
@@ -329,13 +329,17 @@ class JsonlSource(RowSource):
         return skipped
 
 
-def _openai_lines(obj: object, fields: InputConfig) -> bool:
+def _openai_lines(obj: object, fields: InputConfig, where: str) -> bool:
     """Whether the first row is an OpenAI batch line (and not a plain row); with a
     template, rows are plain rows whatever fields they hold."""
     if fields.template is not None or not is_openai_line(obj):
         return False
     assert isinstance(obj, dict)
-    return fields.prompt_field not in obj and fields.messages_field not in obj
+    if fields.prompt_field in obj or fields.messages_field in obj:
+        return False
+    if fields.framing is not None:
+        raise InputError(f"{where}: {OPENAI_LINES_FRAMED}")
+    return True
 
 
 def _undecodable(raw: bytes, exc: orjson.JSONDecodeError, where: str) -> str:

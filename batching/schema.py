@@ -109,6 +109,8 @@ def parse_row(
         sampling, problem = parse_sampling(obj, where)
     if problem is not None:
         return invalid_row(index, line, problem, row_id=row_id, kept=kept)
+    if fields.framing is not None:
+        messages, prompt = fields.framing.frame(prompt, messages), None
     return Request(
         index=index,
         id=row_id,

@@ -27,6 +27,7 @@ __all__ = [
     "RELIABILITY",
     "REMOTE",
     "SAMPLING",
+    "ChatOption",
     "DtypeOption",
     "EngineArgOption",
     "IdField",
@@ -38,6 +39,7 @@ __all__ = [
     "MessagesField",
     "ModelOption",
     "PromptField",
+    "SystemOption",
     "TemplateFileOption",
     "TemplateOption",
     "input_config",
@@ -103,6 +105,22 @@ TemplateOption = Annotated[
 TemplateFileOption = Annotated[
     str | None, _input("Read --template from this UTF-8 file.", metavar="FILE")
 ]
+ChatOption = Annotated[
+    bool,
+    _input(
+        "Send each prompt (a row's, or the template's text) as a chat's user message, "
+        "through the model's chat template, as instruct models need. Rows holding "
+        "messages are chats already."
+    ),
+]
+SystemOption = Annotated[
+    str | None,
+    _input(
+        "System message put first in every chat (implies --chat); a row's chat that "
+        "starts with its own system message keeps it.",
+        metavar="TEXT",
+    ),
+]
 IdField = Annotated[str, _input("Row id field; default id is the 0-based row number.")]
 MaxLineBytes = Annotated[int, _input("Longer input lines are invalid rows.", min=1)]
 
@@ -134,6 +152,8 @@ def input_config(
     chunk_size: int = 1024,
     template: str | None = None,
     template_file: str | None = None,
+    chat: bool = False,
+    system: str | None = None,
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
@@ -158,6 +178,8 @@ def input_config(
         keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
         chunk_size=chunk_size,
         template=prompt_template,
+        chat=chat,
+        system=system,
     )
 
 

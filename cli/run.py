@@ -37,6 +37,7 @@ from cli.exit_codes import (
 from cli.help import PanelledCommand
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
+    ChatOption,
     DtypeOption,
     EngineArgOption,
     IdField,
@@ -46,6 +47,7 @@ from cli.options import (
     MaxNumSeqsOption,
     MessagesField,
     PromptField,
+    SystemOption,
     TemplateFileOption,
     TemplateOption,
     input_config,
@@ -148,6 +150,8 @@ def run(
     keep_fields: KeepFields = "",
     template: TemplateOption = None,
     template_file: TemplateFileOption = None,
+    chat: ChatOption = False,
+    system: SystemOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = None,
@@ -206,7 +210,7 @@ def run(
             input=input_config(
                 input_path, input_format, prompt_field, messages_field, id_field,
                 keep_fields=keep_fields, chunk_size=chunk_size,
-                template=template, template_file=template_file,
+                template=template, template_file=template_file, chat=chat, system=system,
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,

@@ -13,11 +13,13 @@ from cli.exit_codes import FAILED, OK, exit_on_error
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
     OUTPUT,
+    ChatOption,
     IdField,
     InputFormatOption,
     MaxLineBytes,
     MessagesField,
     PromptField,
+    SystemOption,
     TemplateFileOption,
     TemplateOption,
     input_config,
@@ -64,6 +66,8 @@ def validate(
     id_field: IdField = "id",
     template: TemplateOption = None,
     template_file: TemplateFileOption = None,
+    chat: ChatOption = False,
+    system: SystemOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     json_output: Annotated[
         bool,
@@ -94,7 +98,7 @@ def validate(
         # Inside: the config refuses a path it cannot resolve (file://host/).
         config = input_config(
             input_path, input_format, prompt_field, messages_field, id_field,
-            template=template, template_file=template_file,
+            template=template, template_file=template_file, chat=chat, system=system,
         )  # fmt: skip
         report = validate_input(
             config,
