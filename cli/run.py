@@ -22,6 +22,7 @@ from batching.engines.choice import (
     remote_config,
 )
 from batching.errors import BatchError, UsageError
+from batching.manifest import Manifest
 from batching.records import Sampling
 from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
@@ -251,7 +252,8 @@ def run(
         )  # fmt: skip
         cluster = ray_options(ray, replicas, engine, tensor_parallel_size, verbose=debug)
         factory = engine_factory(engine, engine_config, remote=remote, verbose=debug)
-    raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
+        manifest = Manifest.of(config, engine.value, engine_config)
+    raise typer.Exit(_execute(config, factory, quiet, debug, cluster, manifest))
 
 
 def _read_json_schema(path: str) -> str:
@@ -274,6 +276,7 @@ def _execute(
     quiet: bool,
     debug: bool,
     cluster: RayOptions | None = None,
+    manifest: Manifest | None = None,
 ) -> int:
     """Run the job with progress and signals handled, write and show the report;
     the exit code."""
@@ -284,6 +287,8 @@ def _execute(
     console = stderr_console()
     progress = make_progress(quiet=quiet)
     collector = ReportCollector()
+    if manifest is not None:
+        collector.record_manifest(manifest)
     # Started now, so a signal or error before the runner starts the clock (a long
     # --resume scan, an --on-invalid abort pass) still gets a report, not a traceback;
     # the runner restarts it.
