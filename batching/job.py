@@ -105,7 +105,9 @@ def run(
         if output.written_format == "openai":
             token = existing.id_token if existing is not None else None
             openai_lines = OpenAIBatchLines(output.model, token=token)
-        writer = stack.enter_context(open_writer(output, stdout=stdout, openai_lines=openai_lines))
+        writer = stack.enter_context(
+            open_writer(output, stdout=stdout, openai_lines=openai_lines, existing=existing)
+        )
         supply: RowSupply = _SourceSupply(source)
         done = 0
         if existing is not None and existing.rows:

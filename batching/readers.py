@@ -1,4 +1,4 @@
-"""Stream input rows from JSONL, gzipped JSONL, Parquet or stdin, in chunks.
+"""Stream input rows from JSONL (plain, gzip or zstd), Parquet or stdin, in chunks.
 
 JSONL whose first row is an OpenAI batch request line (`custom_id`, `url`, `body`)
 is read as that format (`batching.openai_batch`); `--input-format openai` forces it.
@@ -6,7 +6,7 @@ Every input row becomes exactly one `Request` or `InvalidRow`, in file order, wi
 memory bounded by the chunk size (Parquet: by the row group) whatever the file size.
 A row that cannot be read (bad JSON, not UTF-8, over-long, duplicate id) becomes an
 `InvalidRow` at its place; only a file that cannot be read at all (missing, not
-Parquet, corrupt gzip) raises `InputError`.
+Parquet, corrupt gzip or zstd) raises `InputError`.
 
 >>> with open("prompts.jsonl", "wb") as prompts:
 ...     _ = prompts.write(b'{"prompt": "Hi"}\\n' * 3)
@@ -92,6 +92,11 @@ def input_format(where: Location | str, override: InputFormat | None = None) -> 
     if override is not None:
         return override
     location = Location.of(where)
+    if location.format == "parquet" and location.compressed is not None:
+        raise InputError(
+            f"{location.name}: Parquet compresses its columns itself and cannot be read "
+            f"{location.compressed}-compressed; decompress it first"
+        )
     if location.format is not None:  # stdin too: JSON Lines
         return location.format
     if is_local_pipe(location):
@@ -102,7 +107,8 @@ def input_format(where: Location | str, override: InputFormat | None = None) -> 
         raise InputError(f"{location.name}: is a directory; pass a .jsonl or .parquet file")
     raise InputError(
         f"{location.name}: unknown input format for extension {location.extension}; name the "
-        "file .jsonl, .jsonl.gz or .parquet, or pass --input-format jsonl, parquet or openai"
+        "file .jsonl, .jsonl.gz, .jsonl.zst or .parquet, or pass --input-format jsonl, "
+        "parquet or openai"
     )
 
 
