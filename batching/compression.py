@@ -96,12 +96,14 @@ class CompressedSink:
     mid-member goes out at once: memory stays at the compressor's window.
     """
 
-    def __init__(self, sink: Sink, codec: Codec) -> None:
+    def __init__(self, sink: Sink, codec: Codec, *, resumed_bytes: int = 0) -> None:
+        """`resumed_bytes`: what the file holds already (a resumed output's whole members)."""
         self._sink = sink
         self.codec = codec
         self.name = sink.name
         self.resumable = sink.resumable
         self._member: _Member | None = None
+        self._empty = resumed_bytes == 0  # holds no member yet
         self._finish = zlib.Z_FINISH if codec == "gzip" else zstandard.COMPRESSOBJ_FLUSH_FINISH
 
     @property
@@ -111,6 +113,7 @@ class CompressedSink:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._member is None:
             self._member = _new_member(self.codec)
+            self._empty = False
         emitted = self._member.compress(bytes(data))
         if emitted:
             self._sink.write(emitted)
@@ -122,6 +125,12 @@ class CompressedSink:
         if durable:
             self._end_member()
         self._sink.flush(durable=durable)
+
+    def seal(self) -> None:
+        """End a run that went well: a file with no row gets one empty member, since
+        `gzip -dc` and `zstd -dc` refuse a file of no bytes as cut short."""
+        if self._empty and not self._sink.closed and not self._sink.broken:
+            self.write(b"")
 
     def close(self) -> None:
         if self._sink.closed:

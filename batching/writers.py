@@ -35,6 +35,7 @@ This module opens writers and writes JSONL; `parquet_output` writes Parquet, and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any, BinaryIO
 
 from batching.compression import CompressedSink
@@ -113,11 +114,11 @@ def open_writer(
         existing = existing or scan_output(cfg)
         keep = existing.whole_bytes if existing is not None else None
     sink = Sink.for_file(path, overwrite=cfg.overwrite, resume=cfg.resume, keep=keep)
-    return _JsonlWriter(_compressed(sink, location.compressed), to_line)
+    return _JsonlWriter(_compressed(sink, location.compressed, keep or 0), to_line)
 
 
-def _compressed(sink: Sink, codec: Codec | None) -> Sink | CompressedSink:
-    return sink if codec is None else CompressedSink(sink, codec)
+def _compressed(sink: Sink, codec: Codec | None, kept: int = 0) -> Sink | CompressedSink:
+    return sink if codec is None else CompressedSink(sink, codec, resumed_bytes=kept)
 
 
 class _JsonlWriter(ResultWriter):
@@ -147,6 +148,16 @@ class _JsonlWriter(ResultWriter):
 
     def flush(self, durable: bool = False) -> None:
         self._sink.flush(durable=durable)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and isinstance(self._sink, CompressedSink):
+            self._sink.seal()
+        self.close()
 
     def close(self) -> None:
         self._sink.close()

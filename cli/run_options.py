@@ -105,7 +105,9 @@ _ray = panel_option(RAY)
 InputArgument = Annotated[
     str,
     typer.Argument(
-        metavar="INPUT", help="JSONL, JSONL.gz or Parquet file or URI (s3://...); - for stdin."
+        metavar="INPUT",
+        help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file or URI (s3://...); - for "
+        "stdin.",
     ),
 ]
 KeepFields = Annotated[str, _input("Comma-separated input fields copied to each output row.")]
@@ -257,7 +259,8 @@ OnInvalid = Annotated[
 OutputPath = Annotated[
     str | None,
     _output(
-        "Results file or URI (.jsonl or .parquet); - or none writes JSONL to stdout.",
+        "Results file or URI (.jsonl, .jsonl.gz, .jsonl.zst or .parquet); - or none writes "
+        "JSONL to stdout.",
         "--output",
         "-o",
     ),

@@ -32,7 +32,11 @@ MODEL = "Model (optional: prompt token statistics, prompts too long for it)"
 
 def validate(
     input_path: Annotated[
-        str, typer.Argument(metavar="INPUT", help="JSONL, JSONL.gz or Parquet file; - for stdin.")
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file; - for stdin.",
+        ),
     ],
     model: Annotated[
         str | None,
