@@ -50,9 +50,11 @@ MAGIC: dict[Codec, bytes] = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
 # 6-10x at either, far faster than an engine makes the rows.
 _GZIP_LEVEL = 6
 _ZSTD_LEVEL = 3
-# Compressed bytes handed to a decompressor at a time, and the most a gzip member
-# may give back per step: bounds memory whatever the compression ratio.
-_BLOCK = 64 * 1024
+# Compressed bytes handed to a decompressor at a time. zlib takes a cap on what
+# one step gives back (_GZIP_STEP_OUT); zstandard's decompressobj does not, so zstd
+# gets small steps: JSON text at 10-60x gives at most a few hundred KiB per step.
+_BLOCK: dict[Codec, int] = {"gzip": 64 * 1024, "zstd": 8 * 1024}
+_GZIP_STEP_OUT = 1024 * 1024
 _GZIP_WBITS = 31  # zlib's way of saying "a gzip header and trailer"
 
 
@@ -82,7 +84,7 @@ def check_tool(codec: Codec, name: str) -> str:
 
 
 class _Member(Protocol):
-    def compress(self, data: bytes, /) -> bytes: ...
+    def compress(self, data: bytes | bytearray | memoryview, /) -> bytes: ...
 
     def flush(self, mode: int, /) -> bytes: ...
 
@@ -114,7 +116,7 @@ class CompressedSink:
         if self._member is None:
             self._member = _new_member(self.codec)
             self._empty = False
-        emitted = self._member.compress(bytes(data))
+        emitted = self._member.compress(data)
         if emitted:
             self._sink.write(emitted)
         return len(data)
@@ -174,13 +176,14 @@ def decompressed_pieces(
     Traceback (most recent call last):
     batching.compression.CorruptStream: compressed data ends in the middle of a member (at byte 30)
     """
+    block = _BLOCK[codec]
     consumed = 0  # compressed bytes read so far
     pending = b""  # read but not yet given to a decompressor
     decompressor: _GzipMember | _ZstdMember | None = None
     at_end = False
     while True:
         if not pending:
-            pending = read(_BLOCK)
+            pending = read(block)
             consumed += len(pending)
             at_end = not pending
         if not pending and decompressor is None:
@@ -209,7 +212,7 @@ class _GzipMember:
 
     def step(self, data: bytes) -> tuple[bytes, bytes, bool]:
         """(text out, bytes left over, whether the member ended)."""
-        piece = self._zlib.decompress(data, _BLOCK * 16)
+        piece = self._zlib.decompress(data, _GZIP_STEP_OUT)
         if self._zlib.eof:
             return piece, self._zlib.unused_data, True
         return piece, self._zlib.unconsumed_tail, False

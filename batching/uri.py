@@ -200,8 +200,8 @@ def open_remote_input(uri: str) -> RemoteInput:
     """
     remote, info = _existing_input(uri)
     try:
-        # compression=None: the reader tells gzip by its content, and counts the
-        # compressed bytes against the size, as for a local .jsonl.gz.
+        # compression=None: the reader tells gzip or zstd by its content, and counts
+        # the compressed bytes against the size, as for a local .jsonl.gz.
         stream = remote.fs.open_input_stream(remote.path, compression=None)
     except OSError as exc:
         raise InputError(f"{uri}: cannot open ({_first_line(exc)})") from None
