@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from batching.compression import CompressedSink
@@ -223,6 +226,40 @@ def test_resume_after_a_cut_keeps_exactly_the_whole_members(
             writer.write(results(existing.rows, BATCHES[-1][1]))
 
         assert decompress(codec, out.read_bytes()) == expected_text, cut
+
+
+@pytest.mark.slow  # fsyncs at every resume: 0.3-2 s on the shared box
+@settings(max_examples=40, deadline=None)
+@given(
+    codec=st.sampled_from(sorted(CODECS)),
+    batches=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=6),
+    crashes=st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=3),
+)
+def test_every_row_is_written_once_in_order_whatever_the_crashes(
+    codec: str, batches: list[int], crashes: list[float]
+) -> None:
+    """Crash (a cut at any byte), resume, crash again...: the output that finally
+    decompresses holds each row once, in order."""
+    total = sum(batches)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / f"out.jsonl{CODECS[codec]}"
+        out.write_bytes(b"")
+        for crash in [*crashes, None]:
+            cfg = OutputConfig(path=str(out), resume=True)
+            existing = scan_output(cfg)
+            assert existing is not None
+            assert list(existing.ids()) == [f"r{i}" for i in range(existing.rows)]
+            with open_writer(cfg, existing=existing) as writer:
+                start = existing.rows
+                for size in batches:
+                    writer.write(results(start, min(total, start + size)))
+                    writer.flush(durable=True)
+                    start = min(total, start + size)
+            if crash is not None:
+                data = out.read_bytes()
+                out.write_bytes(data[: int(len(data) * crash)])
+        rows = lines_of(decompress(codec, out.read_bytes()))
+    assert [row["id"] for row in rows] == [f"r{i}" for i in range(total)]
 
 
 @pytest.mark.parametrize("codec", CODECS)
