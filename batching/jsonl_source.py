@@ -137,7 +137,8 @@ class _CountingReader(io.RawIOBase):
         n = self._raw.readinto(buffer)
         if n:
             self.count += n
-            # Per 1 MiB block, in C: measured in benchmarks/ (see the report).
+            # SHA-256 ran at 515-1,012 MB/s here against ~11 MB/s of JSONL parsed
+            # (benchmarks/compression_speed.py): about 2% of reading a file.
             self._digest.update(memoryview(buffer)[:n])
         return n
 
