@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig, InputFormat
 from batching.errors import InputError
+from batching.files_source import FilesSource, place_in_file
 from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
 from batching.location import Location
 from batching.parquet_source import ParquetSource
@@ -56,10 +57,15 @@ def open_source(
 
     `stdin` replaces `sys.stdin.buffer` when the path is "-" (tests inject a BytesIO).
 
+    Several files (more paths, a directory, a glob) are read one after another as
+    one source, rows numbered across them (`FilesSource`).
+
     >>> source = open_source(InputConfig(path="-"), stdin=io.BytesIO(b'{"prompt": "Hi"}'))
     >>> [row.prompt for chunk in source.chunks() for row in chunk]
     ['Hi']
     """
+    if cfg.several:
+        return FilesSource(cfg, max_line_bytes=max_line_bytes)
     fmt = input_format(cfg.location, cfg.format)
     if cfg.location.is_stdio:
         if fmt == "parquet":
@@ -110,7 +116,8 @@ def row_place(cfg: InputConfig) -> Callable[[int], str]:
     """How messages name a row of `cfg`'s input by its line, as the sources do.
 
     For messages made after the reader is done with a row (the engine refusing
-    it), so they start the way the schema's messages do.
+    it), so they start the way the schema's messages do. For several files the
+    line alone does not say which file: `FilesSource.spans.place(index, line)` does.
 
     >>> row_place(InputConfig(path="prompts.parquet"))(3)
     'prompts.parquet row 3'
@@ -118,12 +125,10 @@ def row_place(cfg: InputConfig) -> Callable[[int], str]:
     name = STDIN_NAME if cfg.location.is_stdio else cfg.location.name
     try:
         parquet = input_format(cfg.location, cfg.format) == "parquet"
-    except InputError:  # a label rather than a file (an API caller's): read as JSONL
+    except InputError:  # a label, a directory or a glob rather than a file: JSONL's form
         parquet = False
     # The sources' own forms (JsonlSource, ParquetSource); a test holds them equal.
-    if parquet:
-        return lambda line: f"{name} row {line}"
-    return lambda line: f"{name}:{line}"
+    return lambda line: place_in_file(name, parquet, line)
 
 
 def is_local_pipe(where: Location | str) -> bool:
