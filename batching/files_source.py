@@ -32,8 +32,8 @@ from batching.row_source import RowSource
 
 __all__ = ["FileRows", "FilesSource", "InputSpans", "check_openable", "place_in_file"]
 
-# What reads one file: its source, or that source wrapped (a per-file resume).
-FileRows = Callable[[int, RowSource], RowSupply]
+# What reads one file: its rows as opened, or wrapped (a per-file resume).
+FileRows = Callable[[int, RowSupply], RowSupply]
 
 
 def place_in_file(name: str, parquet: bool, line: int) -> str:
@@ -86,7 +86,7 @@ class InputSpans:
 class FilesSource(RowSource):
     """The rows of `cfg.files`, in order, numbered across them.
 
-    `rows_of(number, source)` reads file `number` from its opened source (by default
+    `rows_of(number, rows)` reads file `number` from its opened rows (by default
     the source itself; `job` wraps it to skip what each file's output holds, under
     `-o DIR/ --resume`); the rows it yields are numbered from where the last
     file's left off, so the numbers never have a gap. `total_bytes` is the files'
@@ -104,7 +104,8 @@ class FilesSource(RowSource):
 
         formats = [input_format(file.location, cfg.format) for file in cfg.files]
         super().__init__(
-            ", ".join(file.name for file in cfg.files[:3]) + (", ..." if len(cfg.files) > 3 else ""),
+            ", ".join(file.name for file in cfg.files[:3])
+            + (", ..." if len(cfg.files) > 3 else ""),
             total_rows=None,
             total_bytes=_summed_size(cfg.files),
         )
@@ -125,9 +126,9 @@ class FilesSource(RowSource):
             source = open_source(self._cfg.for_file(file), max_line_bytes=self._max_line_bytes)
             self._open = source
             try:
-                supply: RowSupply = source
+                supply: RowSupply = _FileRows(source)
                 if self._rows_of is not None:
-                    supply = self._rows_of(number, source)
+                    supply = self._rows_of(number, supply)
                 for chunk in supply.chunks():
                     for row in chunk:
                         row.index = index
@@ -152,6 +153,19 @@ class FilesSource(RowSource):
             estimate = round(self.rows_read * self.total_bytes / self.bytes_read)
             return max(self.rows_read, estimate)
         return None
+
+
+class _FileRows:
+    """One opened file's rows, as a `RowSupply`."""
+
+    def __init__(self, source: RowSource) -> None:
+        self._source = source
+
+    def chunks(self) -> Iterator[list[Row]]:
+        return self._source.chunks()
+
+    def estimated_total_rows(self) -> int | None:
+        return self._source.total_rows
 
 
 def _summed_size(files: Sequence[InputFile]) -> int | None:

@@ -16,8 +16,8 @@ leading zeros run in number order.
 >>> os.makedirs("shards/sub", exist_ok=True)
 >>> for name in ("shards/b.jsonl", "shards/a.parquet", "shards/sub/c.jsonl", "shards/x.txt"):
 ...     open(name, "w").close()
->>> [(file.name, file.relative) for file in expand_inputs(("shards",))]
-[('shards/a.parquet', 'a.parquet'), ('shards/b.jsonl', 'b.jsonl'), ('shards/sub/c.jsonl', 'sub/c.jsonl')]
+>>> [file.relative for file in expand_inputs(("shards",))]
+['a.parquet', 'b.jsonl', 'sub/c.jsonl']
 """
 
 from __future__ import annotations

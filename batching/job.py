@@ -207,12 +207,12 @@ def run_to_directory(
         if config.on_invalid == "abort":
             _check_every_row(config, None, stack)
 
-        def rows_of(number: int, source: RowSource) -> RowSupply:
+        def rows_of(number: int, rows: RowSupply) -> RowSupply:
             existing = outputs[number].existing
             if existing is None or not existing.rows:
-                return source
+                return rows
             return ResumedSupply(
-                source,
+                rows,
                 done=existing.rows,
                 ids=existing.ids(),
                 output=outputs[number].config.location.path,
@@ -308,15 +308,19 @@ def _check_distinct_files(config: RunConfig) -> None:
     over the file being read truncates it, and appending to it feeds the run its
     own output without end (12 GB in ten minutes, seen)."""
     sources = [file.location for file in config.input.files]
-    output, errors = config.output.location, config.errors_location
-    if config.output.is_directory:
-        output = None  # its files are checked against the inputs when planned
+    errors = config.errors_location
+    # An output directory's files are checked against the inputs when planned.
+    output = None if config.output.is_directory else config.output.location
     errors_file = errors.path if errors is not None and errors.is_local else None
-    if errors_file and output is not None and output.is_local:
-        if _same_file(output.path, errors_file):
-            raise UsageError(
-                f"{errors_file}: the errors file is the output; give --errors another path"
-            )
+    if (
+        errors_file
+        and output is not None
+        and output.is_local
+        and _same_file(output.path, errors_file)
+    ):
+        raise UsageError(
+            f"{errors_file}: the errors file is the output; give --errors another path"
+        )
     for source in _local(sources):
         for target, what in ((output, "output"), (errors, "errors file")):
             if target is not None and target.is_local and _same_file(target.path, source.path):
@@ -449,10 +453,10 @@ def open_errors_file(
         model=output.model,
     )
     with open_writer(errors_config, openai_lines=openai_lines) as errors:
-        for output in existing:
-            for batch in output.failed_rows():
+        for earlier in existing:
+            for batch in earlier.failed_rows():
                 errors.write(batch)
-        if any(output.rows for output in existing):
+        if any(earlier.rows for earlier in existing):
             errors.flush(durable=True)
         yield errors
 

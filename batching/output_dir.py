@@ -91,9 +91,7 @@ class FileOutput:
         )
 
 
-def plan_outputs(
-    config: RunConfig, formats: Sequence[InputFormat]
-) -> tuple[FileOutput, ...]:
+def plan_outputs(config: RunConfig, formats: Sequence[InputFormat]) -> tuple[FileOutput, ...]:
     """Each input file's output under `config.output`'s directory, checked (and, with
     `--resume`, scanned) before the engine starts; makes the directories they need.
 
@@ -129,7 +127,9 @@ def _checked(cfg: OutputConfig) -> ExistingOutput | None:
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{parent}: cannot create the directory ({exc.strerror or exc})") from None
+        raise OutputError(
+            f"{parent}: cannot create the directory ({exc.strerror or exc})"
+        ) from None
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory; the output file for an input goes there")
     if cfg.resume:
