@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from batching.errors import UsageError
+from batching.errors import InputError, UsageError
 from batching.location import STDIO, Location
 from batching.parquet_format import PARTS_SUFFIX
 from batching.uri import is_remote, local_path, resolve
@@ -90,7 +90,8 @@ def expand_inputs(given: Sequence[str]) -> tuple[InputFile, ...]:
     A plain file is taken as it is, without a look at the disk (a missing one is
     reported when it is opened, as before). Raises `UsageError` for an argument
     that names nothing: an empty directory, a glob that matches no input file, or
-    stdin ("-") among several inputs. The same file named twice runs twice.
+    stdin ("-") among several inputs (`InputError`, a `UsageError`, for an argument that
+    names no input file). The same file named twice runs twice.
 
     >>> [file.name for file in expand_inputs(("a.jsonl", "b.parquet"))]
     ['a.jsonl', 'b.parquet']
@@ -148,10 +149,10 @@ def _expand_remote(argument: str) -> list[InputFile]:
 def _found(argument: str, found: list[tuple[str, str]], *, glob: bool) -> list[InputFile]:
     if not found:
         if glob:
-            raise UsageError(
+            raise InputError(
                 f"{argument}: the glob matches no input file ({', '.join(INPUT_SUFFIXES)})"
             )
-        raise UsageError(
+        raise InputError(
             f"{argument}: the directory holds no input files ({', '.join(INPUT_SUFFIXES)}, "
             "in it or its subfolders)"
         )
@@ -183,11 +184,11 @@ def _remote_names(argument: str, base_uri: str) -> list[str] | None:
         if info.type == pafs.FileType.File:
             return None
         if info.type == pafs.FileType.NotFound:
-            raise UsageError(f"{argument}: no such file or directory; check the URI")
+            raise InputError(f"{argument}: no such file or directory; check the URI")
         selector = pafs.FileSelector(remote.path, recursive=True)
         listed = remote.fs.get_file_info(selector)
     except OSError as exc:
-        raise UsageError(f"{argument}: cannot list it ({str(exc).strip()})") from None
+        raise InputError(f"{argument}: cannot list it ({str(exc).strip()})") from None
     root = remote.path.rstrip("/") + "/"
     names = []
     for entry in listed:

@@ -248,8 +248,8 @@ def check_input_files(config: RunConfig) -> list[InputFormat]:
     whose format is unknown or that is not there, or for files of two formats bound
     for one output file (name it -o DIR/ for one output per input)."""
     cfg = config.input
-    if not cfg.several:
-        return []  # one file: read (and refused) as it always was, when opened
+    if not cfg.several and not config.output.is_directory:
+        return []  # one file to one output: read (and refused) as always, when opened
     check_openable(cfg.files)
     formats = [input_format(file.location, cfg.format) for file in cfg.files]
     if not config.output.is_directory and len(set(formats)) > 1:
