@@ -364,6 +364,11 @@ def _saved_where(output: OutputConfig) -> str:
     """Where an interrupted run's completed rows are, and how to finish it."""
     from batching.parquet_output import unfinished_rows_dir
 
+    if output.is_directory:
+        return (
+            f"completed rows are saved in {output.location.path} (a Parquet output's in its "
+            ".parts/ directory until its file is whole); run again with --resume to finish"
+        )
     parts = unfinished_rows_dir(output)
     if parts is None:
         return "completed rows are saved."

@@ -105,7 +105,7 @@ _ray = panel_option(RAY)
 InputArgument = Annotated[
     list[str],
     typer.Argument(
-        metavar="INPUT...",
+        metavar="INPUT",
         help="JSONL, JSONL.gz or Parquet file or URI (s3://..., hf://datasets/...); - for "
         "stdin. Several: files, directories (their .jsonl, .jsonl.gz, .jsonl.zst and "
         ".parquet files in name order, subfolders too) or quoted globs ('data/*.parquet'), "

@@ -34,7 +34,7 @@ def validate(
     input_path: Annotated[
         list[str],
         typer.Argument(
-            metavar="INPUT...",
+            metavar="INPUT",
             help="JSONL, JSONL.gz or Parquet file or URI; - for stdin. Several: files, "
             "directories or quoted globs, checked in order as one input, as run reads them.",
             show_default=False,

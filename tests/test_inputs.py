@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from batching.config import InputConfig, OutputConfig, RunConfig
-from batching.errors import UsageError
+from batching.errors import BatchError, UsageError
 from batching.files_source import FilesSource
 from batching.inputs import InputFile, distinct_relatives, expand_inputs
 from batching.job import run as run_job
@@ -477,3 +477,35 @@ def test_three_parquet_shards_on_the_real_engine(tiny_model: Path) -> None:
     result = bizra("out.jsonl")
     assert result.returncode == 0, result.stderr.decode()
     assert lines("out.jsonl") == per_file
+
+
+def test_a_run_that_dies_mid_file_resumes_each_parquet_output_to_the_same_tables() -> None:
+    shards()
+    cfg = InputConfig("reviews", prompt_field="review", chunk_size=1)
+    full = RunConfig(cfg, OutputConfig("full/"))
+    run_job(full, FakeEngine)
+
+    def dying() -> FakeEngine:
+        # One row a step: the engine dies with part-0 done and part-2 begun.
+        return FakeEngine(max_num_seqs=1, die_at_step=5)
+
+    broken = RunConfig(cfg, OutputConfig("out/"), max_engine_restarts=0, max_retries=0)
+    with pytest.raises(BatchError):
+        run_job(broken, dying)
+    assert os.path.isfile("out/part-0.parquet")  # finished before the engine died
+    assert not os.path.exists("out/part-2.parquet")  # its rows are in parts, not a file
+    resumed = RunConfig(cfg, OutputConfig("out/", resume=True))
+    report = run_job(resumed, FakeEngine)
+    assert report.rows_resumed + report.rows == 6
+    assert report.rows_resumed >= 2
+    for name in SHARDS:
+        assert pq.read_table(f"out/{name}").equals(pq.read_table(f"full/{name}"))
+
+
+def test_an_interrupted_run_to_a_directory_says_where_its_rows_are() -> None:
+    from cli.run import _saved_where
+
+    assert _saved_where(OutputConfig("out/")) == (
+        "completed rows are saved in out/ (a Parquet output's in its .parts/ directory "
+        "until its file is whole); run again with --resume to finish"
+    )
