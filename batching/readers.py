@@ -37,12 +37,18 @@ from batching.row_source import RowSource
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "STDIN_NAME",
+    "RowPlace",
     "RowSource",
     "input_format",
     "is_local_pipe",
     "open_source",
     "row_place",
+    "rows_place",
 ]
+
+# How messages name a row: (its index across the input, its line in its file) ->
+# "data/b.jsonl:3" or "data/c.parquet row 3".
+RowPlace = Callable[[int, int], str]
 
 STDIN_NAME = "<stdin>"
 
@@ -123,12 +129,29 @@ def row_place(cfg: InputConfig) -> Callable[[int], str]:
     'prompts.parquet row 3'
     """
     name = STDIN_NAME if cfg.location.is_stdio else cfg.location.name
+    if cfg.several:
+        # The line alone cannot say which file; `rows_place` can, from the index.
+        return lambda line: f"{name} (line or row {line} of one of its files)"
     try:
         parquet = input_format(cfg.location, cfg.format) == "parquet"
     except InputError:  # a label, a directory or a glob rather than a file: JSONL's form
         parquet = False
     # The sources' own forms (JsonlSource, ParquetSource); a test holds them equal.
     return lambda line: place_in_file(name, parquet, line)
+
+
+def rows_place(source: RowSource, cfg: InputConfig) -> RowPlace:
+    """How messages name a row of `source` (opened from `cfg`) by index and line: the
+    one rule for one file and for several, whose index says which file it is in.
+
+    >>> with open_source(InputConfig(path="-"), stdin=io.BytesIO(b"")) as source:
+    ...     rows_place(source, InputConfig(path="-"))(0, 1)
+    '<stdin>:1'
+    """
+    if isinstance(source, FilesSource):
+        return source.spans.place
+    by_line = row_place(cfg)
+    return lambda index, line: by_line(line)
 
 
 def is_local_pipe(where: Location | str) -> bool:

@@ -509,3 +509,15 @@ def test_an_interrupted_run_to_a_directory_says_where_its_rows_are() -> None:
         "completed rows are saved in out/ (a Parquet output's in its .parts/ directory "
         "until its file is whole); run again with --resume to finish"
     )
+
+
+def test_validate_names_the_file_of_a_prompt_too_long_for_the_model(tiny_model: Path) -> None:
+    write("d/a.jsonl", jsonl("short"))
+    write("d/b.jsonl", jsonl("short", "long " * 40))
+    result = runner.invoke(
+        app, ["validate", "d", "-m", str(tiny_model), "--max-model-len", "24", "--json"]
+    )
+    assert result.exit_code == 1, result.stderr
+    [problem] = orjson.loads(result.stdout)["errors"]
+    assert problem["line"] == 2
+    assert problem["message"].startswith("d/b.jsonl:2: field 'prompt': ")
