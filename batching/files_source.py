@@ -169,11 +169,14 @@ class _FileRows:
 
 
 def _summed_size(files: Sequence[InputFile]) -> int | None:
-    """The files' summed size on disk; None if one is not a local regular file
-    (a remote one would cost a round trip each to ask up front)."""
+    """The files' summed size as stored; None if one's size is not known without a
+    round trip to its store (a remote file named on its own rather than listed)."""
     total = 0
     for file in files:
         location: Location = file.location
+        if file.size is not None:
+            total += file.size
+            continue
         if not location.is_local:
             return None
         try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batching.errors import InputError, UsageError
 from batching.location import STDIO, Location
@@ -46,6 +46,8 @@ class InputFile:
     """One input file: where it is, and its name relative to the argument it came from.
 
     `relative` uses "/" whatever the platform; a file named on its own is its base name.
+    `size` is the size a remote listing gave (for the progress bar without a round
+    trip per file); None where it was not listed.
 
     >>> InputFile.of("data/in.jsonl").relative
     'in.jsonl'
@@ -53,11 +55,12 @@ class InputFile:
 
     location: Location
     relative: str
+    size: int | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, given: str, relative: str | None = None) -> InputFile:
+    def of(cls, given: str, relative: str | None = None, size: int | None = None) -> InputFile:
         location = Location.of(given)
-        return cls(location, relative or _base_name(location))
+        return cls(location, relative or _base_name(location), size)
 
     @property
     def name(self) -> str:
@@ -135,18 +138,24 @@ def _expand_remote(argument: str) -> list[InputFile]:
     if not glob and not uri.endswith("/") and Location.of(argument).format is not None:
         return [InputFile.of(argument)]  # a file by its name: opened (and checked) later
     base_uri, pattern = _split_glob(uri) if glob else (uri.rstrip("/"), "")
-    names = _remote_names(argument, base_uri)
-    if names is None:  # not a directory: a file whose name tells no format
+    listed = _remote_names(argument, base_uri)
+    if listed is None:  # not a directory: a file whose name tells no format
         return [InputFile.of(argument)]
     found = [
         (relative, f"{base_uri}/{relative}{query}")
-        for relative in names
+        for relative in listed
         if (_matches(pattern, relative) if glob else is_input_name(relative))
     ]
-    return _found(argument, found, glob=glob)
+    return _found(argument, found, glob=glob, sizes=listed)
 
 
-def _found(argument: str, found: list[tuple[str, str]], *, glob: bool) -> list[InputFile]:
+def _found(
+    argument: str,
+    found: list[tuple[str, str]],
+    *,
+    glob: bool,
+    sizes: dict[str, int | None] | None = None,
+) -> list[InputFile]:
     if not found:
         if glob:
             raise InputError(
@@ -157,7 +166,8 @@ def _found(argument: str, found: list[tuple[str, str]], *, glob: bool) -> list[I
             "in it or its subfolders)"
         )
     found.sort()
-    return [InputFile.of(path, relative) for relative, path in found]
+    sizes = sizes or {}
+    return [InputFile.of(path, relative, sizes.get(relative)) for relative, path in found]
 
 
 def _local_names(root: str) -> list[str]:
@@ -173,9 +183,10 @@ def _local_names(root: str) -> list[str]:
     return names
 
 
-def _remote_names(argument: str, base_uri: str) -> list[str] | None:
-    """The files under the remote directory `base_uri`, relative to it; None if it is
-    not a directory (one listing call: S3 and the Hugging Face Hub list by prefix)."""
+def _remote_names(argument: str, base_uri: str) -> dict[str, int | None] | None:
+    """The files under the remote directory `base_uri`, relative to it, with their
+    sizes; None if it is not a directory (one listing call: S3 and the Hugging Face
+    Hub list by prefix)."""
     import pyarrow.fs as pafs
 
     remote = resolve(base_uri + "/")
@@ -190,13 +201,13 @@ def _remote_names(argument: str, base_uri: str) -> list[str] | None:
     except OSError as exc:
         raise InputError(f"{argument}: cannot list it ({str(exc).strip()})") from None
     root = remote.path.rstrip("/") + "/"
-    names = []
+    names: dict[str, int | None] = {}
     for entry in listed:
         if entry.type != pafs.FileType.File or not entry.path.startswith(root):
             continue
         relative = entry.path[len(root) :]
         if all(_listed_folder(part) for part in relative.split("/")[:-1]):
-            names.append(relative)
+            names[relative] = entry.size
     return names
 
 

@@ -521,3 +521,18 @@ def test_validate_names_the_file_of_a_prompt_too_long_for_the_model(tiny_model: 
     [problem] = orjson.loads(result.stdout)["errors"]
     assert problem["line"] == 2
     assert problem["message"].startswith("d/b.jsonl:2: field 'prompt': ")
+
+
+def test_a_remote_directory_runs_into_a_local_output_directory(memory: Any) -> None:
+    memory.pipe("/bucket/data/a.jsonl", jsonl("a1", "a2"))
+    memory.pipe("/bucket/data/sub/b.jsonl", jsonl("b1"))
+    with open_source(InputConfig("memory://bucket/data/")) as source:
+        # Sizes from the listing, for the progress bar, without a round trip a file.
+        assert source.total_bytes == len(jsonl("a1", "a2")) + len(jsonl("b1"))
+    result = invoke("memory://bucket/data/", "-o", "out/")
+    assert result.exit_code == 0, result.stderr
+    assert outputs_of(Path("out/a.jsonl").read_text()) == ["1a", "2a"]
+    assert outputs_of(Path("out/sub/b.jsonl").read_text()) == ["1b"]
+    result = invoke("memory://bucket/data/**/*.jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert outputs_of(result.stdout) == ["1a", "2a", "1b"]
