@@ -387,7 +387,7 @@ def _check_remote_outputs(config: RunConfig) -> None:
     before any output is opened: a refused errors file must not leave the output
     written, since an object store has no way to take it back."""
     output, errors = config.output, config.errors_location
-    if output.location.is_remote:
+    if output.location.is_remote and not output.is_directory:  # its files: plan_outputs
         check_remote_output(output.location.path, overwrite=output.overwrite, resume=output.resume)
     if errors is not None and errors.is_remote:
         overwrite = output.overwrite or output.resume

@@ -536,3 +536,30 @@ def test_a_remote_directory_runs_into_a_local_output_directory(memory: Any) -> N
     result = invoke("memory://bucket/data/**/*.jsonl")
     assert result.exit_code == 0, result.stderr
     assert outputs_of(result.stdout) == ["1a", "2a", "1b"]
+
+
+def test_a_second_run_into_the_same_directory_is_refused_at_once() -> None:
+    from batching.resume import OutputLock
+
+    write("d/a.jsonl", jsonl("a"))
+    os.mkdir("out")
+    with OutputLock("out/"):
+        result = invoke("d", "-o", "out/")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"bizra-batch: error: out/: another bizra-batch run (pid {os.getpid()}) is writing "
+        "it; wait for it to finish or choose another --output\n"
+    )
+    assert os.listdir("out") == []
+
+
+def test_a_remote_output_directory_gets_an_object_per_input(memory: Any) -> None:
+    write("d/a.jsonl", jsonl("a"))
+    write("d/sub/b.jsonl", jsonl("b"))
+    result = invoke("d", "-o", "memory://bucket/out/")
+    assert result.exit_code == 0, result.stderr
+    assert outputs_of(memory.cat("/bucket/out/a.jsonl").decode()) == ["a"]
+    assert outputs_of(memory.cat("/bucket/out/sub/b.jsonl").decode()) == ["b"]
+    result = invoke("d", "-o", "memory://bucket/out/")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("bizra-batch: error: memory://bucket/out/a.jsonl: already")
