@@ -194,12 +194,18 @@ def _remote_names(argument: str, base_uri: str) -> dict[str, int | None] | None:
         info = remote.fs.get_file_info(remote.path)
         if info.type == pafs.FileType.File:
             return None
-        if info.type == pafs.FileType.NotFound:
-            raise InputError(f"{argument}: no such file or directory; check the URI")
-        selector = pafs.FileSelector(remote.path, recursive=True)
-        listed = remote.fs.get_file_info(selector)
+        listed = []
+        if info.type != pafs.FileType.NotFound:
+            listed = remote.fs.get_file_info(pafs.FileSelector(remote.path, recursive=True))
     except OSError as exc:
         raise InputError(f"{argument}: cannot list it ({str(exc).strip()})") from None
+    except Exception as exc:
+        # An fsspec filesystem raises what its HTTP client raises (hf:// offline: httpx's
+        # ConnectError, not an OSError): one line for the user, not a traceback.
+        reason = (str(exc).strip() or "no detail").splitlines()[0]
+        raise InputError(f"{argument}: cannot list it ({type(exc).__name__}: {reason})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"{argument}: no such file or directory; check the URI")
     root = remote.path.rstrip("/") + "/"
     names: dict[str, int | None] = {}
     for entry in listed:

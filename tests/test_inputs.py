@@ -563,3 +563,43 @@ def test_a_remote_output_directory_gets_an_object_per_input(memory: Any) -> None
     result = invoke("d", "-o", "memory://bucket/out/")
     assert result.exit_code == 2
     assert result.stderr.startswith("bizra-batch: error: memory://bucket/out/a.jsonl: already")
+
+
+class ConnectError(Exception):
+    """What httpx raises for a store it cannot reach (not an OSError)."""
+
+
+class UnreachableStore(fsspec.AbstractFileSystem):  # type: ignore[misc]
+    """A filesystem whose client raises its own error, as hf:// does offline."""
+
+    protocol = "unreachable"
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        raise ConnectError("[Errno -2] Name or service not known")
+
+
+def test_a_store_that_cannot_be_reached_is_one_line() -> None:
+    fsspec.register_implementation("unreachable", UnreachableStore, clobber=True)
+    for given, verb in (("unreachable://bucket/data/", "list it"),
+                        ("unreachable://bucket/a.jsonl", "open")):  # fmt: skip
+        result = invoke(given)
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"bizra-batch: error: {given}: cannot {verb} (ConnectError: [Errno -2] Name or "
+            "service not known)\n"
+        )
+
+
+def test_a_remote_folder_named_like_a_file_is_read_with_a_slash(memory: Any) -> None:
+    # Spark writes a table as `table.parquet/` holding its part files.
+    pq.write_table(pa.table({"prompt": ["a"]}), "part.parquet")
+    memory.pipe("/bucket/table.parquet/part-0.parquet", Path("part.parquet").read_bytes())
+    result = invoke("memory://bucket/table.parquet")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "bizra-batch: error: memory://bucket/table.parquet: is a directory; end it with / "
+        "to read the files in it\n"
+    )
+    result = invoke("memory://bucket/table.parquet/")
+    assert result.exit_code == 0, result.stderr
+    assert outputs_of(result.stdout) == ["a"]
