@@ -103,12 +103,7 @@ class FilesSource(RowSource):
         from batching.readers import input_format
 
         formats = [input_format(file.location, cfg.format) for file in cfg.files]
-        super().__init__(
-            ", ".join(file.name for file in cfg.files[:3])
-            + (", ..." if len(cfg.files) > 3 else ""),
-            total_rows=None,
-            total_bytes=_summed_size(cfg.files),
-        )
+        super().__init__(_input_name(cfg), total_rows=None, total_bytes=_summed_size(cfg.files))
         self._cfg = cfg
         self._max_line_bytes = max_line_bytes
         self._rows_of = rows_of
@@ -153,6 +148,18 @@ class FilesSource(RowSource):
             estimate = round(self.rows_read * self.total_bytes / self.bytes_read)
             return max(self.rows_read, estimate)
         return None
+
+
+def _input_name(cfg: InputConfig) -> str:
+    """The input as given, and how many files it is: `data/ (12 files)`.
+
+    >>> _input_name(InputConfig("a.jsonl", more_paths=("b.jsonl",)))
+    'a.jsonl, b.jsonl (2 files)'
+    """
+    given = (cfg.path, *cfg.more_paths)
+    shown = ", ".join(given[:3]) + (", ..." if len(given) > 3 else "")
+    count = len(cfg.files)
+    return f"{shown} ({count} file{'' if count == 1 else 's'})"
 
 
 class _FileRows:

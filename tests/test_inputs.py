@@ -415,7 +415,7 @@ def test_validate_takes_the_same_inputs() -> None:
     result = runner.invoke(app, ["validate", "d", "--json"])
     assert result.exit_code == 1
     report = orjson.loads(result.stdout)
-    assert (report["rows"], report["invalid"]) == (2, 1)
+    assert (report["input"], report["rows"], report["invalid"]) == ("d (2 files)", 2, 1)
     assert report["errors"][0]["message"].startswith("d/b.jsonl:1: ")
 
 
