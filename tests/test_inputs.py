@@ -603,3 +603,16 @@ def test_a_remote_folder_named_like_a_file_is_read_with_a_slash(memory: Any) -> 
     result = invoke("memory://bucket/table.parquet/")
     assert result.exit_code == 0, result.stderr
     assert outputs_of(result.stdout) == ["a"]
+
+
+@pytest.mark.slow  # importing Ray takes ~2 s
+def test_ray_with_an_output_directory_is_a_usage_error() -> None:
+    pytest.importorskip("ray")
+    write("d/a.jsonl", jsonl("a"))
+    result = invoke("d", "--ray", "local", "-o", "out/")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "bizra-batch: error: out/: --ray writes one output file; pass -o FILE, or run "
+        "without --ray for an output per input file\n"
+    )
+    assert not os.path.exists("out")
