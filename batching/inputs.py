@@ -117,7 +117,8 @@ def _expand_one(argument: str) -> list[InputFile]:
     if is_remote(argument):
         return _expand_remote(argument)
     path = local_path(argument)
-    if has_glob(path):
+    # A file whose name holds a bracket (`notes[1].jsonl`) is that file, not a glob.
+    if has_glob(path) and not os.path.isfile(path):
         base, pattern = _split_glob(path)
         found = [
             (relative, os.path.join(base, relative))

@@ -145,6 +145,16 @@ def test_a_glob_matches_under_its_folder_and_double_star_any_depth() -> None:
     assert names(expand_inputs(("g/*/*.jsonl",))) == [("g/sub/x-3.jsonl", "sub/x-3.jsonl")]
 
 
+def test_a_file_whose_name_looks_like_a_glob_is_that_file() -> None:
+    write("d/take[1].jsonl", jsonl("x"))
+    write("d/take1.jsonl", jsonl("y"))
+    assert names(expand_inputs(("d/take[1].jsonl",))) == [("d/take[1].jsonl", "take[1].jsonl")]
+    # Listed from its directory, each file's reader gets it by the same name.
+    result = invoke("d")
+    assert result.exit_code == 0, result.stderr
+    assert outputs_of(result.stdout) == ["y", "x"]  # "take1" sorts before "take[1]"
+
+
 @pytest.mark.parametrize(
     ("given", "message"),
     [
