@@ -30,7 +30,7 @@ from batching.errors import OutputError, UsageError
 from batching.existing_output import ExistingOutput, scan_output
 from batching.files_source import InputSpans
 from batching.inputs import distinct_relatives
-from batching.location import InputFormat, OutputFormat
+from batching.location import InputFormat, Location, OutputFormat
 from batching.openai_batch import OpenAIBatchLines
 from batching.parquet_format import PARTS_SUFFIX
 from batching.records import Result
@@ -109,6 +109,8 @@ def plan_outputs(config: RunConfig, formats: Sequence[InputFormat]) -> tuple[Fil
             path=path, format=fmt, overwrite=output.overwrite, resume=output.resume,
             model=output.model,
         )  # fmt: skip
+        _check_not_the_input(file_config, file.location)
+        _check_not_errors_or_report(file_config, config)
         outputs.append(FileOutput(file_config, _checked(file_config)))
     return tuple(outputs)
 
@@ -138,6 +140,33 @@ def _checked(cfg: OutputConfig) -> ExistingOutput | None:
     if taken and not cfg.overwrite:
         raise OutputError(exists_message(path))
     return None
+
+
+def _check_not_the_input(cfg: OutputConfig, source: Location) -> None:
+    """Refuse an output that is its own input file (`run data/a.jsonl -o data/`):
+    --overwrite would empty the file being read."""
+    output = cfg.location
+    if not (output.is_local and source.is_local and os.path.exists(source.path)):
+        return
+    if os.path.exists(output.path) and os.path.samefile(output.path, source.path):
+        raise UsageError(
+            f"{output.path}: the output is the input file {source.name}; write the outputs "
+            "to another directory"
+        )
+
+
+def _check_not_errors_or_report(cfg: OutputConfig, config: RunConfig) -> None:
+    """Refuse an errors file or report that is one of the outputs: each would write
+    over the other."""
+    output = cfg.location
+    for other, flag in ((config.errors_location, "--errors"), (config.report_location, "--report")):
+        if other is None or not other.is_local or not output.is_local:
+            continue
+        if os.path.realpath(other.path) == os.path.realpath(output.path):
+            raise UsageError(
+                f"{other.path}: {flag} names one of the outputs; give {flag} a path outside "
+                "the output directory"
+            )
 
 
 def _check_not_inside_input(config: RunConfig) -> None:

@@ -388,6 +388,29 @@ def test_an_output_directory_inside_the_input_directory_is_refused() -> None:
     )
 
 
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_an_output_that_is_its_own_input_file_is_refused(flag: str) -> None:
+    write("data/a.jsonl", jsonl("a"))
+    result = invoke("data/a.jsonl", "-o", "data/", flag)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "bizra-batch: error: data/a.jsonl: the output is the input file data/a.jsonl; "
+        "write the outputs to another directory\n"
+    )
+    assert Path("data/a.jsonl").read_bytes() == jsonl("a")
+
+
+def test_an_errors_file_that_is_one_of_the_outputs_is_refused() -> None:
+    write("d/a.jsonl", jsonl("a"))
+    os.mkdir("out")
+    result = invoke("d", "-o", "out/", "--errors", "out/a.jsonl")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "bizra-batch: error: out/a.jsonl: --errors names one of the outputs; give --errors a "
+        "path outside the output directory\n"
+    )
+
+
 def test_stdin_to_an_output_directory_is_a_usage_error() -> None:
     result = runner.invoke(
         app, ["run", "-", "-o", "out/", "--engine", "fake", "-m", "fake"], input=jsonl("a")
