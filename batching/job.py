@@ -21,7 +21,7 @@ from batching.files_source import FilesSource, check_openable
 from batching.jsonl_source import JsonlSource
 from batching.location import InputFormat, Location
 from batching.openai_batch import OpenAIBatchLines, same_custom_id
-from batching.output_dir import FilesWriter, plan_outputs
+from batching.output_dir import FilesWriter, MadeDirectories, plan_outputs
 from batching.output_format import output_format
 from batching.parquet_format import PARTS_SUFFIX
 from batching.pipeline import run_rows
@@ -196,6 +196,8 @@ def run_to_directory(
         _check_formats(config)
         if output.location.is_local:
             directory = output.location.path
+            # Runs after the outputs close and the lock is gone.
+            stack.push(MadeDirectories(directory))
             try:
                 os.makedirs(directory, exist_ok=True)
             except OSError as exc:

@@ -20,6 +20,7 @@ kind become JSON Lines).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from batching.sink import exists_message
 from batching.uri import check_remote_output
 from batching.writers import open_writer
 
-__all__ = ["FileOutput", "FilesWriter", "output_name", "plan_outputs"]
+__all__ = ["FileOutput", "FilesWriter", "MadeDirectories", "output_name", "plan_outputs"]
 
 # Longest first: ".jsonl.gz" must go whole, not leave ".jsonl" behind ".gz".
 _INPUT_EXTENSIONS = (
@@ -187,6 +188,27 @@ def _check_not_inside_input(config: RunConfig) -> None:
                 )
 
 
+class MadeDirectories:
+    """On a failed run, removes the output directory (and its subfolders) that the
+    run made and left empty: a model that would not load must not leave an empty
+    `DIR/` that looks like a finished run of an input with no rows.
+
+    Only folders that did not exist when the run began, and only empty ones.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._made = not os.path.lexists(directory)
+
+    def __call__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        if not self._made or exc_type is None or not issubclass(exc_type, Exception):
+            return False  # success, or an interrupt: what was made stays for --resume
+        for folder, _subfolders, _files in os.walk(self._directory, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
+        return False
+
+
 class FilesWriter(ResultWriter):
     """Results across the files in, each written to its file's output.
 
@@ -250,6 +272,9 @@ class FilesWriter(ResultWriter):
         """Close the open output and finish every output before file `number`'s."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
+            # On disk before the run moves on: a finished file is usable, and a
+            # --resume after a power cut finds it whole.
+            writer.flush(durable=True)
             writer.close()
             self._next += 1
         for passed in range(self._next, number):

@@ -411,6 +411,23 @@ def test_an_errors_file_that_is_one_of_the_outputs_is_refused() -> None:
     )
 
 
+def test_an_engine_that_never_starts_leaves_no_output_directory_behind() -> None:
+    from batching.errors import EngineStartError
+
+    def no_engine() -> FakeEngine:
+        raise EngineStartError("cannot start vLLM with model 'nosuch'")
+
+    write("d/a.jsonl", jsonl("a"))
+    write("d/sub/b.jsonl", jsonl("b"))
+    with pytest.raises(EngineStartError):
+        run_job(RunConfig(InputConfig("d"), OutputConfig("out/")), no_engine)
+    assert not os.path.exists("out")
+    os.mkdir("mine")  # a directory the user made stays, emptied or not
+    with pytest.raises(EngineStartError):
+        run_job(RunConfig(InputConfig("d"), OutputConfig("mine/")), no_engine)
+    assert os.path.isdir("mine")
+
+
 def test_stdin_to_an_output_directory_is_a_usage_error() -> None:
     result = runner.invoke(
         app, ["run", "-", "-o", "out/", "--engine", "fake", "-m", "fake"], input=jsonl("a")
