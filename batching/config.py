@@ -127,6 +127,12 @@ class OutputConfig:
     `location` is `path` resolved when the config is built; `written_format` the
     format it gets (asked when the run starts, so that a directory given as the
     output is named as one rather than as a name without an extension).
+    `is_directory`, decided when the config is built too, says `path` names an
+    output directory (`-o DIR/`: a trailing slash, or a local directory that
+    exists), where each input file gets its own output (`batching.output_dir`).
+
+    >>> OutputConfig("out/").is_directory, OutputConfig("out.jsonl").is_directory
+    (True, False)
     """
 
     path: str | None = None
@@ -135,6 +141,7 @@ class OutputConfig:
     resume: bool = False  # continue an existing output after its last complete row
     model: str = ""  # the model name OpenAI-format output lines carry
     location: Location = field(init=False, repr=False, compare=False)
+    is_directory: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         location = Location.of(self.path)
@@ -144,26 +151,16 @@ class OutputConfig:
         if self.resume and location.is_stdio:
             raise UsageError("--resume needs an output file (-o); stdout cannot be continued")
         object.__setattr__(self, "location", location)
+        directory = not location.is_stdio and (
+            location.path.endswith(("/", os.sep))
+            or (location.is_local and os.path.isdir(location.path))
+        )
+        object.__setattr__(self, "is_directory", directory)
 
     @property
     def written_format(self) -> OutputFormat:
         """`format`, else what the name says; `OutputError` where it says nothing."""
         return output_format(self.location, self.format)
-
-    @property
-    def is_directory(self) -> bool:
-        """Whether `path` names a directory (`-o DIR/`): a trailing slash, or a local
-        directory that exists. Then each input file gets an output in it.
-
-        >>> OutputConfig("out/").is_directory, OutputConfig("out.jsonl").is_directory
-        (True, False)
-        """
-        location = self.location
-        if location.is_stdio:
-            return False
-        if location.path.endswith(("/", os.sep)):
-            return True
-        return location.is_local and os.path.isdir(location.path)
 
 
 @dataclass(frozen=True, slots=True)
