@@ -35,6 +35,7 @@ from batching.errors import (
     OutputWriteError,
     UsageError,
 )
+from batching.inputs import InputFile
 from batching.job import run
 from batching.pipeline import EngineFailedError, run_rows
 from batching.ray.runner import RayOptions, run_on_ray
@@ -65,6 +66,7 @@ __all__ = [
     "FakeEngineFactory",
     "InputConfig",
     "InputError",
+    "InputFile",
     "KeptOpen",
     "ListSink",
     "ListSupply",

@@ -6,13 +6,15 @@ be passed around and logged without anyone changing it half-way through a run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from batching.chat_framing import ChatFraming
 from batching.errors import OutputError, UsageError
 from batching.grouping import Order
+from batching.inputs import InputFile, expand_inputs
 from batching.location import STDIO, InputFormat, Location, OutputFormat
 from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, output_format
 from batching.records import Sampling
@@ -49,11 +51,14 @@ OPENAI_LINES_FRAMED = (
 class InputConfig:
     """Where rows come from and which fields hold what.
 
-    `location` is `path` resolved, once, when the config is built.
+    `path` is the input: a file, "-" for stdin, a directory or a glob (see
+    `batching.inputs`); `more_paths` any further ones, read after it. `files` is
+    what they name, and `location` is `path` resolved, both worked out once, when
+    the config is built. Rows are numbered across the files, in order.
 
     >>> cfg = InputConfig(path="prompts.jsonl", keep_fields=("topic",))
-    >>> cfg.prompt_field, cfg.chunk_size
-    ('prompt', 1024)
+    >>> cfg.prompt_field, cfg.chunk_size, len(cfg.files)
+    ('prompt', 1024, 1)
     """
 
     path: str
@@ -70,7 +75,9 @@ class InputConfig:
     # `system` (implies `chat`) is every chat's first message (batching.chat_framing).
     chat: bool = False
     system: str | None = None
+    more_paths: tuple[str, ...] = ()
     location: Location = field(init=False, repr=False, compare=False)
+    files: tuple[InputFile, ...] = field(init=False, repr=False, compare=False)
     # `chat` and `system` as one value: None leaves prompts as they are.
     framing: ChatFraming | None = field(init=False, repr=False, compare=False)
 
@@ -95,6 +102,22 @@ class InputConfig:
             framing = ChatFraming(self.system)
         object.__setattr__(self, "framing", framing)
         object.__setattr__(self, "location", Location.of(self.path))
+        object.__setattr__(self, "files", expand_inputs((self.path, *self.more_paths)))
+
+    @property
+    def several(self) -> bool:
+        """Whether the input is more than one file (or may be: a directory, a glob)."""
+        return len(self.files) > 1 or self.files[0].location != self.location
+
+    def for_file(self, file: InputFile) -> InputConfig:
+        """This config for one of its files alone (what a file's reader is given).
+
+        >>> InputConfig("a.jsonl", more_paths=("b.jsonl",)).for_file(InputFile.of("b.jsonl")).path
+        'b.jsonl'
+        """
+        if not self.several:
+            return self
+        return replace(self, path=file.location.name, more_paths=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +127,12 @@ class OutputConfig:
     `location` is `path` resolved when the config is built; `written_format` the
     format it gets (asked when the run starts, so that a directory given as the
     output is named as one rather than as a name without an extension).
+    `is_directory`, decided when the config is built too, says `path` names an
+    output directory (`-o DIR/`: a trailing slash, or a local directory that
+    exists), where each input file gets its own output (`batching.output_dir`).
+
+    >>> OutputConfig("out/").is_directory, OutputConfig("out.jsonl").is_directory
+    (True, False)
     """
 
     path: str | None = None
@@ -112,6 +141,7 @@ class OutputConfig:
     resume: bool = False  # continue an existing output after its last complete row
     model: str = ""  # the model name OpenAI-format output lines carry
     location: Location = field(init=False, repr=False, compare=False)
+    is_directory: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         location = Location.of(self.path)
@@ -121,6 +151,11 @@ class OutputConfig:
         if self.resume and location.is_stdio:
             raise UsageError("--resume needs an output file (-o); stdout cannot be continued")
         object.__setattr__(self, "location", location)
+        directory = not location.is_stdio and (
+            location.path.endswith(("/", os.sep))
+            or (location.is_local and os.path.isdir(location.path))
+        )
+        object.__setattr__(self, "is_directory", directory)
 
     @property
     def written_format(self) -> OutputFormat:
@@ -229,4 +264,6 @@ class RunConfig:
     def errors_format(self) -> OutputFormat | None:
         """The format the errors file is asked for: OpenAI lines beside OpenAI output
         (as OpenAI's batch API writes), else None (from its own extension)."""
+        if self.output.is_directory:
+            return "openai" if self.output.format == "openai" else None
         return "openai" if self.output.written_format == "openai" else None

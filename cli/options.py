@@ -154,6 +154,7 @@ def input_config(
     template_file: str | None = None,
     chat: bool = False,
     system: str | None = None,
+    more_paths: tuple[str, ...] = (),
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
@@ -180,6 +181,7 @@ def input_config(
         template=prompt_template,
         chat=chat,
         system=system,
+        more_paths=more_paths,
     )
 
 

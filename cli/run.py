@@ -198,7 +198,10 @@ def run(
     replicas: Replicas = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Run a file of prompts through the model; one ordered result row per input row.
+    """Run files of prompts through the model; one ordered result row per input row.
+
+    Several inputs (files, directories, globs) are read in order as one input; with
+    -o DIR/ each input file gets its own output, DIR/<its relative name>.
 
     Exit codes: 0 every row ok; 1 some rows failed (error records are in the output),
     or the run stopped on an error (the model would not load, the output could not be
@@ -209,9 +212,10 @@ def run(
         model = checked_model(model, engine, local=ray in (None, RAY_LOCAL))
         config = RunConfig(
             input=input_config(
-                input_path, input_format, prompt_field, messages_field, id_field,
+                input_path[0], input_format, prompt_field, messages_field, id_field,
                 keep_fields=keep_fields, chunk_size=chunk_size,
                 template=template, template_file=template_file, chat=chat, system=system,
+                more_paths=tuple(input_path[1:]),
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,
@@ -360,6 +364,11 @@ def _saved_where(output: OutputConfig) -> str:
     """Where an interrupted run's completed rows are, and how to finish it."""
     from batching.parquet_output import unfinished_rows_dir
 
+    if output.is_directory:
+        return (
+            f"completed rows are saved in {output.location.path} (a Parquet output's in its "
+            ".parts/ directory until its file is whole); run again with --resume to finish"
+        )
     parts = unfinished_rows_dir(output)
     if parts is None:
         return "completed rows are saved."

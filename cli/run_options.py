@@ -103,11 +103,15 @@ _remote = panel_option(REMOTE)
 _ray = panel_option(RAY)
 
 InputArgument = Annotated[
-    str,
+    list[str],
     typer.Argument(
         metavar="INPUT",
-        help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file or URI (s3://...); - for "
-        "stdin.",
+        help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file or URI (s3://..., "
+        "hf://datasets/...); - for "
+        "stdin. Several: files, directories (their .jsonl, .jsonl.gz, .jsonl.zst and "
+        ".parquet files in name order, subfolders too) or quoted globs ('data/*.parquet'), "
+        "read in order as one input.",
+        show_default=False,
     ),
 ]
 KeepFields = Annotated[str, _input("Comma-separated input fields copied to each output row.")]

@@ -32,10 +32,13 @@ MODEL = "Model (optional: prompt token statistics, prompts too long for it)"
 
 def validate(
     input_path: Annotated[
-        str,
+        list[str],
         typer.Argument(
             metavar="INPUT",
-            help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file; - for stdin.",
+            help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file or URI; - for stdin. "
+            "Several: files, "
+            "directories or quoted globs, checked in order as one input, as run reads them.",
+            show_default=False,
         ),
     ],
     model: Annotated[
@@ -101,8 +104,9 @@ def validate(
     with exit_on_error():
         # Inside: the config refuses a path it cannot resolve (file://host/).
         config = input_config(
-            input_path, input_format, prompt_field, messages_field, id_field,
+            input_path[0], input_format, prompt_field, messages_field, id_field,
             template=template, template_file=template_file, chat=chat, system=system,
+            more_paths=tuple(input_path[1:]),
         )  # fmt: skip
         report = validate_input(
             config,
