@@ -26,6 +26,7 @@ from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import InputError
 from batching.inputs import InputFile
 from batching.location import Location
+from batching.manifest import InputDigest
 from batching.protocols import RowSupply
 from batching.records import Row
 from batching.row_source import RowSource
@@ -111,6 +112,11 @@ class FilesSource(RowSource):
         self._open: RowSource | None = None
         self._bytes_before = 0  # of the files read to the end
         self._rows_before = 0
+        self._digests: list[InputDigest] = []
+
+    def input_digests(self) -> list[InputDigest]:
+        """Each file read to its end so far, with its digest, in order."""
+        return list(self._digests)
 
     def _chunks(self) -> Iterator[list[Row]]:
         from batching.readers import open_source
@@ -131,6 +137,7 @@ class FilesSource(RowSource):
                     self.rows_read = self._rows_before + source.rows_read
                     self.bytes_read = self._bytes_before + source.bytes_read
                     yield chunk
+                self._digests.extend(source.input_digests())
             finally:
                 self._open = None
                 source.close()

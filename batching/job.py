@@ -145,7 +145,7 @@ def run(
             resumed = () if existing is None else (existing,)
             errors = stack.enter_context(open_errors_file(config, resumed, openai_lines))
             sink = _ErrorsTee(writer, errors)
-        return rows_runner(
+        finished = rows_runner(
             supply,
             sink,
             engine_factory,
@@ -155,6 +155,7 @@ def run(
             report=report,
             start_index=done,
         )
+        return _with_input_digests(finished, report, source)
 
 
 def run_to_directory(
@@ -236,7 +237,7 @@ def run_to_directory(
         if config.errors_location is not None:
             errors = stack.enter_context(open_errors_file(config, resumed, None))
             sink = _ErrorsTee(writer, errors)
-        return rows_runner(
+        finished = rows_runner(
             PrefetchedSupply(_SourceSupply(source, resumed_rows=done)),
             sink,
             engine_factory,
@@ -245,6 +246,18 @@ def run_to_directory(
             retry=retry,
             report=report,
         )
+        return _with_input_digests(finished, report, source)
+
+
+def _with_input_digests(
+    finished: Report, report: ReportCollector | None, source: RowSource
+) -> Report:
+    """The run's report with the inputs' digests in its manifest: known only now,
+    as the sources hash the bytes while reading them (no second pass)."""
+    if report is None:
+        return finished
+    report.record_input_digests(source.input_digests())
+    return report.finish()
 
 
 def check_input_files(config: RunConfig) -> list[InputFormat]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from batching.closing import ClosedOnExit
 from batching.errors import InputError
 from batching.location import Location
+from batching.manifest import InputDigest
 from batching.records import Row
 from batching.uri import RemoteInput, open_remote_input
 
@@ -78,6 +79,10 @@ class RowSource(ClosedOnExit):
     def input_digest(self) -> str | None:
         """ "sha256:<hex>" of the input's bytes as stored, once `chunks()` reached the end."""
         return self.digest.value()
+
+    def input_digests(self) -> list[InputDigest]:
+        """Each file read and its digest (one file here; several for `FilesSource`)."""
+        return [InputDigest(self.name, self.input_digest)]
 
     def chunks(self) -> Iterator[list[Row]]:
         """Every row in input order, in lists of at most `chunk_size` rows; once only.

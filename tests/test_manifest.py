@@ -70,3 +70,23 @@ def test_a_report_without_a_manifest_has_no_key() -> None:
     collector = ReportCollector(clock=lambda: 0.0, gpu_sampler=lambda: None)
     collector.start()
     assert "manifest" not in collector.finish().to_dict()
+
+
+def test_each_inputs_digest_is_the_sha256_of_its_bytes_as_stored(tmp_path: Path) -> None:
+    import gzip
+    import hashlib
+
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"
+    first.write_bytes(b'{"prompt": "Hi"}\n')
+    second.write_bytes(gzip.compress(b'{"prompt": "there"}\n'))
+    report = tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        ["run", str(first), str(second), "--engine", "fake", "--quiet", "--report", str(report)],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = orjson.loads(report.read_bytes())["manifest"]
+    assert manifest["inputs"] == [
+        {"path": str(path), "digest": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()}
+        for path in (first, second)
+    ]
