@@ -40,12 +40,14 @@ class EngineRequest:
 
     `prompt` is the row's prompt or messages as given, for engines that cannot take
     token ids (a remote OpenAI-compatible server); local engines use the tokens.
+    `adapter` names the LoRA adapter to run it with (None: the base model).
     """
 
     key: int
     prompt_token_ids: Sequence[int]
     sampling: Sampling
     prompt: str | Sequence[Mapping[str, Any]] | None = None
+    adapter: str | None = None
 
 
 @dataclass(slots=True)

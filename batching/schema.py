@@ -13,6 +13,7 @@ Rules, per row (an object):
   non-empty list of `{"role": str, "content": str | [{"type": "text", "text": str}]}`);
 - the id field, if present and not null, is a string, integer, finite number or
   boolean; absent or null, the id is the row's 0-based index;
+- an optional `adapter`: the name of one of the run's LoRA adapters (`--lora`);
 - optional sampling overrides at the top level: `max_tokens`, `temperature`,
   `top_p`, `top_k`, `seed`, `stop`, `n`, `logprobs`, and structured output as
   `json_schema` (a JSON Schema) or OpenAI's `response_format`; null means "not set";
@@ -29,6 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from batching.config import InputConfig
+from batching.lora import ADAPTER_FIELD, adapter_problem
 from batching.records import ERROR_INVALID_INPUT, InvalidRow, Request, RowError
 from batching.sampling_rules import ROW_SAMPLING_FIELDS, describe, parse_sampling
 from batching.sampling_rules import message as _message
@@ -107,6 +109,9 @@ def parse_row(
             )
     if problem is None:
         sampling, problem = parse_sampling(obj, where)
+    adapter = obj.get(ADAPTER_FIELD)
+    if problem is None and adapter is not None:
+        problem = adapter_problem(adapter, fields.adapter_names, where, ADAPTER_FIELD)
     if problem is not None:
         return invalid_row(index, line, problem, row_id=row_id, kept=kept)
     if fields.framing is not None:
@@ -119,6 +124,7 @@ def parse_row(
         messages=None if messages is None else tuple(messages),
         sampling=sampling,
         kept=kept,
+        adapter=adapter,
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "IdField",
     "InputFormatChoice",
     "InputFormatOption",
+    "LoraOption",
     "MaxLineBytes",
     "MaxModelLenOption",
     "MaxNumSeqsOption",
@@ -136,6 +137,16 @@ MaxModelLenOption = Annotated[
 MaxNumSeqsOption = Annotated[
     int | None, _engine("Sequences in one engine step (the engine's batch).", min=1)
 ]
+LoraOption = Annotated[
+    list[str] | None,
+    _engine(
+        "LoRA adapter as NAME=PATH (a PEFT directory, or a Hugging Face id); repeatable. "
+        "A row's 'adapter' field (an OpenAI line's body 'model') names the one it runs "
+        "with; rows without one use the base model.",
+        "--lora",
+        metavar="NAME=PATH",
+    ),
+]
 EngineArgOption = Annotated[
     list[str] | None, _engine("Any other vllm.LLM argument as KEY=VALUE; repeatable.")
 ]
@@ -154,6 +165,7 @@ def input_config(
     template_file: str | None = None,
     chat: bool = False,
     system: str | None = None,
+    adapter_names: tuple[str, ...] = (),
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
@@ -180,6 +192,7 @@ def input_config(
         template=prompt_template,
         chat=chat,
         system=system,
+        adapter_names=adapter_names,
     )
 
 

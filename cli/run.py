@@ -22,6 +22,7 @@ from batching.engines.choice import (
     remote_config,
 )
 from batching.errors import BatchError, UsageError
+from batching.lora import LoraAdapters
 from batching.manifest import Manifest
 from batching.records import Sampling
 from cli.config_file import ConfigOption
@@ -43,6 +44,7 @@ from cli.options import (
     EngineArgOption,
     IdField,
     InputFormatOption,
+    LoraOption,
     MaxLineBytes,
     MaxModelLenOption,
     MaxNumSeqsOption,
@@ -174,6 +176,7 @@ def run(
     enable_prefix_caching: EnablePrefixCaching = None,
     trust_remote_code: TrustRemoteCode = False,
     engine_arg: EngineArgOption = None,
+    lora: LoraOption = None,
     chunk_size: ChunkSize = 1024,
     order: OrderOption = OrderChoice.auto,
     max_in_flight: MaxInFlight = None,
@@ -207,11 +210,13 @@ def run(
     """
     with exit_on_error():
         model = checked_model(model, engine, local=ray in (None, RAY_LOCAL))
+        loras = LoraAdapters.parse(lora)
         config = RunConfig(
             input=input_config(
                 input_path, input_format, prompt_field, messages_field, id_field,
                 keep_fields=keep_fields, chunk_size=chunk_size,
                 template=template, template_file=template_file, chat=chat, system=system,
+                adapter_names=loras.names,
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,
@@ -245,6 +250,7 @@ def run(
             seed=seed,
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
+            loras=loras,
         )
         remote = remote_config(
             engine, base_url, api_key_env, model=model, concurrency=concurrency,

@@ -8,6 +8,7 @@ from typing import Annotated
 import orjson
 import typer
 
+from batching.lora import LoraAdapters
 from cli.config_file import ConfigOption
 from cli.exit_codes import FAILED, OK, exit_on_error
 from cli.options import (
@@ -16,6 +17,7 @@ from cli.options import (
     ChatOption,
     IdField,
     InputFormatOption,
+    LoraOption,
     MaxLineBytes,
     MessagesField,
     PromptField,
@@ -73,6 +75,7 @@ def validate(
     chat: ChatOption = False,
     system: SystemOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
+    lora: LoraOption = None,
     json_output: Annotated[
         bool,
         typer.Option(
@@ -103,6 +106,7 @@ def validate(
         config = input_config(
             input_path, input_format, prompt_field, messages_field, id_field,
             template=template, template_file=template_file, chat=chat, system=system,
+            adapter_names=LoraAdapters.parse(lora).names,
         )  # fmt: skip
         report = validate_input(
             config,

@@ -25,9 +25,12 @@ def request_body(model: str, request: EngineRequest) -> tuple[str, dict[str, Any
 
     >>> request_body("m", EngineRequest(0, [1], Sampling(max_tokens=8), prompt="Hi"))
     ('/completions', {'model': 'm', 'prompt': 'Hi', 'max_tokens': 8})
+    >>> request_body("m", EngineRequest(0, [1], Sampling(), prompt="Hi", adapter="sql"))[1]
+    {'model': 'sql', 'prompt': 'Hi'}
     """
     prompt = request.prompt
-    body: dict[str, Any] = {"model": model}
+    # A server with LoRA adapters (vLLM's) serves each under its own model name.
+    body: dict[str, Any] = {"model": request.adapter or model}
     chat = not (prompt is None or isinstance(prompt, str))
     if prompt is None or isinstance(prompt, str):
         # No raw prompt (a caller that only has tokens): servers take token ids too.

@@ -38,7 +38,9 @@ from batching.engines.vllm_setup import (
     quiet_vllm_start,
 )
 from batching.errors import EngineStartError
+from batching.lora import LoraAdapters
 from batching.records import (
+    ERROR_INVALID_INPUT,
     ERROR_INVALID_REQUEST,
     ERROR_PROMPT_TOO_LONG,
     Sample,
@@ -145,7 +147,7 @@ class VllmEngine:
     ...     outputs = engine.step()
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, loras: LoraAdapters | None = None) -> None:
         from vllm.sampling_params import RequestOutputKind
 
         self._llm: Any = llm
@@ -174,6 +176,7 @@ class VllmEngine:
         self._top_logprobs: dict[int, int] = {}
         self._scheduler: Any = _in_process_scheduler(llm)
         self._last_step_sequences: int | None = None
+        self._lora_requests: dict[str, Any] = _lora_requests(loras or LoraAdapters())
 
     @property
     def last_step_sequences(self) -> int | None:
@@ -369,6 +372,7 @@ class VllmEngine:
                 ERROR_PROMPT_TOO_LONG,
             )
         params = self._sampling_params(request.sampling)
+        lora_request = self._lora_request(request.adapter)
         from vllm.inputs.engine import tokens_input
 
         try:
@@ -376,7 +380,10 @@ class VllmEngine:
             # TokensPrompt dict would be re-rendered, with a deprecation warning.
             with self._tokenizer_turns:
                 self._engine.add_request(
-                    str(request.key), tokens_input(list(request.prompt_token_ids)), params
+                    str(request.key),
+                    tokens_input(list(request.prompt_token_ids)),
+                    params,
+                    lora_request=lora_request,
                 )
         except self._request_errors as error:
             raise PermanentRequestError(str(error), _error_type(error)) from error
@@ -384,6 +391,22 @@ class VllmEngine:
             raise self._engine_failure(error) from error
         if request.sampling.logprobs is not None:
             self._top_logprobs[request.key] = request.sampling.logprobs
+
+    # -- LoRA adapters ----------------------------------------------------------------
+
+    def _lora_request(self, adapter: str | None) -> Any:
+        """The LoRARequest of a row's adapter; None for the base model."""
+        if adapter is None:
+            return None
+        lora_request = self._lora_requests.get(adapter)
+        if lora_request is None:
+            # The schema refuses such rows; a caller that builds requests itself
+            # gets the same kind of record.
+            known = ", ".join(self._lora_requests) or "none"
+            raise PermanentRequestError(
+                f"unknown adapter {adapter!r}; the engine loads {known}", ERROR_INVALID_INPUT
+            )
+        return lora_request
 
     def step(self) -> list[EngineOutput]:
         """Run one engine step; return the requests that finished in it.
@@ -485,6 +508,18 @@ class VllmEngine:
         return EngineDeadError(f"the vLLM engine failed: {type(error).__name__}: {error}")
 
 
+def _lora_requests(loras: LoraAdapters) -> dict[str, Any]:
+    """One LoRARequest per adapter, made once: vLLM caches adapters by their id."""
+    if not loras:
+        return {}
+    from vllm.lora.request import LoRARequest
+
+    return {
+        name: LoRARequest(lora_name=name, lora_int_id=number, lora_path=path)
+        for name, (number, path) in loras.ids().items()
+    }
+
+
 def _in_process_scheduler(llm: Any) -> Any:
     """vLLM's scheduler where its engine core runs in this process, else None."""
     core = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
@@ -533,7 +568,7 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
                 f"{detail}; check --model (a local directory or a Hugging Face id) and "
                 "the engine options (--debug shows vLLM's traceback)"
             ) from error
-        return VllmEngine(llm)
+        return VllmEngine(llm, loras=config.loras)
 
 
 def generate_all(
