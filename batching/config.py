@@ -15,6 +15,7 @@ from batching.errors import OutputError, UsageError
 from batching.grouping import Order
 from batching.location import STDIO, InputFormat, Location, OutputFormat
 from batching.lora import LoraAdapters
+from batching.media import MediaPolicy
 from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, output_format
 from batching.records import Sampling
 from batching.sampling_rules import check_default_sampling
@@ -73,6 +74,8 @@ class InputConfig:
     system: str | None = None
     # The LoRA adapters a row may name (`--lora`); a row naming another is invalid.
     adapter_names: tuple[str, ...] = ()
+    # Where chat rows' images may come from besides data URLs.
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     location: Location = field(init=False, repr=False, compare=False)
     # `chat` and `system` as one value: None leaves prompts as they are.
     framing: ChatFraming | None = field(init=False, repr=False, compare=False)

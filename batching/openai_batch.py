@@ -32,6 +32,7 @@ from typing import Any
 
 from batching.config import InputConfig
 from batching.id_registry import DefaultIdRuns
+from batching.media import decode_images
 from batching.output_format import dumps, not_ours
 from batching.records import (
     ERROR_ENGINE,
@@ -111,6 +112,8 @@ def parse_openai_row(
     if chat:
         messages = body.get("messages")
         problem = check_messages(messages, "body.messages", where)
+        if problem is None:
+            messages, problem = decode_images(messages, fields.media, where, "body.messages")
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:

@@ -28,6 +28,7 @@ from batching.engine import (
     EngineOutput,
     EngineRequest,
     PermanentRequestError,
+    multimodal_of,
 )
 from batching.errors import BatchError
 from batching.grouping import ChunkOrder, padding_tokens, plan_order
@@ -374,6 +375,7 @@ class _Runner:
             request.sampling.over(self.config.sampling),
             request.prompt if request.prompt is not None else request.messages,
             request.adapter,
+            multimodal_of(item.token_ids),
         )
         while True:
             try:

@@ -50,7 +50,17 @@ def expected_output(text: str, max_tokens: int | None) -> str:
 
 
 def _render_chat(conversation: Sequence[Mapping[str, Any]]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+    return "\n".join(f"{m['role']}: {_render_content(m['content'])}" for m in conversation)
+
+
+def _render_content(content: Any) -> str:
+    """A message's text; each image part becomes `<image>` (seven fake tokens)."""
+    if not isinstance(content, list):
+        return str(content)
+    return "".join(
+        "<image>" if part.get("type") in ("image_url", "image_pil") else str(part.get("text"))
+        for part in content
+    )
 
 
 @dataclass(eq=False)  # identity, not value: the factory tells engines apart

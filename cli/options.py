@@ -14,6 +14,7 @@ import typer
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
+from batching.media import MediaPolicy
 from batching.template import PromptTemplate
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "RELIABILITY",
     "REMOTE",
     "SAMPLING",
+    "AllowRemoteMedia",
+    "AllowedMediaPath",
     "ChatOption",
     "DtypeOption",
     "EngineArgOption",
@@ -147,6 +150,17 @@ LoraOption = Annotated[
         metavar="NAME=PATH",
     ),
 ]
+AllowedMediaPath = Annotated[
+    str | None,
+    _input(
+        "Directory chat rows' file:// images may be read from (nowhere else); data: URLs "
+        "need no permission.",
+        metavar="DIR",
+    ),
+]
+AllowRemoteMedia = Annotated[
+    bool, _input("Fetch chat rows' http(s):// images. Off: a batch machine may not be meant to.")
+]
 EngineArgOption = Annotated[
     list[str] | None, _engine("Any other vllm.LLM argument as KEY=VALUE; repeatable.")
 ]
@@ -166,6 +180,8 @@ def input_config(
     chat: bool = False,
     system: str | None = None,
     adapter_names: tuple[str, ...] = (),
+    allowed_media_path: str | None = None,
+    allow_remote_media: bool = False,
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
@@ -193,6 +209,7 @@ def input_config(
         chat=chat,
         system=system,
         adapter_names=adapter_names,
+        media=MediaPolicy(allowed_path=allowed_media_path, allow_remote=allow_remote_media),
     )
 
 

@@ -39,6 +39,8 @@ from cli.exit_codes import (
 from cli.help import PanelledCommand
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
+    AllowedMediaPath,
+    AllowRemoteMedia,
     ChatOption,
     DtypeOption,
     EngineArgOption,
@@ -177,6 +179,8 @@ def run(
     trust_remote_code: TrustRemoteCode = False,
     engine_arg: EngineArgOption = None,
     lora: LoraOption = None,
+    allowed_media_path: AllowedMediaPath = None,
+    allow_remote_media: AllowRemoteMedia = False,
     chunk_size: ChunkSize = 1024,
     order: OrderOption = OrderChoice.auto,
     max_in_flight: MaxInFlight = None,
@@ -217,6 +221,7 @@ def run(
                 keep_fields=keep_fields, chunk_size=chunk_size,
                 template=template, template_file=template_file, chat=chat, system=system,
                 adapter_names=loras.names,
+                allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,

@@ -14,6 +14,8 @@ from cli.exit_codes import FAILED, OK, exit_on_error
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
     OUTPUT,
+    AllowedMediaPath,
+    AllowRemoteMedia,
     ChatOption,
     IdField,
     InputFormatOption,
@@ -76,6 +78,8 @@ def validate(
     system: SystemOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     lora: LoraOption = None,
+    allowed_media_path: AllowedMediaPath = None,
+    allow_remote_media: AllowRemoteMedia = False,
     json_output: Annotated[
         bool,
         typer.Option(
@@ -107,6 +111,7 @@ def validate(
             input_path, input_format, prompt_field, messages_field, id_field,
             template=template, template_file=template_file, chat=chat, system=system,
             adapter_names=LoraAdapters.parse(lora).names,
+            allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
         )  # fmt: skip
         report = validate_input(
             config,
