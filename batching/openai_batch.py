@@ -112,7 +112,7 @@ def parse_openai_row(
     if chat:
         messages = body.get("messages")
         problem = check_messages(messages, "body.messages", where)
-        if problem is None:
+        if problem is None and isinstance(messages, list):
             messages, problem = decode_images(messages, fields.media, where, "body.messages")
     else:
         prompt = body.get("prompt")
