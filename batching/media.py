@@ -43,6 +43,7 @@ __all__ = [
     "decode_images",
     "has_images",
     "load_image",
+    "with_image_urls",
 ]
 
 IMAGE_PART = "image_pil"
@@ -222,3 +223,33 @@ def _decode(data: bytes) -> Any:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).split(" <")[0]  # Pillow names the BytesIO object; drop it
         raise MediaError(f"not a readable image ({reason})") from None
+
+
+def with_image_urls(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` with decoded images as PNG data URLs again, for an engine that sends
+    them over the wire (`--engine openai`).
+
+    >>> from PIL import Image
+    >>> part = {"type": IMAGE_PART, IMAGE_PART: Image.new("RGB", (1, 1))}
+    >>> [message] = with_image_urls([{"role": "user", "content": [part]}])
+    >>> message["content"][0]["image_url"]["url"][:22]
+    'data:image/png;base64,'
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [
+                {"type": "image_url", "image_url": {"url": _png_data_url(part[IMAGE_PART])}}
+                if isinstance(part, Mapping) and part.get("type") == IMAGE_PART
+                else part
+                for part in content
+            ]
+        out.append({**message, "content": content})
+    return out
+
+
+def _png_data_url(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

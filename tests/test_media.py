@@ -218,3 +218,17 @@ def test_cli_allowed_media_path_that_is_no_directory_is_a_usage_error(tmp_path: 
         "bizra-batch: error: --allowed-media-path /no/such: not a directory"
     )
     assert out == []
+
+
+def test_an_openai_server_gets_the_decoded_image_back_as_a_data_url() -> None:
+    from batching.engine import EngineRequest
+    from batching.engines.openai_wire import request_body
+    from batching.records import Sampling
+
+    row = parse(chat(data_url(png_bytes((3, 2), (1, 2, 3)))))
+    assert isinstance(row, Request) and row.messages is not None
+    _, body = request_body("m", EngineRequest(0, [1], Sampling(), prompt=row.messages))
+    url = body["messages"][0]["content"][0]["image_url"]["url"]
+    image = load_image(url, MediaPolicy())
+    assert (image.size, image.getpixel((2, 1))) == ((3, 2), (1, 2, 3))
+    orjson.dumps(body)  # all of it goes over the wire

@@ -15,6 +15,7 @@ import httpx
 import orjson
 
 from batching.engine import EngineOutput, EngineRequest
+from batching.media import has_images, with_image_urls
 from batching.records import Sample, Sampling
 
 __all__ = ["error_message", "parse_output", "request_body", "retry_after_s"]
@@ -36,7 +37,9 @@ def request_body(model: str, request: EngineRequest) -> tuple[str, dict[str, Any
         # No raw prompt (a caller that only has tokens): servers take token ids too.
         body["prompt"] = prompt if prompt is not None else list(request.prompt_token_ids)
     else:
-        body["messages"] = [dict(m) for m in prompt]
+        body["messages"] = (
+            with_image_urls(prompt) if has_images(prompt) else [dict(m) for m in prompt]
+        )
     body.update(_sampling_fields(request.sampling, chat))
     return ("/chat/completions" if chat else "/completions"), body
 
