@@ -17,6 +17,7 @@ from batching.adapters import KeptOpen, ListSink, ListSupply
 from batching.aio import BatchQueue, QueueClosedError, RequestError
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import (
+    EncodedPrompt,
     Engine,
     EngineDeadError,
     EngineFactory,
@@ -36,6 +37,8 @@ from batching.errors import (
     UsageError,
 )
 from batching.job import run
+from batching.lora import LoraAdapter, LoraAdapters
+from batching.media import MediaPolicy
 from batching.pipeline import EngineFailedError, run_rows
 from batching.ray.runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
@@ -52,6 +55,7 @@ from batching.validate import validate as validate_input
 __all__ = [
     "BatchError",
     "BatchQueue",
+    "EncodedPrompt",
     "Engine",
     "EngineConfig",
     "EngineDeadError",
@@ -68,6 +72,9 @@ __all__ = [
     "KeptOpen",
     "ListSink",
     "ListSupply",
+    "LoraAdapter",
+    "LoraAdapters",
+    "MediaPolicy",
     "OutputConfig",
     "OutputError",
     "OutputWriteError",
