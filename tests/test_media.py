@@ -232,3 +232,37 @@ def test_an_openai_server_gets_the_decoded_image_back_as_a_data_url() -> None:
     image = load_image(url, MediaPolicy())
     assert (image.size, image.getpixel((2, 1))) == ((3, 2), (1, 2, 3))
     orjson.dumps(body)  # all of it goes over the wire
+
+
+def test_validate_counts_an_image_rows_text_and_names_a_broken_image(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from batching.validate import validate
+
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}]}]
+    source = tmp_path / "in.jsonl"
+    rows = [{"messages": chat(data_url(png_bytes()))}, {"messages": chat(data_url(b"x"))}]
+    source.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    report = validate(
+        InputConfig(str(source)),
+        tokenizer_dir=str(tiny_model),
+        max_model_len=None,
+        default_max_tokens=8,
+        max_line_bytes=1 << 20,
+    )
+    assert (report.valid, report.invalid) == (1, 1)
+    assert [problem.message for problem in report.first_errors] == [
+        f"{source}:2: field 'messages[0].content[0].image_url.url': not a readable image "
+        "(cannot identify image file)"
+    ]
+    (tmp_path / "text.jsonl").write_bytes(orjson.dumps({"messages": text_only}) + b"\n")
+    text_report = validate(
+        InputConfig(str(tmp_path / "text.jsonl")),
+        tokenizer_dir=str(tiny_model),
+        max_model_len=None,
+        default_max_tokens=8,
+        max_line_bytes=1 << 20,
+    )
+    # Without the model's processor the image's tokens cannot be known: the text counts.
+    assert report.token_stats is not None and text_report.token_stats is not None
+    assert report.token_stats.max == text_report.token_stats.max
