@@ -11,8 +11,9 @@ tokenized with special tokens (as `LLM.generate`), chats are rendered with
 `add_generation_prompt=True` in a sandbox set up the way transformers sets up its
 own, then tokenized without special tokens (the template writes them, as
 `LLM.chat`). Text parts of a message are joined with newlines, as vLLM does for
-templates that expect string content; image parts are not counted. Models whose rendering vLLM or their own
-code customises (Mistral's tokenizer, `trust_remote_code`) can count differently.
+templates that expect string content; image parts are not counted. Models whose
+rendering vLLM or their own code customises (Mistral's tokenizer,
+`trust_remote_code`) can count differently.
 
 The examples here need a model's tokenizer files (`samples/build_tiny_model.py`
 makes one; tests/test_prompt_tokens.py runs them), so they are not run as tests:
