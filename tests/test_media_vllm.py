@@ -126,3 +126,16 @@ def test_a_broken_image_is_its_rows_record_and_the_others_run(image_run: dict[st
         "not a readable image (cannot identify image file)",
     }
     assert [name for name, row in out.items() if row["error"]] == ["broken"]
+
+
+def test_an_image_row_on_a_text_model_is_its_rows_error(vllm_engine: Any) -> None:
+    from batching.engine import PermanentRequestError
+    from batching.media import IMAGE_PART
+
+    image = IMAGES["board"]()
+    chat = [{"role": "user", "content": [{"type": IMAGE_PART, IMAGE_PART: image}]}]
+    [encoded, text] = vllm_engine.encode([chat, [{"role": "user", "content": "Hi"}]])
+    assert isinstance(encoded, PermanentRequestError)
+    assert encoded.error_type == "invalid_request"
+    assert str(encoded).startswith("cannot process the chat's images: ")
+    assert isinstance(text, list)
