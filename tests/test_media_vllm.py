@@ -139,3 +139,43 @@ def test_an_image_row_on_a_text_model_is_its_rows_error(vllm_engine: Any) -> Non
     assert encoded.error_type == "invalid_request"
     assert str(encoded).startswith("cannot process the chat's images: ")
     assert isinstance(text, list)
+
+
+@pytest.mark.closes_vllm
+def test_an_aborted_image_request_runs_again_from_its_processed_input(
+    tiny_llava: Path,
+) -> None:
+    """What a retry does: abort mid-decode, then add the same encoded prompt again."""
+    import os
+
+    from batching.config import EngineConfig
+    from batching.engine import EngineRequest
+    from batching.engines.vllm import create_vllm_engine
+    from batching.media import IMAGE_PART
+    from batching.records import Sampling
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    engine = create_vllm_engine(
+        EngineConfig(
+            model=str(tiny_llava), dtype="float32", max_model_len=256, max_num_seqs=4,
+            extra={"enforce_eager": True, "model_impl": "transformers"},
+        )
+    )  # fmt: skip
+    try:
+        chat = [{"role": "user", "content": [{"type": IMAGE_PART, IMAGE_PART: IMAGES["board"]()}]}]
+        [ids] = engine.encode([chat])
+        sampling = Sampling(max_tokens=6, temperature=0.0)
+        request = EngineRequest(0, ids, sampling, multimodal=getattr(ids, "multimodal", None))
+        engine.add(request)
+        engine.step()
+        engine.abort([0])
+        finished = []
+        for key in (1, 2):
+            engine.add(EngineRequest(key, ids, sampling, multimodal=request.multimodal))
+            while engine.has_unfinished():
+                finished.extend(engine.step())
+    finally:
+        engine.close()
+    assert [out.key for out in finished] == [1, 2]
+    assert finished[0].text == finished[1].text
+    assert finished[0].prompt_tokens == finished[1].prompt_tokens == len(ids)
