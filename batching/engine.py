@@ -184,7 +184,9 @@ class Engine(Protocol):
         A string is a plain prompt (special tokens added as `LLM.generate` would); a
         sequence of messages is a chat rendered with the model's chat template (as
         `LLM.chat` would). A prompt that cannot be encoded gets its error in place,
-        so one bad row never fails its neighbours.
+        so one bad row never fails its neighbours. A chat may hold decoded images
+        (`batching.media`); an engine that runs them returns an `EncodedPrompt`
+        whose ids include the image tokens, one that cannot gives the row its error.
 
         The pipeline encodes the next chunk in its own thread while the current
         one runs, so `encode` must be safe to call beside `add`, `step` and
