@@ -17,6 +17,7 @@ from batching.adapters import KeptOpen, ListSink, ListSupply
 from batching.aio import BatchQueue, QueueClosedError, RequestError
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import (
+    EncodedPrompt,
     Engine,
     EngineDeadError,
     EngineFactory,
@@ -37,6 +38,8 @@ from batching.errors import (
 )
 from batching.inputs import InputFile
 from batching.job import run
+from batching.lora import LoraAdapter, LoraAdapters
+from batching.media import MediaPolicy
 from batching.pipeline import EngineFailedError, run_rows
 from batching.ray.runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
@@ -53,6 +56,7 @@ from batching.validate import validate as validate_input
 __all__ = [
     "BatchError",
     "BatchQueue",
+    "EncodedPrompt",
     "Engine",
     "EngineConfig",
     "EngineDeadError",
@@ -70,6 +74,9 @@ __all__ = [
     "KeptOpen",
     "ListSink",
     "ListSupply",
+    "LoraAdapter",
+    "LoraAdapters",
+    "MediaPolicy",
     "OutputConfig",
     "OutputError",
     "OutputWriteError",

@@ -16,6 +16,8 @@ from batching.errors import OutputError, UsageError
 from batching.grouping import Order
 from batching.inputs import InputFile, expand_inputs
 from batching.location import STDIO, InputFormat, Location, OutputFormat
+from batching.lora import LoraAdapters
+from batching.media import MediaPolicy
 from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, output_format
 from batching.records import Sampling
 from batching.sampling_rules import check_default_sampling
@@ -76,6 +78,10 @@ class InputConfig:
     chat: bool = False
     system: str | None = None
     more_paths: tuple[str, ...] = ()
+    # The LoRA adapters a row may name (`--lora`); a row naming another is invalid.
+    adapter_names: tuple[str, ...] = ()
+    # Where chat rows' images may come from besides data URLs.
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     location: Location = field(init=False, repr=False, compare=False)
     files: tuple[InputFile, ...] = field(init=False, repr=False, compare=False)
     # `chat` and `system` as one value: None leaves prompts as they are.
@@ -178,9 +184,14 @@ class EngineConfig:
     seed: int | None = None
     trust_remote_code: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    loras: LoraAdapters = field(default_factory=LoraAdapters)
 
     def llm_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `vllm.LLM(...)`, unset values left out."""
+        """Keyword arguments for `vllm.LLM(...)`, unset values left out.
+
+        >>> EngineConfig(model="m", extra={"enforce_eager": True}).llm_kwargs()["enforce_eager"]
+        True
+        """
         kwargs: dict[str, Any] = {
             "model": self.model,
             "tensor_parallel_size": self.tensor_parallel_size,
@@ -196,6 +207,7 @@ class EngineConfig:
             "seed": self.seed,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        kwargs.update(self.loras.llm_kwargs())
         kwargs.update(self.extra)
         return kwargs
 

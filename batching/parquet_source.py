@@ -9,6 +9,7 @@ from batching.config import InputConfig
 from batching.errors import InputError
 from batching.field_spelling import FieldSpelling
 from batching.id_registry import IdRegistry
+from batching.lora import ADAPTER_FIELD
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import ROW_SAMPLING_FIELDS, parse_row
@@ -71,6 +72,7 @@ class ParquetSource(RowSource):
             *prompt_fields,
             cfg.id_field,
             *ROW_SAMPLING_FIELDS,
+            ADAPTER_FIELD,
             *cfg.keep_fields,
             *template_fields,
         )

@@ -14,6 +14,7 @@ import typer
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
+from batching.media import MediaPolicy
 from batching.template import PromptTemplate
 
 __all__ = [
@@ -27,12 +28,15 @@ __all__ = [
     "RELIABILITY",
     "REMOTE",
     "SAMPLING",
+    "AllowRemoteMedia",
+    "AllowedMediaPath",
     "ChatOption",
     "DtypeOption",
     "EngineArgOption",
     "IdField",
     "InputFormatChoice",
     "InputFormatOption",
+    "LoraOption",
     "MaxLineBytes",
     "MaxModelLenOption",
     "MaxNumSeqsOption",
@@ -136,6 +140,27 @@ MaxModelLenOption = Annotated[
 MaxNumSeqsOption = Annotated[
     int | None, _engine("Sequences in one engine step (the engine's batch).", min=1)
 ]
+LoraOption = Annotated[
+    list[str] | None,
+    _engine(
+        "LoRA adapter as NAME=PATH (a PEFT directory, or a Hugging Face id); repeatable. "
+        "A row's 'adapter' field (an OpenAI line's body 'model') names the one it runs "
+        "with; rows without one use the base model.",
+        "--lora",
+        metavar="NAME=PATH",
+    ),
+]
+AllowedMediaPath = Annotated[
+    str | None,
+    _input(
+        "Directory chat rows' file:// images may be read from (nowhere else); data: URLs "
+        "need no permission.",
+        metavar="DIR",
+    ),
+]
+AllowRemoteMedia = Annotated[
+    bool, _input("Fetch chat rows' http(s):// images. Off: a batch machine may not be meant to.")
+]
 EngineArgOption = Annotated[
     list[str] | None, _engine("Any other vllm.LLM argument as KEY=VALUE; repeatable.")
 ]
@@ -155,6 +180,9 @@ def input_config(
     chat: bool = False,
     system: str | None = None,
     more_paths: tuple[str, ...] = (),
+    adapter_names: tuple[str, ...] = (),
+    allowed_media_path: str | None = None,
+    allow_remote_media: bool = False,
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
@@ -182,6 +210,8 @@ def input_config(
         chat=chat,
         system=system,
         more_paths=more_paths,
+        adapter_names=adapter_names,
+        media=MediaPolicy(allowed_path=allowed_media_path, allow_remote=allow_remote_media),
     )
 
 

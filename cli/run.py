@@ -22,6 +22,7 @@ from batching.engines.choice import (
     remote_config,
 )
 from batching.errors import BatchError, UsageError
+from batching.lora import LoraAdapters
 from batching.manifest import Manifest
 from batching.records import Sampling
 from cli.config_file import ConfigOption
@@ -38,11 +39,14 @@ from cli.exit_codes import (
 from cli.help import PanelledCommand
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
+    AllowedMediaPath,
+    AllowRemoteMedia,
     ChatOption,
     DtypeOption,
     EngineArgOption,
     IdField,
     InputFormatOption,
+    LoraOption,
     MaxLineBytes,
     MaxModelLenOption,
     MaxNumSeqsOption,
@@ -174,6 +178,9 @@ def run(
     enable_prefix_caching: EnablePrefixCaching = None,
     trust_remote_code: TrustRemoteCode = False,
     engine_arg: EngineArgOption = None,
+    lora: LoraOption = None,
+    allowed_media_path: AllowedMediaPath = None,
+    allow_remote_media: AllowRemoteMedia = False,
     chunk_size: ChunkSize = 1024,
     order: OrderOption = OrderChoice.auto,
     max_in_flight: MaxInFlight = None,
@@ -210,12 +217,15 @@ def run(
     """
     with exit_on_error():
         model = checked_model(model, engine, local=ray in (None, RAY_LOCAL))
+        loras = LoraAdapters.parse(lora)
         config = RunConfig(
             input=input_config(
                 input_path[0], input_format, prompt_field, messages_field, id_field,
                 keep_fields=keep_fields, chunk_size=chunk_size,
                 template=template, template_file=template_file, chat=chat, system=system,
                 more_paths=tuple(input_path[1:]),
+                adapter_names=loras.names,
+                allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,
@@ -249,6 +259,7 @@ def run(
             seed=seed,
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
+            loras=loras,
         )
         remote = remote_config(
             engine, base_url, api_key_env, model=model, concurrency=concurrency,

@@ -8,14 +8,18 @@ from typing import Annotated
 import orjson
 import typer
 
+from batching.lora import LoraAdapters
 from cli.config_file import ConfigOption
 from cli.exit_codes import FAILED, OK, exit_on_error
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
     OUTPUT,
+    AllowedMediaPath,
+    AllowRemoteMedia,
     ChatOption,
     IdField,
     InputFormatOption,
+    LoraOption,
     MaxLineBytes,
     MessagesField,
     PromptField,
@@ -76,6 +80,9 @@ def validate(
     chat: ChatOption = False,
     system: SystemOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
+    lora: LoraOption = None,
+    allowed_media_path: AllowedMediaPath = None,
+    allow_remote_media: AllowRemoteMedia = False,
     json_output: Annotated[
         bool,
         typer.Option(
@@ -107,6 +114,8 @@ def validate(
             input_path[0], input_format, prompt_field, messages_field, id_field,
             template=template, template_file=template_file, chat=chat, system=system,
             more_paths=tuple(input_path[1:]),
+            adapter_names=LoraAdapters.parse(lora).names,
+            allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
         )  # fmt: skip
         report = validate_input(
             config,
