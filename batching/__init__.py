@@ -17,6 +17,7 @@ from batching.adapters import KeptOpen, ListSink, ListSupply
 from batching.aio import BatchQueue, QueueClosedError, RequestError
 from batching.config import CacheConfig, EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import (
+    EncodedPrompt,
     Engine,
     EngineDeadError,
     EngineFactory,
@@ -37,7 +38,10 @@ from batching.errors import (
     OutputWriteError,
     UsageError,
 )
+from batching.inputs import InputFile
 from batching.job import run
+from batching.lora import LoraAdapter, LoraAdapters
+from batching.media import MediaPolicy
 from batching.model_identity import ModelIdentity, model_identity
 from batching.pipeline import EngineFailedError, run_rows
 from batching.ray.runner import RayOptions, run_on_ray
@@ -58,6 +62,7 @@ __all__ = [
     "CacheConfig",
     "CacheCorruptError",
     "CacheFileError",
+    "EncodedPrompt",
     "Engine",
     "EngineConfig",
     "EngineDeadError",
@@ -71,9 +76,13 @@ __all__ = [
     "FakeEngineFactory",
     "InputConfig",
     "InputError",
+    "InputFile",
     "KeptOpen",
     "ListSink",
     "ListSupply",
+    "LoraAdapter",
+    "LoraAdapters",
+    "MediaPolicy",
     "ModelIdentity",
     "OutputConfig",
     "OutputError",

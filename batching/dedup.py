@@ -49,11 +49,15 @@ RECENT_RESULTS_BYTES = 32 * 1024 * 1024
 
 def request_key(request: Request, sampling: Sampling) -> bytes:
     """A digest of what decides a request's answer besides the model: its prompt
-    (or messages) and `sampling`, the effective settings (the row's over the run's).
+    (or messages), its LoRA adapter and `sampling`, the effective settings (the
+    row's over the run's). Not for rows with images (`reuse` runs those as they come).
 
     Floats are written as floats, so temperature 0 and 0.0 are one request.
     """
     digest = hashlib.sha256(sampling_digest(sampling))
+    if request.adapter is not None:  # a LoRA adapter answers differently
+        name = request.adapter.encode()
+        digest.update(b"a" + len(name).to_bytes(4, "big") + name)
     if request.prompt is not None:
         digest.update(b"p")
         digest.update(request.prompt.encode("utf-8", "surrogatepass"))

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from batching.config import EngineConfig
 
-__all__ = ["DigestMemo", "ModelIdentity", "model_identity"]
+__all__ = ["DigestMemo", "ModelIdentity", "directory_digest", "model_identity"]
 
 _READ_BYTES = 1024 * 1024
 
@@ -64,7 +64,7 @@ def model_identity(engine: EngineConfig, *, memo: DigestMemo | None = None) -> M
     """The identity of `engine.model`: a directory's content digest, else its revision."""
     directory = Path(os.path.expanduser(engine.model))
     if directory.is_dir():
-        return ModelIdentity(engine.model, digest=_directory_digest(directory, memo))
+        return ModelIdentity(engine.model, digest=directory_digest(directory, memo))
     revision = engine.extra.get("revision")
     return ModelIdentity(engine.model, revision=None if revision is None else str(revision))
 
@@ -83,7 +83,10 @@ def _model_files(directory: Path) -> list[Path]:
     return sorted(files)
 
 
-def _directory_digest(directory: Path, memo: DigestMemo | None) -> str:
+def directory_digest(directory: str | Path, memo: DigestMemo | None = None) -> str:
+    """A digest of a directory's files, names and contents (hidden files and prose
+    left out), the same wherever the directory is: a model's, or a LoRA adapter's."""
+    directory = Path(directory)
     whole = hashlib.sha256()
     for path in _model_files(directory):
         whole.update(path.relative_to(directory).as_posix().encode())

@@ -133,6 +133,7 @@ class Request:
 
     `prompt` or `messages` is set, never both. `line` is the 1-based line (JSONL) or
     row (Parquet) number, for messages that point the user at their input.
+    `adapter` names the LoRA adapter the row runs with (None: the base model).
     """
 
     index: int
@@ -142,6 +143,7 @@ class Request:
     messages: tuple[Message, ...] | None = None
     sampling: Sampling = NO_SAMPLING
     kept: Mapping[str, Any] = field(default_factory=dict)
+    adapter: str | None = None
 
 
 @dataclass(slots=True)

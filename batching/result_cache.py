@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,8 +138,15 @@ class StoredResult:
         return cls(output, finish_reason, prompt_tokens, completion_tokens, logprobs)
 
 
-def cache_scope(engine: EngineConfig, engine_kind: str, identity: ModelIdentity) -> bytes:
-    """The part of every key that the run fixes: engine kind, model, output settings.
+def cache_scope(
+    engine: EngineConfig,
+    engine_kind: str,
+    identity: ModelIdentity,
+    adapters: Mapping[str, str] | None = None,
+) -> bytes:
+    """The part of every key that the run fixes: engine kind, model, output settings,
+    and each LoRA adapter a row may name (`adapters`: name -> its directory's digest,
+    or its path where it is not a local directory).
 
     A local model is named by its digest alone, so a copy elsewhere shares results.
 
@@ -163,7 +170,12 @@ def cache_scope(engine: EngineConfig, engine_kind: str, identity: ModelIdentity)
         "seed": engine.seed,
         "args": {k: v for k, v in engine.extra.items() if k not in _SPEED_ONLY_ARGS},
     }
-    scope = {"engine": engine_kind, "model": model, "settings": settings}
+    scope = {
+        "engine": engine_kind,
+        "model": model,
+        "settings": settings,
+        "adapters": dict(adapters or {}),
+    }
     return hashlib.sha256(orjson.dumps(scope, option=orjson.OPT_SORT_KEYS)).digest()
 
 

@@ -29,13 +29,15 @@ results are never cached nor kept, so a later run, or a later repeat, tries agai
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from batching.config import RunConfig
 from batching.dedup import RecentResults, request_bytes, request_key, result_for
-from batching.model_identity import model_identity
+from batching.media import has_images
+from batching.model_identity import directory_digest, model_identity
 from batching.records import Request, Result, RowError
 from batching.report import ReportCollector
 from batching.result_cache import ResultCache, StoredResult, cache_scope
@@ -115,7 +117,17 @@ class Reuse:
                 "upload under that name is not told apart (pass a local path, or "
                 "--engine-arg revision=...)\n"
             )
-        scope = cache_scope(config.cache.engine, config.cache.engine_kind, identity)
+        try:
+            adapters = {
+                adapter.name: directory_digest(adapter.path, cache)
+                if os.path.isdir(adapter.path)
+                else adapter.path
+                for adapter in config.cache.engine.loras.adapters
+            }
+        except BaseException:
+            cache.close()
+            raise
+        scope = cache_scope(config.cache.engine, config.cache.engine_kind, identity, adapters)
         return cls(config, report, place=place, cache=cache, scope=scope)
 
     # -- in the encoder thread: touches only the cache ------------------------------
@@ -130,7 +142,11 @@ class Reuse:
             deterministic = is_deterministic(sampling)
             merged = self._dedup and deterministic
             cached = self._cache is not None and (deterministic or self._cache_sampled)
-            if not merged and not cached:
+            if (not merged and not cached) or (
+                request.messages is not None and has_images(request.messages)
+            ):
+                # Rows with images run as they come: matching them would mean
+                # hashing every image's pixels.
                 chunk.runs.append((request, None))
                 continue
             base = request_key(request, sampling)

@@ -14,8 +14,9 @@ from batching.dedup import RecentResults, request_key
 from batching.engine import EngineOutput
 from batching.pipeline import run_rows
 from batching.records import Request, Result, Sampling
-from batching.report import Report
+from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
+from batching.reuse import Reuse
 from batching.testing import FakeEngine
 
 GREEDY = Sampling(temperature=0.0, max_tokens=16)
@@ -229,3 +230,20 @@ def test_a_batch_queue_answers_identical_requests_at_once_with_one_engine_reques
     assert [r.output for r in results] == ["emas"] * 3
     assert sorted(r.index for r in results) == [0, 1, 2]
     assert len(engine.added) == 1
+
+
+def test_the_same_prompt_with_another_lora_adapter_is_another_request() -> None:
+    rows = rows_of(["a", "a", "a"])
+    rows[1].adapter = "sql"
+    rows[2].adapter = "sql"
+    keys = {request_key(row, GREEDY) for row in rows}
+    assert len(keys) == 2
+
+
+def test_rows_with_images_are_never_merged() -> None:
+    image = {"type": "image_pil", "image_pil": object()}  # a decoded image, as read
+    chat = ({"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]},)
+    rows = [Request(index=i, id=i, line=i + 1, messages=chat) for i in range(2)]
+    config = RunConfig(InputConfig("-"), sampling=GREEDY)
+    sorted_chunk = Reuse(config, ReportCollector(), place=str).sort(rows)
+    assert [(r.index, repeats) for r, repeats in sorted_chunk.runs] == [(0, None), (1, None)]

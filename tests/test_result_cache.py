@@ -429,3 +429,19 @@ def test_a_cache_in_a_missing_folder_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(CacheFileError) as caught:
         ResultCache.open(str(path))
     assert str(caught.value) == f"--cache {path}: cannot open (unable to open database file)"
+
+
+def test_a_changed_lora_adapter_does_not_reuse_results(tmp_path: Path) -> None:
+    from batching.lora import LoraAdapter, LoraAdapters
+
+    adapter = tmp_path / "sql-lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    config = EngineConfig("fake", loras=LoraAdapters((LoraAdapter("sql", str(adapter)),)))
+    cache = tmp_path / "cache.sqlite"
+    run(rows_of(["a"]), cache, engine_config=config)
+    _, report = run(rows_of(["a"]), cache, engine_config=config, factory=no_engine)
+    assert report.cache_hits == 1
+    (adapter / "adapter_config.json").write_text('{"r": 16}')
+    _, report = run(rows_of(["a"]), cache, engine_config=config)
+    assert report.cache_hits == 0
