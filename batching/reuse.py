@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from batching.config import RunConfig
+from batching.config import CacheConfig, RunConfig
 from batching.dedup import RecentResults, request_bytes, request_key, result_for
 from batching.media import has_images
 from batching.model_identity import directory_digest, model_identity
@@ -107,27 +107,10 @@ class Reuse:
             return cls(config, report, place=place) if config.dedup else None
         cache = ResultCache.open(config.cache.path)
         try:
-            identity = model_identity(config.cache.engine, memo=cache)
+            scope = _scope(config.cache, cache)
         except BaseException:
             cache.close()
             raise
-        if identity.name_only and config.cache.engine_kind in ("vllm", "openai"):
-            sys.stderr.write(
-                f"bizra-batch: warning: --cache keys {identity.name} by its name only; a new "
-                "upload under that name is not told apart (pass a local path, or "
-                "--engine-arg revision=...)\n"
-            )
-        try:
-            adapters = {
-                adapter.name: directory_digest(adapter.path, cache)
-                if os.path.isdir(adapter.path)
-                else adapter.path
-                for adapter in config.cache.engine.loras.adapters
-            }
-        except BaseException:
-            cache.close()
-            raise
-        scope = cache_scope(config.cache.engine, config.cache.engine_kind, identity, adapters)
         return cls(config, report, place=place, cache=cache, scope=scope)
 
     # -- in the encoder thread: touches only the cache ------------------------------
@@ -252,3 +235,22 @@ class Reuse:
 
 def _held(*requests: Request) -> int:
     return sum(request_bytes(request) for request in requests)
+
+
+def _scope(config: CacheConfig, memo: ResultCache) -> bytes:
+    """The cache scope of the run's engine (`cache_scope`), its files hashed once
+    and remembered in the cache (`memo`)."""
+    identity = model_identity(config.engine, memo=memo)
+    if identity.name_only and config.engine_kind in ("vllm", "openai"):
+        sys.stderr.write(
+            f"bizra-batch: warning: --cache keys {identity.name} by its name only; a new "
+            "upload under that name is not told apart (pass a local path, or "
+            "--engine-arg revision=...)\n"
+        )
+    adapters = {
+        adapter.name: directory_digest(adapter.path, memo)
+        if os.path.isdir(adapter.path)
+        else adapter.path
+        for adapter in config.engine.loras.adapters
+    }
+    return cache_scope(config.engine, config.engine_kind, identity, adapters)

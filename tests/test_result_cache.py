@@ -445,3 +445,19 @@ def test_a_changed_lora_adapter_does_not_reuse_results(tmp_path: Path) -> None:
     (adapter / "adapter_config.json").write_text('{"r": 16}')
     _, report = run(rows_of(["a"]), cache, engine_config=config)
     assert report.cache_hits == 0
+
+
+def test_a_hub_name_without_a_revision_is_cached_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batching.report import ReportCollector
+    from batching.reuse import Reuse
+
+    cache = CacheConfig(str(tmp_path / "cache.sqlite"), EngineConfig("org/name"), "vllm")
+    reuse = Reuse.open(RunConfig(InputConfig("-"), cache=cache), ReportCollector(), place=str)
+    assert reuse is not None
+    reuse.close()
+    assert capsys.readouterr().err == (
+        "bizra-batch: warning: --cache keys org/name by its name only; a new upload under "
+        "that name is not told apart (pass a local path, or --engine-arg revision=...)\n"
+    )
