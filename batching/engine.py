@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from batching.records import ERROR_INVALID_REQUEST, RowError, Sample, Sampling
+from batching.tasks import Pooled, Pooling
 
 __all__ = [
     "CountsSequences",
@@ -40,12 +41,15 @@ class EngineRequest:
 
     `prompt` is the row's prompt or messages as given, for engines that cannot take
     token ids (a remote OpenAI-compatible server); local engines use the tokens.
+    `pooling` set asks for a pooled result (`EngineOutput.pooled`) instead of text;
+    an engine that cannot pool rejects the request (PermanentRequestError).
     """
 
     key: int
     prompt_token_ids: Sequence[int]
     sampling: Sampling
     prompt: str | Sequence[Mapping[str, Any]] | None = None
+    pooling: Pooling | None = None
 
 
 @dataclass(slots=True)
@@ -58,7 +62,8 @@ class EngineOutput:
 
     An engine that makes one sample without logprobs may leave `samples` empty;
     `all_samples()` then builds the one from the flat fields. `completion_tokens`
-    counts every sample's tokens.
+    counts every sample's tokens. A pooling request's result is `pooled` (its text
+    empty, no completion tokens).
 
     >>> EngineOutput(key=0, text="yo", finish_reason="stop", prompt_tokens=2,
     ...              completion_tokens=1).all_samples()
@@ -72,6 +77,7 @@ class EngineOutput:
     completion_tokens: int
     error: RowError | None = None
     samples: tuple[Sample, ...] = ()
+    pooled: Pooled | None = None
 
     @classmethod
     def of_samples(cls, key: int, samples: Sequence[Sample], prompt_tokens: int) -> EngineOutput:
