@@ -152,9 +152,16 @@ class EngineConfig:
     seed: int | None = None
     trust_remote_code: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # A pooling task (embed, classify, score) starts vLLM's pooling runner; the
+    # run's rows must ask for the same task (`InputConfig.task`).
+    task: Task = "generate"
 
     def llm_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `vllm.LLM(...)`, unset values left out."""
+        """Keyword arguments for `vllm.LLM(...)`, unset values left out.
+
+        >>> EngineConfig(model="m", task="embed").llm_kwargs()["runner"]
+        'pooling'
+        """
         kwargs: dict[str, Any] = {
             "model": self.model,
             "tensor_parallel_size": self.tensor_parallel_size,
@@ -170,6 +177,11 @@ class EngineConfig:
             "seed": self.seed,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if self.task in POOLING_TASKS:
+            # No `convert`: vLLM picks it from the architecture (embed for a causal
+            # LM, the model's own head for a classifier); check_model_task refuses
+            # what cannot do the task.
+            kwargs["runner"] = "pooling"
         kwargs.update(self.extra)
         return kwargs
 
@@ -250,6 +262,9 @@ class RunConfig:
 # The sampling a run has when no generation option is given (the CLI's and
 # RunConfig's default): a pooling run must not carry any other.
 _DEFAULT_SAMPLING = Sampling(max_tokens=256)
+# `seed` is left out: the CLI's --seed also seeds the engine.
+_GENERATION_OPTIONS: tuple[str, ...] = ("max_tokens", "temperature", "top_p", "top_k", "stop")
+_GENERATION_OPTIONS += ("n", "logprobs", "json_schema")
 
 
 def _check_generation_options(task: Task, sampling: Sampling) -> None:
@@ -264,8 +279,7 @@ def _check_generation_options(task: Task, sampling: Sampling) -> None:
         return
     given = [
         name
-        for name in ("max_tokens", "temperature", "top_p", "top_k", "stop", "n", "logprobs")
-        + ("json_schema",)
+        for name in _GENERATION_OPTIONS
         if getattr(sampling, name) != getattr(_DEFAULT_SAMPLING, name)
     ]
     if given:

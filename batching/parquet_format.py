@@ -210,7 +210,9 @@ class ParquetLayout:
                     "so the Parquet file has no logprobs column; write JSONL instead"
                 )
         for task_column in self._task_columns:
-            columns.append([None if r.values is None else r.values.get(task_column) for r in results])
+            columns.append(
+                [None if r.values is None else r.values.get(task_column) for r in results]
+            )
         missing = next(
             (
                 (r, column)

@@ -145,9 +145,12 @@ def _pooling_row(
     else:
         texts, problem = row_texts(obj, fields.task, fields.prompt_field, where)
     dimensions = obj.get("dimensions") if fields.task == "embed" else None
-    if problem is None and dimensions is not None:
-        if type(dimensions) is not int or dimensions < 1:
-            problem = _message(where, "dimensions", "an integer >= 1", dimensions)
+    if (
+        problem is None
+        and dimensions is not None
+        and (type(dimensions) is not int or dimensions < 1)
+    ):
+        problem = _message(where, "dimensions", "an integer >= 1", dimensions)
     if problem is not None:
         return invalid_row(index, line, problem, row_id=row_id, kept=kept)
     pair = isinstance(texts, (TextPair, Rerank))

@@ -45,12 +45,22 @@ from batching.records import (
     Sampling,
     TokenLogprob,
 )
+from batching.tasks import (
+    POOLING_TASKS,
+    VLLM_POOLING_TASK,
+    Pooled,
+    Pooling,
+    Rerank,
+    SegmentedIds,
+    TextPair,
+)
 
 __all__ = [
     "DEBUG_ENV",
     "QuietVllmFilter",
     "VllmEngine",
     "apply_vllm_env_defaults",
+    "check_model_task",
     "create_vllm_engine",
     "generate_all",
 ]
@@ -174,6 +184,7 @@ class VllmEngine:
         self._top_logprobs: dict[int, int] = {}
         self._scheduler: Any = _in_process_scheduler(llm)
         self._last_step_sequences: int | None = None
+        self._init_pooling(llm)
 
     @property
     def last_step_sequences(self) -> int | None:
@@ -225,6 +236,9 @@ class VllmEngine:
         for index, prompt in enumerate(prompts):
             if isinstance(prompt, str):
                 plain.append((index, prompt))
+                continue
+            if isinstance(prompt, (TextPair, Rerank)):
+                results[index] = self._encode_pairs(prompt)
                 continue
             try:
                 rendered = self._render_chat(prompt)
@@ -359,6 +373,9 @@ class VllmEngine:
         ...     key=7, prompt_token_ids=[0, 44], sampling=Sampling()))
         """
         self._check_alive()
+        if request.pooling is not None or self._pooling_task is not None:
+            self._add_pooling(request)
+            return
         prompt_len = len(request.prompt_token_ids)
         if prompt_len >= self._max_model_len:
             # vLLM rejects this too, but says so only in prose; the check is ours so
@@ -405,6 +422,8 @@ class VllmEngine:
             # cleared when the next step schedules (v1/core/sched/scheduler.py).
             self._last_step_sequences = len(scheduler.running) + len(scheduler.finished_req_ids)
         finished: list[EngineOutput] = []
+        if self._pooling_task is not None:
+            return self._finished_pooling(request_outputs)
         for output in request_outputs:
             if not output.finished:
                 continue
@@ -431,7 +450,7 @@ class VllmEngine:
         """
         request_ids = []
         for key in keys:
-            request_ids.append(str(key))
+            request_ids.extend(self._pooling_request_ids(key))
             self._top_logprobs.pop(key, None)
         if request_ids and self._dead is None:
             self._engine.abort_request(request_ids, internal=False)
@@ -465,6 +484,161 @@ class VllmEngine:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    # -- pooling (embed, classify, score) ------------------------------------------------
+    # A pooling engine runs each row as vLLM's LLM.embed / classify / score would:
+    # PoolingParams with the task always set (vLLM's default pooling task returns a
+    # vector per token), one request per text or pair, through the same add/step loop.
+
+    def _init_pooling(self, llm: Any) -> None:
+        self._pooling_task: str | None = None
+        self._pooling_params_cache: dict[Pooling, Any] = {}
+        self._labels: tuple[str, ...] | None = None
+        # A rerank row runs as one vLLM request per document ("<key>.<n>"); its
+        # scores wait here until the last one finishes, then leave as one output.
+        self._fanout: dict[int, list[float | None]] = {}
+        self._fanout_tokens: dict[int, int] = {}
+        if getattr(llm, "runner_type", None) != "pooling":
+            return
+        self._pooling_task = str(llm.pooling_task)
+        hf_config = llm.model_config.hf_config
+        id2label = getattr(hf_config, "id2label", None) or {}
+        labels = int(getattr(hf_config, "num_labels", 0) or 0)
+        if labels and all(i in id2label for i in range(labels)):
+            self._labels = tuple(str(id2label[i]) for i in range(labels))
+        self._score_processor: Any = getattr(llm, "pooling_io_processors", {}).get("cross-encoder")
+
+    def _encode_pairs(self, prompt: TextPair | Rerank) -> list[int] | PermanentRequestError:
+        """A pair's ids as LLM.score makes them (the cross-encoder's own prompt: the two
+        texts tokenized together); a rerank row's pairs as `SegmentedIds`."""
+        processor = self._score_processor
+        if processor is None:
+            return PermanentRequestError(
+                "this model cannot score pairs (vLLM runs it with no cross-encoder); "
+                "--task score needs a model with a one-label classification head",
+                ERROR_INVALID_REQUEST,
+            )
+        pairs = prompt.pairs() if isinstance(prompt, Rerank) else [prompt]
+        tok_params = self._renderer.default_cmpl_tok_params
+        tokenizer = self._renderer.get_tokenizer()
+        parts: list[list[int]] = []
+        for pair in pairs:
+            try:
+                _, engine_prompt = processor.get_score_prompt(
+                    data_1=pair.query,
+                    data_2=pair.document,
+                    encode_kwargs=tok_params.get_encode_kwargs(),
+                )
+                tok_params.apply_post_tokenization(tokenizer, engine_prompt)
+            except self._request_errors as error:
+                return PermanentRequestError(str(error), _error_type(error))
+            if any(engine_prompt.get("token_type_ids") or ()):
+                # vLLM passes these to the model beside the ids; the Engine interface
+                # carries ids only, and scoring without them would be silently wrong.
+                return PermanentRequestError(
+                    "this model's tokenizer marks the document with token_type_ids "
+                    "(a BERT-style cross-encoder), which bizra-batch does not pass on yet",
+                    ERROR_INVALID_REQUEST,
+                )
+            parts.append(list(engine_prompt["prompt_token_ids"]))
+        return SegmentedIds(parts) if isinstance(prompt, Rerank) else parts[0]
+
+    def _pooling_params(self, pooling: Pooling) -> Any:
+        params = self._pooling_params_cache.get(pooling)
+        if params is None:
+            from vllm import PoolingParams
+
+            task: Any = VLLM_POOLING_TASK[pooling.task]
+            params = PoolingParams(
+                task=task,
+                use_activation=pooling.normalize,
+                dimensions=pooling.dimensions,
+            )
+            self._pooling_params_cache[pooling] = params
+        # vLLM fills in the model's defaults on the params it is given: one each.
+        return params.clone()
+
+    def _add_pooling(self, request: EngineRequest) -> None:
+        pooling = request.pooling
+        if pooling is None or self._pooling_task is None:
+            wanted = "text generation" if pooling is None else f"--task {pooling.task}"
+            started = "generation" if self._pooling_task is None else "pooling"
+            raise PermanentRequestError(
+                f"{wanted} asked of an engine started for {started}; start it with "
+                "the run's task (EngineConfig.task)",
+                ERROR_INVALID_REQUEST,
+            )
+        ids = request.prompt_token_ids
+        parts = ids.segments() if isinstance(ids, SegmentedIds) else [list(ids)]
+        for part in parts:
+            if len(part) > self._max_model_len:
+                raise PermanentRequestError(
+                    f"the prompt has {len(part)} tokens; the model takes at most "
+                    f"max_model_len={self._max_model_len}",
+                    ERROR_PROMPT_TOO_LONG,
+                )
+        params = self._pooling_params(pooling)
+        from vllm.inputs.engine import tokens_input
+
+        names = [str(request.key)]
+        if isinstance(ids, SegmentedIds):
+            names = [f"{request.key}.{n}" for n in range(len(parts))]
+            self._fanout[request.key] = [None] * len(parts)
+            self._fanout_tokens[request.key] = len(ids)
+        added: list[str] = []
+        try:
+            with self._tokenizer_turns:
+                for name, part in zip(names, parts, strict=True):
+                    self._engine.add_request(name, tokens_input(part), params.clone())
+                    added.append(name)
+        except self._request_errors as error:
+            self._drop_fanout(request.key, added)
+            raise PermanentRequestError(str(error), _error_type(error)) from error
+        except Exception as error:
+            raise self._engine_failure(error) from error
+
+    def _drop_fanout(self, key: int, added: Sequence[str]) -> None:
+        self._fanout.pop(key, None)
+        self._fanout_tokens.pop(key, None)
+        if added:
+            self._engine.abort_request(list(added), internal=False)
+
+    def _finished_pooling(self, request_outputs: Sequence[Any]) -> list[EngineOutput]:
+        finished: list[EngineOutput] = []
+        for output in request_outputs:
+            if not output.finished:
+                continue
+            data = output.outputs.data
+            values = [float(v) for v in data.reshape(-1).tolist()]
+            name, dot, part = str(output.request_id).partition(".")
+            key = int(name)
+            if not dot:
+                prompt_tokens = len(output.prompt_token_ids or ())
+                finished.append(
+                    EngineOutput(key, "", None, prompt_tokens, 0, pooled=self._pooled(values))
+                )
+                continue
+            scores = self._fanout.get(key)
+            if scores is None:  # aborted for a retry meanwhile
+                continue
+            scores[int(part)] = values[0]
+            if all(score is not None for score in scores):
+                del self._fanout[key]
+                tokens = self._fanout_tokens.pop(key)
+                pooled = Pooled([float(score or 0.0) for score in scores])
+                finished.append(EngineOutput(key, "", None, tokens, 0, pooled=pooled))
+        return finished
+
+    def _pooled(self, values: list[float]) -> Pooled:
+        return Pooled(values, self._labels)
+
+    def _pooling_request_ids(self, key: int) -> list[str]:
+        """vLLM's ids for row `key`: one, or a rerank row's one per document."""
+        scores = self._fanout.pop(key, None)
+        self._fanout_tokens.pop(key, None)
+        if scores is None:
+            return [str(key)]
+        return [f"{key}.{n}" for n in range(len(scores))]
 
     # -- failures ---------------------------------------------------------------------
 
@@ -533,7 +707,46 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
                 f"{detail}; check --model (a local directory or a Hugging Face id) and "
                 "the engine options (--debug shows vLLM's traceback)"
             ) from error
+        check_model_task(llm, config)
         return VllmEngine(llm)
+
+
+def check_model_task(llm: Any, config: EngineConfig) -> None:
+    """Refuse, before any row runs, a model that cannot do the run's task.
+
+    Above all a classification task on a model without a classification head:
+    vLLM's `convert="classify"` gives a causal LM a head of uninitialised memory,
+    whose scores would look like any others.
+    """
+    task = config.task
+    if task not in POOLING_TASKS:
+        return
+    model_config = llm.model_config
+    supported = tuple(getattr(llm, "supported_tasks", ()))
+    needed = VLLM_POOLING_TASK[task]
+    architectures = list(getattr(model_config.hf_config, "architectures", None) or ())
+    converted = getattr(model_config, "convert_type", "none")
+    if needed == "classify" and converted == "classify":
+        raise EngineStartError(
+            f"--task {task}: model {config.model!r} ({', '.join(architectures)}) has no "
+            "classification head, and convert=classify would give it one of uninitialised "
+            "weights; use a *ForSequenceClassification model"
+        )
+    if needed not in supported:
+        runs_as = " or ".join(t for t in supported if t in ("embed", "classify")) or "neither"
+        head = "an embedding model" if needed == "embed" else "a classification head"
+        raise EngineStartError(
+            f"--task {task} needs {head}; model {config.model!r} "
+            f"({', '.join(architectures) or 'unknown architecture'}) can only {runs_as} "
+            f"in vLLM; pick a model made for {task}"
+        )
+    labels = int(getattr(model_config.hf_config, "num_labels", 0) or 0)
+    if task == "score" and labels != 1:
+        raise EngineStartError(
+            f"--task score needs a cross-encoder, a classification head with one label; "
+            f"model {config.model!r} has {labels} labels (--task classify gives their "
+            "probabilities)"
+        )
 
 
 def generate_all(
