@@ -35,7 +35,7 @@ from batching.config import InputConfig
 from batching.records import ERROR_INVALID_INPUT, InvalidRow, Request, RowError
 from batching.sampling_rules import ROW_SAMPLING_FIELDS, describe, parse_sampling
 from batching.sampling_rules import message as _message
-from batching.tasks import Rerank, TextPair, row_texts
+from batching.tasks import request_texts, row_texts
 
 __all__ = [
     "ROW_SAMPLING_FIELDS",
@@ -153,13 +153,13 @@ def _pooling_row(
         problem = _message(where, "dimensions", "an integer >= 1", dimensions)
     if problem is not None:
         return invalid_row(index, line, problem, row_id=row_id, kept=kept)
-    pair = isinstance(texts, (TextPair, Rerank))
+    prompt, messages = request_texts(texts)
     return Request(
         index=index,
         id=row_id,
         line=line,
-        prompt=None if pair else texts,
-        messages=texts if pair else None,
+        prompt=prompt,
+        messages=messages,
         kept=kept,
         pooling=fields.pooling(dimensions),
     )

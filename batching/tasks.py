@@ -45,6 +45,7 @@ __all__ = [
     "Task",
     "TextPair",
     "check_task",
+    "request_texts",
     "row_fields",
     "row_texts",
     "task_values",
@@ -211,6 +212,20 @@ def task_values(task: str, pooled: Pooled, *, rerank: bool) -> dict[str, Any]:
     if rerank:
         return {"scores": pooled.values}
     return {"score": pooled.values[0]}
+
+
+def request_texts(
+    texts: str | TextPair | Rerank | None,
+) -> tuple[str | None, tuple[Mapping[str, Any], ...] | None]:
+    """A pooling row's text as a `Request`'s `prompt` and `messages`: a plain text is
+    the prompt; a pair or rerank row goes in `messages`.
+
+    >>> request_texts(TextPair("a", "b"))[0] is None
+    True
+    """
+    if isinstance(texts, (TextPair, Rerank)):
+        return None, texts
+    return texts, None
 
 
 def row_fields(task: str, prompt_field: str) -> tuple[str, ...]:

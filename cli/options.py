@@ -14,6 +14,7 @@ import typer
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
+from batching.openai_pooling import implied_task
 from batching.template import PromptTemplate
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "MessagesField",
     "ModelOption",
     "PromptField",
+    "TaskChoice",
+    "TaskOption",
     "TemplateFileOption",
     "TemplateOption",
     "input_config",
@@ -103,6 +106,24 @@ TemplateOption = Annotated[
 TemplateFileOption = Annotated[
     str | None, _input("Read --template from this UTF-8 file.", metavar="FILE")
 ]
+
+
+class TaskChoice(str, Enum):
+    generate = "generate"
+    embed = "embed"
+    classify = "classify"
+    score = "score"
+
+
+TaskOption = Annotated[
+    TaskChoice | None,
+    _input(
+        "What each row asks for: generate text; embed (prompt or input -> embedding); "
+        "classify (-> probs, label); score (text_1 + text_2, or query + documents -> "
+        "score). Default: generate, or what an OpenAI batch file's urls ask for "
+        "(/v1/embeddings: embed; /v1/score, /v1/rerank: score)."
+    ),
+]
 IdField = Annotated[str, _input("Row id field; default id is the 0-based row number.")]
 MaxLineBytes = Annotated[int, _input("Longer input lines are invalid rows.", min=1)]
 
@@ -134,6 +155,9 @@ def input_config(
     chunk_size: int = 1024,
     template: str | None = None,
     template_file: str | None = None,
+    task: TaskChoice | None = None,
+    normalize: bool | None = None,
+    dimensions: int | None = None,
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
@@ -141,6 +165,8 @@ def input_config(
     ('topic', 'lang')
     >>> input_config("in.jsonl", None, template="Hi {{ name }}").template.fields
     ('name',)
+    >>> input_config("in.jsonl", None, task=TaskChoice.embed).task
+    'embed'
     """
     if template is not None and template_file is not None:
         raise UsageError("--template and --template-file: give one of them")
@@ -158,6 +184,9 @@ def input_config(
         keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
         chunk_size=chunk_size,
         template=prompt_template,
+        task=implied_task(path) if task is None else task.value,
+        normalize=normalize,
+        dimensions=dimensions,
     )
 
 

@@ -16,6 +16,7 @@ from batching.engine import EngineFactory
 from batching.engines.choice import (
     RAY_LOCAL,
     EngineChoice,
+    check_engine_task,
     checked_model,
     engine_factory,
     ray_options,
@@ -46,6 +47,7 @@ from cli.options import (
     MaxNumSeqsOption,
     MessagesField,
     PromptField,
+    TaskOption,
     TemplateFileOption,
     TemplateOption,
     input_config,
@@ -57,6 +59,7 @@ from cli.run_options import (
     ChunkSize,
     Concurrency,
     Debug,
+    Dimensions,
     EnablePrefixCaching,
     EngineOption,
     ErrorsPath,
@@ -71,6 +74,7 @@ from cli.run_options import (
     MaxRetries,
     MaxTokens,
     MaxWaitMs,
+    Normalize,
     OnInvalid,
     OnInvalidChoice,
     OrderChoice,
@@ -158,6 +162,9 @@ def run(
     n: Samples = None,
     logprobs: Logprobs = None,
     json_schema: JsonSchema = None,
+    task: TaskOption = None,
+    normalize: Normalize = None,
+    dimensions: Dimensions = None,
     model: RunModel = None,
     engine: EngineOption = EngineChoice.vllm,
     tensor_parallel_size: TensorParallelSize = 1,
@@ -207,6 +214,7 @@ def run(
                 input_path, input_format, prompt_field, messages_field, id_field,
                 keep_fields=keep_fields, chunk_size=chunk_size,
                 template=template, template_file=template_file,
+                task=task, normalize=normalize, dimensions=dimensions,
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,
@@ -240,7 +248,9 @@ def run(
             seed=seed,
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
+            task=config.task,
         )
+        check_engine_task(engine, config.task, ray)
         remote = remote_config(
             engine, base_url, api_key_env, model=model, concurrency=concurrency,
             timeout_s=request_timeout, max_retries=max_retries, max_model_len=max_model_len,

@@ -31,6 +31,7 @@ __all__ = [
     "ChunkSize",
     "Concurrency",
     "Debug",
+    "Dimensions",
     "EnablePrefixCaching",
     "EngineOption",
     "ErrorsPath",
@@ -45,6 +46,7 @@ __all__ = [
     "MaxRetries",
     "MaxTokens",
     "MaxWaitMs",
+    "Normalize",
     "OnInvalid",
     "OnInvalidChoice",
     "OrderChoice",
@@ -141,6 +143,22 @@ JsonSchema = Annotated[
         "JSON Schema file every output must match (guided decoding); a row's json_schema "
         "or response_format wins.",
         metavar="FILE",
+    ),
+]
+
+Normalize = Annotated[
+    bool | None,
+    _sampling(
+        "--task embed: scale each embedding to unit length. Default: the model's "
+        "(vLLM normalizes).",
+        "--normalize/--no-normalize",
+    ),
+]
+Dimensions = Annotated[
+    int | None,
+    _sampling(
+        "--task embed: cut embeddings to this many dimensions (Matryoshka models only; "
+        "a row's dimensions wins)."
     ),
 ]
 

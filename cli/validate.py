@@ -18,6 +18,7 @@ from cli.options import (
     MaxLineBytes,
     MessagesField,
     PromptField,
+    TaskOption,
     TemplateFileOption,
     TemplateOption,
     input_config,
@@ -64,6 +65,7 @@ def validate(
     id_field: IdField = "id",
     template: TemplateOption = None,
     template_file: TemplateFileOption = None,
+    task: TaskOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     json_output: Annotated[
         bool,
@@ -94,7 +96,7 @@ def validate(
         # Inside: the config refuses a path it cannot resolve (file://host/).
         config = input_config(
             input_path, input_format, prompt_field, messages_field, id_field,
-            template=template, template_file=template_file,
+            template=template, template_file=template_file, task=task,
         )  # fmt: skip
         report = validate_input(
             config,

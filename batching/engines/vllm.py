@@ -726,7 +726,8 @@ def check_model_task(llm: Any, config: EngineConfig) -> None:
     needed = VLLM_POOLING_TASK[task]
     architectures = list(getattr(model_config.hf_config, "architectures", None) or ())
     converted = getattr(model_config, "convert_type", "none")
-    if needed == "classify" and converted == "classify":
+    generative = any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in architectures)
+    if needed == "classify" and converted == "classify" and generative:
         raise EngineStartError(
             f"--task {task}: model {config.model!r} ({', '.join(architectures)}) has no "
             "classification head, and convert=classify would give it one of uninitialised "
