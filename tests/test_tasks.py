@@ -78,26 +78,41 @@ def test_a_pooling_row_ignores_sampling_fields() -> None:
 @pytest.mark.parametrize(
     ("obj", "task", "message"),
     [
-        ({"prompt": 5}, "embed", "p.jsonl:1: field 'prompt': expected a non-empty string, found integer 5"),
+        (
+            {"prompt": 5},
+            "embed",
+            "p.jsonl:1: field 'prompt': expected a non-empty string, found integer 5",
+        ),
         (
             {"text": "hi"},
             "classify",
-            "p.jsonl:1: no 'prompt' or 'input' field; set --prompt-field if the text is under another name",
+            "p.jsonl:1: no 'prompt' or 'input' field; set --prompt-field if the text is "
+            "under another name",
         ),
-        ({"prompt": "hi", "dimensions": 0}, "embed", "p.jsonl:1: field 'dimensions': expected an integer >= 1, found integer 0"),
-        ({"text_1": "a"}, "score", "p.jsonl:1: field 'text_2': expected a non-empty string, found null"),
+        (
+            {"prompt": "hi", "dimensions": 0},
+            "embed",
+            "p.jsonl:1: field 'dimensions': expected an integer >= 1, found integer 0",
+        ),
+        (
+            {"text_1": "a"},
+            "score",
+            "p.jsonl:1: field 'text_2': expected a non-empty string, found null",
+        ),
         (
             {"prompt": "a"},
             "score",
-            "p.jsonl:1: a score row needs 'text_1' and 'text_2' (a query and a document), or 'query' and 'documents'",
+            "p.jsonl:1: a score row needs 'text_1' and 'text_2' (a query and a document), "
+            "or 'query' and 'documents'",
         ),
         (
             {"query": "q", "documents": ["a", ""]},
             "score",
-            "p.jsonl:1: field 'documents': expected a non-empty list of strings, found a list of 2 items",
+            "p.jsonl:1: field 'documents': expected a non-empty list of strings, found a "
+            "list of 2 items",
         ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_pooling_row_names_its_field(obj: dict[str, Any], task: str, message: str) -> None:
     assert row(obj, task).error.message == message
 
@@ -130,18 +145,17 @@ def test_an_unknown_task_is_a_usage_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sampling", "message"),
-    [
-        (Sampling(max_tokens=256, temperature=0.5), "--temperature is a generation option, and --task embed generates no text; remove it"),
-        (Sampling(max_tokens=16), "--max-tokens is a generation option, and --task embed generates no text; remove it"),
-    ],
-)  # fmt: skip
+    ("sampling", "option"),
+    [(Sampling(max_tokens=256, temperature=0.5), "--temperature"), (Sampling(), "--max-tokens")],
+)
 def test_generation_options_with_a_pooling_task_are_refused(
-    sampling: Sampling, message: str
+    sampling: Sampling, option: str
 ) -> None:
     with pytest.raises(UsageError) as caught:
         RunConfig(InputConfig("p.jsonl", task="embed"), sampling=sampling)
-    assert str(caught.value) == message
+    assert str(caught.value) == (
+        f"{option} is a generation option, and --task embed generates no text; remove it"
+    )
 
 
 def test_embedding_settings_need_the_embed_task() -> None:
@@ -235,10 +249,8 @@ def test_score_pairs_and_rerank_rows_keep_one_row_each(tmp_path: Path, suffix: s
     errors = tmp_path / "errors.jsonl"
     result = run_cli(str(source), "--task", "score", "-o", str(out), "--errors", str(errors))
     assert result.exit_code == 1
-    if suffix == ".jsonl":
-        rows = read_jsonl(out.read_bytes())
-    else:
-        rows = pq.read_table(out).to_pylist()
+    parquet = suffix == ".parquet"
+    rows = pq.read_table(out).to_pylist() if parquet else read_jsonl(out.read_bytes())
     assert [r["id"] for r in rows] == [0, 1, 2, 3]
     assert rows[0]["score"] == 0.25  # 'cats' and 'dogs' share one of four characters
     assert rows[1]["scores"] == [0.25, 1.0, 0.0]  # in the documents' order
