@@ -145,13 +145,20 @@ def test_embed_matches_transformers(
 ) -> None:
     rows = [{"id": f"t{i}", "prompt": text} for i, text in enumerate(TEXTS)]
     rows.insert(2, {"id": "bad", "prompt": ""})
+    # The tiny model has no Matryoshka support: that row alone fails, saying so.
+    rows.append({"id": "dims", "prompt": "hi", "dimensions": 8})
     source, out = write_rows(tmp_path / "in.jsonl", rows), tmp_path / f"out{suffix}"
     done = bizra(source, models["embed"], "--task", "embed", "-o", str(out))
-    assert done.returncode == 1, done.stderr.decode(errors="replace")  # the bad row
+    assert done.returncode == 1, done.stderr.decode(errors="replace")  # the bad rows
     written = read_output(out)
     assert [row["id"] for row in written] == [row["id"] for row in rows]
     assert written[2]["error"]["type"] == "invalid_input"
-    for row, text in zip(written[:2] + written[3:], TEXTS, strict=True):
+    assert written[-1]["error"] == {
+        "type": "invalid_request",
+        "message": f"{source}:{len(rows)}: Model {str(models['embed'])!r} does not support "
+        "Matryoshka embeddings; dimensions must be unset (received dimensions=8).",
+    }
+    for row, text in zip(written[:2] + written[3:-1], TEXTS, strict=True):
         assert row["error"] is None
         assert close(row["embedding"], reference.embedding(text)), text
         assert row["prompt_tokens"] == reference.tokens(text)

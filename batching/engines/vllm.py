@@ -41,6 +41,7 @@ from batching.errors import EngineStartError
 from batching.records import (
     ERROR_INVALID_REQUEST,
     ERROR_PROMPT_TOO_LONG,
+    RowError,
     Sample,
     Sampling,
     TokenLogprob,
@@ -608,10 +609,17 @@ class VllmEngine:
         for output in request_outputs:
             if not output.finished:
                 continue
-            data = output.outputs.data
-            values = [float(v) for v in data.reshape(-1).tolist()]
             name, dot, part = str(output.request_id).partition(".")
             key = int(name)
+            failure = getattr(output, "error", None)
+            if failure is not None:
+                # vLLM's request-level error (a row it could not pool): that row's record.
+                self._pooling_request_ids(key)
+                message = str(getattr(failure, "message", None) or failure)
+                error = RowError(ERROR_INVALID_REQUEST, message)
+                finished.append(EngineOutput(key, "", None, 0, 0, error=error))
+                continue
+            values = [float(v) for v in output.outputs.data.reshape(-1).tolist()]
             if not dot:
                 prompt_tokens = len(output.prompt_token_ids or ())
                 finished.append(
@@ -619,7 +627,7 @@ class VllmEngine:
                 )
                 continue
             scores = self._fanout.get(key)
-            if scores is None:  # aborted for a retry meanwhile
+            if scores is None:  # aborted for a retry meanwhile, or one of its pairs failed
                 continue
             scores[int(part)] = values[0]
             if all(score is not None for score in scores):
