@@ -614,7 +614,9 @@ class VllmEngine:
             failure = getattr(output, "error", None)
             if failure is not None:
                 # vLLM's request-level error (a row it could not pool): that row's record.
-                self._pooling_request_ids(key)
+                others = [i for i in self._pooling_request_ids(key) if i != output.request_id]
+                if others:  # the rest of a rerank row's pairs: its record is made
+                    self._engine.abort_request(others, internal=False)
                 message = str(getattr(failure, "message", None) or failure)
                 error = RowError(ERROR_INVALID_REQUEST, message)
                 finished.append(EngineOutput(key, "", None, 0, 0, error=error))
