@@ -17,6 +17,7 @@ from batching.adapters import KeptOpen, ListSink, ListSupply
 from batching.aio import BatchQueue, QueueClosedError, RequestError
 from batching.config import EngineConfig, InputConfig, OutputConfig, RunConfig
 from batching.engine import (
+    EncodedPrompt,
     Engine,
     EngineDeadError,
     EngineFactory,
@@ -35,7 +36,10 @@ from batching.errors import (
     OutputWriteError,
     UsageError,
 )
+from batching.inputs import InputFile
 from batching.job import run
+from batching.lora import LoraAdapter, LoraAdapters
+from batching.media import MediaPolicy
 from batching.pipeline import EngineFailedError, run_rows
 from batching.ray.runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
@@ -52,6 +56,7 @@ from batching.validate import validate as validate_input
 __all__ = [
     "BatchError",
     "BatchQueue",
+    "EncodedPrompt",
     "Engine",
     "EngineConfig",
     "EngineDeadError",
@@ -65,9 +70,13 @@ __all__ = [
     "FakeEngineFactory",
     "InputConfig",
     "InputError",
+    "InputFile",
     "KeptOpen",
     "ListSink",
     "ListSupply",
+    "LoraAdapter",
+    "LoraAdapters",
+    "MediaPolicy",
     "OutputConfig",
     "OutputError",
     "OutputWriteError",

@@ -6,13 +6,18 @@ be passed around and logged without anyone changing it half-way through a run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from batching.chat_framing import ChatFraming
 from batching.errors import OutputError, UsageError
 from batching.grouping import Order
+from batching.inputs import InputFile, expand_inputs
 from batching.location import STDIO, InputFormat, Location, OutputFormat
+from batching.lora import LoraAdapters
+from batching.media import MediaPolicy
 from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, output_format
 from batching.records import Sampling
 from batching.sampling_rules import check_default_sampling
@@ -21,6 +26,7 @@ from batching.template import PromptTemplate
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
+    "OPENAI_LINES_FRAMED",
     "STDIO",
     "EngineConfig",
     "InputConfig",
@@ -37,16 +43,26 @@ OnInvalid = Literal["record", "abort"]
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
+# An OpenAI batch line names its endpoint (chat or completion) and its answer must
+# be that endpoint's body, so it is sent as it says, as vLLM's run-batch does.
+OPENAI_LINES_FRAMED = (
+    "--chat and --system apply to plain rows, and OpenAI batch lines name their own "
+    "endpoint; drop them, or put the system message in each line's body.messages"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
     """Where rows come from and which fields hold what.
 
-    `location` is `path` resolved, once, when the config is built.
+    `path` is the input: a file, "-" for stdin, a directory or a glob (see
+    `batching.inputs`); `more_paths` any further ones, read after it. `files` is
+    what they name, and `location` is `path` resolved, both worked out once, when
+    the config is built. Rows are numbered across the files, in order.
 
     >>> cfg = InputConfig(path="prompts.jsonl", keep_fields=("topic",))
-    >>> cfg.prompt_field, cfg.chunk_size
-    ('prompt', 1024)
+    >>> cfg.prompt_field, cfg.chunk_size, len(cfg.files)
+    ('prompt', 1024, 1)
     """
 
     path: str
@@ -59,6 +75,15 @@ class InputConfig:
     # Given, a row's prompt is this template rendered with its fields, whatever
     # prompt or messages the row holds itself.
     template: PromptTemplate | None = None
+    # `chat`: each prompt goes as a chat's user message, through the chat template;
+    # `system` (implies `chat`) is every chat's first message (batching.chat_framing).
+    chat: bool = False
+    system: str | None = None
+    more_paths: tuple[str, ...] = ()
+    # The LoRA adapters a row may name (`--lora`); a row naming another is invalid.
+    adapter_names: tuple[str, ...] = ()
+    # Where chat rows' images may come from besides data URLs.
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     # What each row asks for (see `batching.tasks`): it decides which fields a row
     # is read from. `normalize` and `dimensions` (a row may give its own) are the
     # embedding settings; None keeps the model's defaults.
@@ -66,6 +91,9 @@ class InputConfig:
     normalize: bool | None = None
     dimensions: int | None = None
     location: Location = field(init=False, repr=False, compare=False)
+    files: tuple[InputFile, ...] = field(init=False, repr=False, compare=False)
+    # `chat` and `system` as one value: None leaves prompts as they are.
+    framing: ChatFraming | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -74,6 +102,12 @@ class InputConfig:
             raise UsageError(f"{option} is an embedding setting; it needs --task embed")
         if self.dimensions is not None and self.dimensions < 1:
             raise UsageError(f"--dimensions must be at least 1, got {self.dimensions}")
+        if self.task in POOLING_TASKS and (self.chat or self.system is not None):
+            option = "--chat" if self.system is None else "--system"
+            raise UsageError(
+                f"{option} frames prompts as chats for generation; --task {self.task} "
+                "reads each row's text as it is; drop it"
+            )
         if self.task == "score" and self.template is not None:
             raise UsageError(
                 "--template makes one text, and a score row is a pair (text_1 and text_2, "
@@ -92,7 +126,29 @@ class InputConfig:
                 "--template reads plain rows, and an OpenAI batch file's lines hold their "
                 "own requests; pass --input-format jsonl to fill the template from its lines"
             )
+        framing = None
+        if self.chat or self.system is not None:
+            if self.format == "openai":
+                raise UsageError(OPENAI_LINES_FRAMED)
+            framing = ChatFraming(self.system)
+        object.__setattr__(self, "framing", framing)
         object.__setattr__(self, "location", Location.of(self.path))
+        object.__setattr__(self, "files", expand_inputs((self.path, *self.more_paths)))
+
+    @property
+    def several(self) -> bool:
+        """Whether the input is more than one file (or may be: a directory, a glob)."""
+        return len(self.files) > 1 or self.files[0].location != self.location
+
+    def for_file(self, file: InputFile) -> InputConfig:
+        """This config for one of its files alone (what a file's reader is given).
+
+        >>> InputConfig("a.jsonl", more_paths=("b.jsonl",)).for_file(InputFile.of("b.jsonl")).path
+        'b.jsonl'
+        """
+        if not self.several:
+            return self
+        return replace(self, path=file.location.name, more_paths=())
 
     def pooling(self, dimensions: int | None = None) -> Pooling | None:
         """How a row of this input is pooled (None: it generates); `dimensions` is the
@@ -113,6 +169,12 @@ class OutputConfig:
     `location` is `path` resolved when the config is built; `written_format` the
     format it gets (asked when the run starts, so that a directory given as the
     output is named as one rather than as a name without an extension).
+    `is_directory`, decided when the config is built too, says `path` names an
+    output directory (`-o DIR/`: a trailing slash, or a local directory that
+    exists), where each input file gets its own output (`batching.output_dir`).
+
+    >>> OutputConfig("out/").is_directory, OutputConfig("out.jsonl").is_directory
+    (True, False)
     """
 
     path: str | None = None
@@ -121,6 +183,7 @@ class OutputConfig:
     resume: bool = False  # continue an existing output after its last complete row
     model: str = ""  # the model name OpenAI-format output lines carry
     location: Location = field(init=False, repr=False, compare=False)
+    is_directory: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         location = Location.of(self.path)
@@ -130,6 +193,11 @@ class OutputConfig:
         if self.resume and location.is_stdio:
             raise UsageError("--resume needs an output file (-o); stdout cannot be continued")
         object.__setattr__(self, "location", location)
+        directory = not location.is_stdio and (
+            location.path.endswith(("/", os.sep))
+            or (location.is_local and os.path.isdir(location.path))
+        )
+        object.__setattr__(self, "is_directory", directory)
 
     @property
     def written_format(self) -> OutputFormat:
@@ -152,6 +220,7 @@ class EngineConfig:
     seed: int | None = None
     trust_remote_code: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    loras: LoraAdapters = field(default_factory=LoraAdapters)
     # A pooling task (embed, classify, score) starts vLLM's pooling runner; the
     # run's rows must ask for the same task (`InputConfig.task`).
     task: Task = "generate"
@@ -159,6 +228,8 @@ class EngineConfig:
     def llm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vllm.LLM(...)`, unset values left out.
 
+        >>> EngineConfig(model="m", extra={"enforce_eager": True}).llm_kwargs()["enforce_eager"]
+        True
         >>> EngineConfig(model="m", task="embed").llm_kwargs()["runner"]
         'pooling'
         """
@@ -177,6 +248,7 @@ class EngineConfig:
             "seed": self.seed,
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
+        kwargs.update(self.loras.llm_kwargs())
         if self.task in POOLING_TASKS:
             # No `convert`: vLLM picks it from the architecture (embed for a causal
             # LM, the model's own head for a classifier); check_model_task refuses
@@ -256,6 +328,8 @@ class RunConfig:
     def errors_format(self) -> OutputFormat | None:
         """The format the errors file is asked for: OpenAI lines beside OpenAI output
         (as OpenAI's batch API writes), else None (from its own extension)."""
+        if self.output.is_directory:
+            return "openai" if self.output.format == "openai" else None
         return "openai" if self.output.written_format == "openai" else None
 
 

@@ -22,6 +22,7 @@ from batching.tasks import Pooled, Pooling
 
 __all__ = [
     "CountsSequences",
+    "EncodedPrompt",
     "Engine",
     "EngineDeadError",
     "EngineFactory",
@@ -30,7 +31,37 @@ __all__ = [
     "EngineRequest",
     "PermanentRequestError",
     "Sample",
+    "multimodal_of",
 ]
+
+
+class EncodedPrompt(list[int]):
+    """Token ids `Engine.encode` made, with the engine's own prepared input beside them.
+
+    For a chat with images, `multimodal` is what the engine made of it (vLLM: the
+    processed input with the pixel data); the ids already hold each image's tokens,
+    so lengths, grouping and `prompt_tokens` count them. The pipeline passes it back
+    in `EngineRequest.multimodal`.
+
+    >>> ids = EncodedPrompt([1, 7, 7, 2], multimodal={"images": 1})
+    >>> len(ids), ids.multimodal
+    (4, {'images': 1})
+    """
+
+    __slots__ = ("multimodal",)
+
+    def __init__(self, ids: Iterable[int], multimodal: Any = None) -> None:
+        super().__init__(ids)
+        self.multimodal = multimodal
+
+
+def multimodal_of(ids: Sequence[int]) -> Any:
+    """The engine's prepared multimodal input that came with `ids`, or None.
+
+    >>> multimodal_of([1, 2]) is None
+    True
+    """
+    return ids.multimodal if isinstance(ids, EncodedPrompt) else None
 
 
 # Not frozen, though read-only: one of each is made per row, and a frozen dataclass's
@@ -41,6 +72,9 @@ class EngineRequest:
 
     `prompt` is the row's prompt or messages as given, for engines that cannot take
     token ids (a remote OpenAI-compatible server); local engines use the tokens.
+    `adapter` names the LoRA adapter to run it with (None: the base model);
+    `multimodal` is the engine's own prepared input for a prompt with images (see
+    `EncodedPrompt`), None for text.
     `pooling` set asks for a pooled result (`EngineOutput.pooled`) instead of text;
     an engine that cannot pool rejects the request (PermanentRequestError).
     """
@@ -49,6 +83,8 @@ class EngineRequest:
     prompt_token_ids: Sequence[int]
     sampling: Sampling
     prompt: str | Sequence[Mapping[str, Any]] | None = None
+    adapter: str | None = None
+    multimodal: Any = None
     pooling: Pooling | None = None
 
 
@@ -154,7 +190,9 @@ class Engine(Protocol):
         A string is a plain prompt (special tokens added as `LLM.generate` would); a
         sequence of messages is a chat rendered with the model's chat template (as
         `LLM.chat` would). A prompt that cannot be encoded gets its error in place,
-        so one bad row never fails its neighbours.
+        so one bad row never fails its neighbours. A chat may hold decoded images
+        (`batching.media`); an engine that runs them returns an `EncodedPrompt`
+        whose ids include the image tokens, one that cannot gives the row its error.
 
         The pipeline encodes the next chunk in its own thread while the current
         one runs, so `encode` must be safe to call beside `add`, `step` and

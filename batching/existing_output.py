@@ -7,14 +7,18 @@ errors file).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
+from batching.compression import MAGIC, CorruptStream, DecompressedReader, decompressed_pieces
 from batching.config import OutputConfig, OutputFormat
 from batching.errors import OutputError
+from batching.location import Codec
 from batching.openai_batch import check_line, id_token, result_from_line
 from batching.output_format import (
     FIXED_COLUMNS,
@@ -42,6 +46,8 @@ class ExistingOutput:
 
     `torn_bytes` is the size of a torn last JSONL line (after the last newline),
     which resume cuts off; always 0 for Parquet, whose parts are sealed whole.
+    A compressed output (`codec`) keeps its first `whole_bytes`: the whole gzip
+    members (zstd frames) that end in a whole row; `torn_bytes` is what follows.
     `ids()` streams the rows' ids as the JSONL or Parquet reader gives them back
     (the non-string ids of a Parquet string id column decoded from their JSON
     text), at most `rows` of them, also after `open_writer` has started to
@@ -61,14 +67,16 @@ class ExistingOutput:
     torn_bytes: int = 0
     # The run token in an OpenAI output's line ids, for the resumed run to reuse.
     id_token: str | None = None
+    codec: Codec | None = None
+    whole_bytes: int | None = None
 
     def ids(self) -> Iterator[Any]:
         """A fresh iterator over the ids of the complete rows, in order."""
         if self.format == "parquet":
             return _parquet_ids(self.path, self.rows)
         if self.format == "openai":
-            return (row["custom_id"] for row in _jsonl_lines(self.path, self.rows, True))
-        return _jsonl_ids(self.path, self.rows)
+            return (row["custom_id"] for row in self._lines())
+        return (row["id"] for row in self._lines())
 
     def failed_rows(self, batch_rows: int = 1024) -> Iterator[list[Result]]:
         """The complete rows that hold an error, as results, in lists of `batch_rows`.
@@ -79,7 +87,27 @@ class ExistingOutput:
         """
         if self.format == "parquet":
             return _parquet_failed(self.path, self.rows, batch_rows)
-        return _jsonl_failed(self.path, self.rows, batch_rows, self.format == "openai")
+        return _jsonl_failed(self.path, self._lines(), batch_rows, self.format == "openai")
+
+    def _lines(self) -> Iterator[dict[str, Any]]:
+        """The complete rows of a JSONL output, decoded."""
+        return _jsonl_lines(self.path, self.rows, self.format == "openai", self._text)
+
+    def _text(self, file: BinaryIO) -> BinaryIO:
+        """`file`'s text: decompressed, and only its whole members, if it is compressed."""
+        if self.codec is None or self.whole_bytes is None:
+            return file
+        left = self.whole_bytes
+
+        def read(size: int) -> bytes:
+            # Never past the whole members: a resumed run appends to the file as
+            # these rows are read, and its member being written is not whole yet.
+            nonlocal left
+            data = file.read(min(size, left))
+            left -= len(data)
+            return data
+
+        return io.BufferedReader(DecompressedReader(read, self.codec))
 
 
 def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
@@ -101,6 +129,8 @@ def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
         if sources is None:
             return None
         return ExistingOutput(path, "parquet", sum(map(parquet_rows, sources)))
+    if cfg.location.compressed is not None:
+        return _scan_compressed(path, fmt == "openai", cfg.location.compressed)
     return _scan_jsonl(path, fmt == "openai")
 
 
@@ -125,26 +155,61 @@ def _scan_jsonl(path: str, openai: bool) -> ExistingOutput | None:
     return ExistingOutput(path, "openai" if openai else "jsonl", rows, torn, token)
 
 
-def _jsonl_lines(path: str, rows: int, openai: bool = False) -> Iterator[dict[str, Any]]:
-    """The first `rows` lines of a JSONL output, decoded."""
+def _scan_compressed(path: str, openai: bool, codec: Codec) -> ExistingOutput | None:
+    """A compressed output's rows up to the end of its last whole member that ends a
+    row; a member torn by a crash (cut short, or not decoding) is left off."""
+    try:
+        file = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise read_error(path, exc) from None
+    rows = whole_rows = whole_bytes = 0
+    token: str | None = None
+    tail = b""  # the start of a row not yet ended
+    with file:
+        magic = MAGIC[codec]
+        head = file.read(len(magic))
+        # A crash can leave the first member as short as one byte.
+        if head != magic[: len(head)]:
+            raise not_ours(path, f"not {codec}-compressed")
+        file.seek(0)
+        try:
+            for piece, end in decompressed_pieces(file.read, codec):
+                *lines, tail = (tail + piece).split(b"\n")
+                for line in lines:
+                    rows += 1
+                    row = _line_row(line, path, rows, openai)
+                    if openai and rows == 1:
+                        token = id_token(row)
+                if end is not None and not tail:
+                    whole_rows, whole_bytes = rows, end
+        except CorruptStream:
+            pass  # the member a crash tore: the file is cut back to the one before
+        size = os.fstat(file.fileno()).st_size
+    fmt: OutputFormat = "openai" if openai else "jsonl"
+    return ExistingOutput(path, fmt, whole_rows, size - whole_bytes, token, codec, whole_bytes)
+
+
+def _jsonl_lines(
+    path: str, rows: int, openai: bool, text: Callable[[BinaryIO], BinaryIO]
+) -> Iterator[dict[str, Any]]:
+    """The first `rows` lines of a JSONL output, decoded; `text` reads the file."""
     if rows <= 0:
         return
     with open(path, "rb") as file:
-        for number, line in enumerate(file, 1):
+        for number, line in enumerate(text(file), 1):
             yield _line_row(line, path, number, openai)
             if number == rows:
                 return
 
 
-def _jsonl_ids(path: str, rows: int) -> Iterator[Any]:
-    for row in _jsonl_lines(path, rows):
-        yield row["id"]
-
-
-def _jsonl_failed(path: str, rows: int, batch_rows: int, openai: bool) -> Iterator[list[Result]]:
+def _jsonl_failed(
+    path: str, lines: Iterator[dict[str, Any]], batch_rows: int, openai: bool
+) -> Iterator[list[Result]]:
     batch: list[Result] = []
     from_row = result_from_line if openai else _result_from_row
-    for index, row in enumerate(_jsonl_lines(path, rows, openai)):
+    for index, row in enumerate(lines):
         if row.get("error") is not None:
             batch.append(from_row(index, row, f"{path}:{index + 1}"))
             if len(batch) >= batch_rows:

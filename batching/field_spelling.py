@@ -17,6 +17,7 @@ import logging
 from collections.abc import Collection
 
 from batching.config import InputConfig
+from batching.lora import ADAPTER_FIELD
 from batching.schema import ROW_SAMPLING_FIELDS
 
 __all__ = ["FieldSpelling"]
@@ -57,6 +58,7 @@ class FieldSpelling:
             fields.messages_field,
             fields.id_field,
             *ROW_SAMPLING_FIELDS,
+            ADAPTER_FIELD,
         )
         # A kept field is the user's own on purpose, however it is spelt.
         self.cleared = {*self._read, *fields.keep_fields}

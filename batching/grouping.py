@@ -17,6 +17,11 @@ length; `auto` looks at the chunk and picks `prefix` when enough of its rows rep
 a leading-token key (`PREFIX_SHARE`), else `length`. Results go back to input order
 in the reorder buffer whatever the order.
 
+Rows that run with a LoRA adapter are grouped by adapter within the chunk (base-model
+rows first), keeping the chosen order inside each group: a vLLM step costs more the
+more distinct adapters its batch holds (each one's LoRA matrices are applied
+separately), so rows that share an adapter should share steps.
+
 The padding figure in the report says what the same order would save an engine
 that does pad.
 """
@@ -31,6 +36,7 @@ __all__ = [
     "PREFIX_TOKENS",
     "ChunkOrder",
     "Order",
+    "by_adapter",
     "choose_order",
     "padding_tokens",
     "plan_order",
@@ -122,13 +128,42 @@ def submission_order(
 
 
 def plan_order(
-    prompts: Sequence[Sequence[int]], order: Order, prefix_tokens: int = PREFIX_TOKENS
+    prompts: Sequence[Sequence[int]],
+    order: Order,
+    prefix_tokens: int = PREFIX_TOKENS,
+    adapters: Sequence[str | None] | None = None,
 ) -> tuple[ChunkOrder, list[int]]:
     """`choose_order` and `submission_order` in one pass (the prefix keys once).
 
+    `adapters` (each prompt's LoRA adapter, None for the base model) groups the
+    order by adapter, base model first, then adapters as they first come.
+
     >>> plan_order([[1, 2], [1, 3], [9]], "auto", prefix_tokens=1)
     ('prefix', [0, 1, 2])
+    >>> plan_order([[1, 1], [2], [3, 3, 3], [4]], "length", adapters=["b", None, "a", "b"])
+    ('length', [1, 3, 0, 2])
     """
+    chosen, positions = _plan_order(prompts, order, prefix_tokens)
+    if adapters is not None and any(adapter is not None for adapter in adapters):
+        positions = by_adapter(positions, adapters)
+    return chosen, positions
+
+
+def by_adapter(positions: Sequence[int], adapters: Sequence[str | None]) -> list[int]:
+    """`positions` grouped by their adapter, base model (None) first; stable.
+
+    >>> by_adapter([0, 1, 2, 3], ["a", None, "b", "a"])
+    [1, 0, 3, 2]
+    """
+    groups: dict[str | None, list[int]] = {None: []}
+    for position in positions:
+        groups.setdefault(adapters[position], []).append(position)
+    return [position for group in groups.values() for position in group]
+
+
+def _plan_order(
+    prompts: Sequence[Sequence[int]], order: Order, prefix_tokens: int
+) -> tuple[ChunkOrder, list[int]]:
     chosen = _fixed(order)
     groups: list[list[int]] | None = None
     if chosen is None:

@@ -17,15 +17,17 @@ from typing import BinaryIO, Protocol
 from batching.config import OutputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import OutputError, UsageError
+from batching.files_source import FilesSource, check_openable
 from batching.jsonl_source import JsonlSource
-from batching.location import Location
+from batching.location import InputFormat, Location
 from batching.openai_batch import OpenAIBatchLines, same_custom_id
+from batching.output_dir import FilesWriter, MadeDirectories, plan_outputs
 from batching.output_format import output_format
 from batching.parquet_format import PARTS_SUFFIX
 from batching.pipeline import run_rows
 from batching.prefetch import LiveSupply, PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
-from batching.readers import RowSource, is_local_pipe, open_source
+from batching.readers import RowSource, input_format, is_local_pipe, open_source
 from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
@@ -35,7 +37,7 @@ from batching.uri import check_remote_output
 from batching.validate import MAX_LISTED_ERRORS
 from batching.writers import ExistingOutput, ResultWriter, open_writer, scan_output
 
-__all__ = ["RowsRunner", "run"]
+__all__ = ["RowsRunner", "check_input_files", "open_errors_file", "run", "run_to_directory"]
 
 # How many bad rows `--on-invalid abort` lists before it stops.
 INVALID_ROWS_LISTED = 5
@@ -83,9 +85,15 @@ def run(
     (1, 1)
     """
     output = config.output
+    if output.is_directory:
+        return run_to_directory(
+            config, engine_factory, progress=progress, retry=retry, report=report,
+            rows_runner=rows_runner,
+        )  # fmt: skip
     with contextlib.ExitStack() as stack:
         # Everything that can fail on the user's files fails here, before the engine
         # starts: a wrong path should cost milliseconds, not a minute of model loading.
+        check_input_files(config)
         _check_remote_outputs(config)
         _check_distinct_files(config)
         _check_local_targets(config)
@@ -105,7 +113,9 @@ def run(
         if output.written_format == "openai":
             token = existing.id_token if existing is not None else None
             openai_lines = OpenAIBatchLines(output.model, token=token)
-        writer = stack.enter_context(open_writer(output, stdout=stdout, openai_lines=openai_lines))
+        writer = stack.enter_context(
+            open_writer(output, stdout=stdout, openai_lines=openai_lines, existing=existing)
+        )
         supply: RowSupply = _SourceSupply(source)
         done = 0
         if existing is not None and existing.rows:
@@ -132,9 +142,10 @@ def run(
             report.record_resumed_rows(done)
         sink: ResultSink = writer
         if config.errors_location is not None:
-            errors = stack.enter_context(_open_errors_file(config, existing, openai_lines))
+            resumed = () if existing is None else (existing,)
+            errors = stack.enter_context(open_errors_file(config, resumed, openai_lines))
             sink = _ErrorsTee(writer, errors)
-        return rows_runner(
+        finished = rows_runner(
             supply,
             sink,
             engine_factory,
@@ -144,6 +155,130 @@ def run(
             report=report,
             start_index=done,
         )
+        return _with_input_digests(finished, report, source)
+
+
+def run_to_directory(
+    config: RunConfig,
+    engine_factory: EngineFactory,
+    *,
+    progress: ProgressSink | None = None,
+    retry: RetryPolicy | None = None,
+    report: ReportCollector | None = None,
+    rows_runner: RowsRunner = run_rows,
+) -> Report:
+    """`run` for `-o DIR/`: one output per input file (`batching.output_dir`).
+
+    One engine runs every file's rows, numbered across the files; each output is
+    locked with the directory (one `DIR/.lock`), checked, and with `--resume` continued
+    after its own last complete row: a file whose output is whole is only read,
+    to check its rows' ids against the output's.
+
+    >>> import os
+    >>> from batching import FakeEngine, InputConfig, OutputConfig, RunConfig
+    >>> os.makedirs("shards", exist_ok=True)
+    >>> for name in ("a", "b"):
+    ...     with open(f"shards/{name}.jsonl", "wb") as shard:
+    ...         _ = shard.write(b'{"prompt": "Hi"}\\n')
+    >>> report = run(RunConfig(InputConfig("shards"), OutputConfig("out/")), FakeEngine)
+    >>> report.rows_ok, sorted(os.listdir("out"))
+    (2, ['a.jsonl', 'b.jsonl'])
+    """
+    output = config.output
+    if config.input.location.is_stdio:
+        raise UsageError(
+            f"{output.path}: an output directory takes an output per input file, and "
+            "stdin has no file name; pass -o FILE"
+        )
+    with contextlib.ExitStack() as stack:
+        formats = check_input_files(config)
+        _check_remote_outputs(config)
+        _check_distinct_files(config)
+        _check_local_targets(config)
+        _check_errors_file_free(config)
+        _check_formats(config)
+        if output.location.is_local:
+            directory = output.location.path
+            # Runs after the outputs close and the lock is gone.
+            stack.push(MadeDirectories(directory))
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(
+                    f"{directory}: cannot create the output directory ({exc.strerror or exc})"
+                ) from None
+            stack.enter_context(OutputLock(os.path.join(directory, "")))
+        outputs = plan_outputs(config, formats)
+        if config.on_invalid == "abort":
+            _check_every_row(config, None, stack)
+
+        def rows_of(number: int, rows: RowSupply) -> RowSupply:
+            existing = outputs[number].existing
+            if existing is None or not existing.rows:
+                return rows
+            return ResumedSupply(
+                rows,
+                done=existing.rows,
+                ids=existing.ids(),
+                output=outputs[number].config.location.path,
+                same_id=same_custom_id if existing.format == "openai" else None,
+            )
+
+        source = stack.enter_context(
+            FilesSource(config.input, max_line_bytes=config.max_line_bytes, rows_of=rows_of)
+        )
+        writer = stack.enter_context(FilesWriter(outputs, source.spans))
+        resumed = [file.existing for file in outputs if file.existing is not None]
+        done = sum(file.rows for file in resumed)
+        if output.resume:
+            report = report if report is not None else ReportCollector()
+            report.record_resumed_rows(done)
+        sink: ResultSink = writer
+        if config.errors_location is not None:
+            errors = stack.enter_context(open_errors_file(config, resumed, None))
+            sink = _ErrorsTee(writer, errors)
+        finished = rows_runner(
+            PrefetchedSupply(_SourceSupply(source, resumed_rows=done)),
+            sink,
+            engine_factory,
+            config,
+            progress=progress,
+            retry=retry,
+            report=report,
+        )
+        return _with_input_digests(finished, report, source)
+
+
+def _with_input_digests(
+    finished: Report, report: ReportCollector | None, source: RowSource
+) -> Report:
+    """The run's report with the inputs' digests in its manifest: known only now,
+    as the sources hash the bytes while reading them (no second pass)."""
+    if report is None:
+        return finished
+    report.record_input_digests(source.input_digests())
+    return report.finish()
+
+
+def check_input_files(config: RunConfig) -> list[InputFormat]:
+    """The format of each input file; `UsageError` before the engine starts for a file
+    whose format is unknown or that is not there, or for files of two formats bound
+    for one output file (name it -o DIR/ for one output per input)."""
+    cfg = config.input
+    if not cfg.several and not config.output.is_directory:
+        return []  # one file to one output: read (and refused) as always, when opened
+    check_openable(cfg.files)
+    formats = [input_format(file.location, cfg.format) for file in cfg.files]
+    if not config.output.is_directory and len(set(formats)) > 1:
+        first = cfg.files[0]
+        other = next(f for f, fmt in zip(cfg.files, formats, strict=True) if fmt != formats[0])
+        where = "stdout" if config.output.location.is_stdio else config.output.path
+        raise UsageError(
+            f"{first.name} and {other.name}: JSON Lines and Parquet inputs cannot go to one "
+            f"output ({where}); pass -o DIR/ for one output per input file, or run each "
+            "format on its own"
+        )
+    return formats
 
 
 class _UntouchedOutputs:
@@ -189,14 +324,21 @@ def _check_distinct_files(config: RunConfig) -> None:
     """Refuse an output or errors file that is the input, or each other: writing
     over the file being read truncates it, and appending to it feeds the run its
     own output without end (12 GB in ten minutes, seen)."""
-    source = config.input.location
-    output, errors = config.output.location, config.errors_location
+    sources = [file.location for file in config.input.files]
+    errors = config.errors_location
+    # An output directory's files are checked against the inputs when planned.
+    output = None if config.output.is_directory else config.output.location
     errors_file = errors.path if errors is not None and errors.is_local else None
-    if errors_file and output.is_local and _same_file(output.path, errors_file):
+    if (
+        errors_file
+        and output is not None
+        and output.is_local
+        and _same_file(output.path, errors_file)
+    ):
         raise UsageError(
             f"{errors_file}: the errors file is the output; give --errors another path"
         )
-    if source.is_local:
+    for source in _local(sources):
         for target, what in ((output, "output"), (errors, "errors file")):
             if target is not None and target.is_local and _same_file(target.path, source.path):
                 raise UsageError(
@@ -206,7 +348,8 @@ def _check_distinct_files(config: RunConfig) -> None:
     report = config.report_location
     if report is None or not report.is_local:
         return
-    for other, what in ((source, "input file"), (output, "output"), (errors, "errors file")):
+    others = [(source, "input file") for source in sources]
+    for other, what in (*others, (output, "output"), (errors, "errors file")):
         if other is not None and other.is_local and _same_file(report.path, other.path):
             raise UsageError(f"{report.path}: the report is the {what}; give --report another path")
 
@@ -215,7 +358,8 @@ def _check_local_targets(config: RunConfig) -> None:
     """Refuse a local output, errors file or report that could not be created, before
     the engine starts: a report found unwritable only at the end lost the summary
     of a finished run, and a missing directory surfaced as the lock file's error."""
-    targets = (config.output.location, config.errors_location, config.report_location)
+    output = None if config.output.is_directory else config.output.location
+    targets = (output, config.errors_location, config.report_location)
     for target in _local(targets):
         path = target.path
         if os.path.isdir(path):
@@ -260,7 +404,7 @@ def _check_remote_outputs(config: RunConfig) -> None:
     before any output is opened: a refused errors file must not leave the output
     written, since an object store has no way to take it back."""
     output, errors = config.output, config.errors_location
-    if output.location.is_remote:
+    if output.location.is_remote and not output.is_directory:  # its files: plan_outputs
         check_remote_output(output.location.path, overwrite=output.overwrite, resume=output.resume)
     if errors is not None and errors.is_remote:
         overwrite = output.overwrite or output.resume
@@ -268,8 +412,11 @@ def _check_remote_outputs(config: RunConfig) -> None:
 
 
 class _SourceSupply:
-    def __init__(self, source: RowSource) -> None:
+    def __init__(self, source: RowSource, *, resumed_rows: int = 0) -> None:
         self.source = source
+        # Rows read but skipped per file (`-o DIR/ --resume`): the rows numbered for
+        # the run start after none of them, so the total leaves them out.
+        self._resumed_rows = resumed_rows
 
     def chunks(self) -> Iterator[list[Row]]:
         return self.source.chunks()
@@ -278,10 +425,10 @@ class _SourceSupply:
         """Exact for Parquet; for a file, extrapolated from the share of bytes read."""
         source = self.source
         if source.total_rows is not None:
-            return int(source.total_rows)
+            return int(source.total_rows) - self._resumed_rows
         if source.total_bytes and source.bytes_read:
             estimate = round(source.rows_read * source.total_bytes / source.bytes_read)
-            return max(source.rows_read, estimate)
+            return max(source.rows_read, estimate) - self._resumed_rows
         return None
 
 
@@ -304,13 +451,15 @@ class _ErrorsTee:
 
 
 @contextlib.contextmanager
-def _open_errors_file(
-    config: RunConfig, existing: ExistingOutput | None, openai_lines: OpenAIBatchLines | None
+def open_errors_file(
+    config: RunConfig,
+    existing: Sequence[ExistingOutput],
+    openai_lines: OpenAIBatchLines | None,
 ) -> Iterator[ResultWriter]:
     """The errors file, replaced whenever the output is replaced or continued.
 
-    On resume it is rewritten from the failed rows the output already holds
-    (`existing`, as scanned once for the resume), so
+    On resume it is rewritten from the failed rows the outputs already hold
+    (`existing`, as scanned once for the resume, in input order), so
     the two can never disagree whatever moment the earlier run died at.
     """
     output = config.output
@@ -321,9 +470,10 @@ def _open_errors_file(
         model=output.model,
     )
     with open_writer(errors_config, openai_lines=openai_lines) as errors:
-        if existing is not None and existing.rows:
-            for batch in existing.failed_rows():
+        for earlier in existing:
+            for batch in earlier.failed_rows():
                 errors.write(batch)
+        if any(earlier.rows for earlier in existing):
             errors.flush(durable=True)
         yield errors
 

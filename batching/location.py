@@ -19,7 +19,16 @@ from typing import Literal
 
 from batching.uri import is_remote, local_path, suffix_name
 
-__all__ = ["STDIO", "InputFormat", "Location", "LocationKind", "NamedFormat", "OutputFormat"]
+__all__ = [
+    "CODEC_SUFFIX",
+    "STDIO",
+    "Codec",
+    "InputFormat",
+    "Location",
+    "LocationKind",
+    "NamedFormat",
+    "OutputFormat",
+]
 
 STDIO = "-"
 
@@ -29,9 +38,14 @@ NamedFormat = Literal["jsonl", "parquet"]
 # "openai": JSON Lines of OpenAI Batch API requests/responses (batching.openai_batch).
 InputFormat = Literal["jsonl", "parquet", "openai"]
 OutputFormat = Literal["jsonl", "parquet", "openai"]
+# How a file's bytes are compressed, as its last extension says (batching.compression).
+Codec = Literal["gzip", "zstd"]
 
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
+# The extension each codec's files are named with (and zstd's longer spelling).
+CODEC_SUFFIX: dict[Codec, str] = {"gzip": ".gz", "zstd": ".zst"}
+_CODEC_SUFFIXES: dict[str, Codec] = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +54,9 @@ class Location:
 
     `path` is what to open: the local path (a `file://` URI decoded), the remote
     URI, or "-". `name` is the path as given, for messages about an input.
-    `format` is what the extension says, a `.gz` after it aside (`compressed`), and
-    a remote URI's query (`?region=...`) left out; None where it says nothing.
+    `format` is what the extension says, a `.gz` or `.zst` after it aside (that is
+    `compressed`: "gzip" or "zstd", else None), and a remote URI's query
+    (`?region=...`) left out; None where it says nothing.
     `extension` is the extension it went by, for messages ("(none)" if none).
 
     >>> Location.of("-").kind, Location.of(None).kind
@@ -52,7 +67,7 @@ class Location:
     path: str
     name: str
     format: NamedFormat | None = None
-    compressed: bool = False
+    compressed: Codec | None = None
     extension: str = "(none)"
 
     @classmethod
@@ -63,6 +78,8 @@ class Location:
 
         >>> Location.of("in.JSONL").format, Location.of("out.csv").extension
         ('jsonl', '.csv')
+        >>> Location.of("in.jsonl.zst").compressed, Location.of("in.jsonl.gz").compressed
+        ('zstd', 'gzip')
         """
         if isinstance(given, Location):
             return given
@@ -71,8 +88,10 @@ class Location:
         kind: LocationKind = "remote" if is_remote(given) else "local"
         path = given if kind == "remote" else local_path(given)
         name = suffix_name(given).lower()
-        compressed = name.endswith(".gz")
-        name = name.removesuffix(".gz")
+        stem, last = os.path.splitext(name)
+        compressed = _CODEC_SUFFIXES.get(last)
+        if compressed is not None:
+            name = stem
         return cls(
             kind=kind,
             path=path,

@@ -7,8 +7,9 @@ Input lines look like `{"custom_id": "q-1", "method": "POST", "url":
 one bad line costs one error line. The body's sampling fields map onto `Sampling`:
 `max_completion_tokens` (or `max_tokens`), `temperature`, `top_p`, `top_k`, `n`,
 `stop`, `seed`, `response_format` and logprobs (chat: `logprobs` + `top_logprobs`;
-completions: `logprobs` as a count). Other body fields (`model`, `user`, ...) are
-ignored: the run's model answers every line.
+completions: `logprobs` as a count). A body `model` that names one of the run's
+LoRA adapters (`--lora`) runs the line with it, as vLLM's server does; any other
+`model` means the base model, and other body fields (`user`, ...) are ignored.
 
 `OpenAIBatchLines` writes a `Result` as an output line in the shape of OpenAI's (and
 vLLM's `BatchRequestOutput`): `id`, `custom_id`, `response` (`status_code`,
@@ -31,6 +32,7 @@ from typing import Any
 
 from batching.config import InputConfig
 from batching.id_registry import DefaultIdRuns
+from batching.media import decode_images
 from batching.openai_pooling import POOLING_URLS, body_texts, pooling_body, url_task
 from batching.output_format import dumps, not_ours
 from batching.records import (
@@ -136,6 +138,8 @@ def parse_openai_row(
     if chat:
         messages = body.get("messages")
         problem = check_messages(messages, "body.messages", where)
+        if problem is None and isinstance(messages, list):
+            messages, problem = decode_images(messages, fields.media, where, "body.messages")
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
@@ -163,7 +167,18 @@ def parse_openai_row(
         messages=None if messages is None else tuple(messages),
         sampling=sampling,
         kept=kept,
+        adapter=_adapter(body.get("model"), fields.adapter_names),
     )
+
+
+def _adapter(model: object, names: tuple[str, ...]) -> str | None:
+    """The adapter a body's `model` names; None (the base model) for any other model,
+    since OpenAI batch files carry the model name they were written for.
+
+    >>> _adapter("sql", ("sql",)), _adapter("gpt-4o", ("sql",))
+    ('sql', None)
+    """
+    return model if isinstance(model, str) and model in names else None
 
 
 def _check_envelope(obj: Mapping[str, Any], where: str) -> str | None:

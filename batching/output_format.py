@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from batching.errors import OutputError
-from batching.location import Location, OutputFormat
+from batching.location import CODEC_SUFFIX, Location, OutputFormat
 
 __all__ = [
     "FIXED_COLUMNS",
@@ -40,25 +40,30 @@ def output_format(
     lines ("openai", also JSON Lines) are only ever asked for. Messages name the
     path as it is opened (a `file://` URI's local path).
 
-    >>> output_format("results.pq")
-    'parquet'
+    >>> output_format("results.pq"), output_format("results.jsonl.zst")
+    ('parquet', 'jsonl')
     """
     location = Location.of(where)
+    if location.compressed is not None and "parquet" in (location.format, override):
+        raise OutputError(
+            f"{location.path}: Parquet compresses its columns itself and is never "
+            f"{location.compressed}-compressed; name the file .parquet, or "
+            f".jsonl{CODEC_SUFFIX[location.compressed]} for compressed JSON Lines"
+        )
     if override is not None:
-        if override != "parquet" and location.format == "parquet" and not location.compressed:
+        if override != "parquet" and location.format == "parquet":
             # JSON Lines in a .parquet file: no Parquet reader could open it.
             raise OutputError(
                 f"{location.path}: --output-format {override} writes JSON Lines, not Parquet; "
                 f"name the file .jsonl (or drop --output-format {override})"
             )
         return override
-    if location.format is not None and not location.compressed:
+    if location.format is not None:
         return location.format
-    # Writers do not compress: a .jsonl.gz would hold plain JSON Lines.
-    extension = ".gz" if location.compressed else location.extension
     raise OutputError(
-        f"{location.path}: unknown output format for extension {extension}; name the file "
-        ".jsonl or .parquet, or pass --output-format jsonl, parquet or openai"
+        f"{location.path}: unknown output format for extension {location.extension}; name "
+        "the file .jsonl, .jsonl.gz, .jsonl.zst or .parquet, or pass --output-format jsonl, "
+        "parquet or openai"
     )
 
 

@@ -9,6 +9,7 @@ from batching.config import InputConfig
 from batching.errors import InputError
 from batching.field_spelling import FieldSpelling
 from batching.id_registry import IdRegistry
+from batching.lora import ADAPTER_FIELD
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import ROW_SAMPLING_FIELDS, parse_row
@@ -82,6 +83,7 @@ class ParquetSource(RowSource):
             *prompt_fields,
             cfg.id_field,
             *ROW_SAMPLING_FIELDS,
+            ADAPTER_FIELD,
             *pooling_fields,
             *cfg.keep_fields,
             *template_fields,
@@ -141,6 +143,27 @@ class ParquetSource(RowSource):
             if self.total_bytes is not None and total_rows:
                 self.bytes_read = self.total_bytes * index // total_rows
             yield chunk
+        self._hash_file()
+
+    def _hash_file(self) -> None:
+        """Hash the whole file, front to back, once its rows are read.
+
+        A second read, not a hash on the way through: pyarrow reads a Parquet file
+        by ranges (the footer first, then only the column chunks of the columns a
+        row uses), so what it read is not the file. The file is still in the page
+        cache by now; a remote one is streamed once more.
+        """
+        block = bytearray(_HASH_BLOCK_BYTES)
+        try:
+            with open_binary(self._cfg.location) as raw:
+                while n := raw.readinto(block):
+                    self.digest.update(memoryview(block)[:n])
+        except OSError as exc:
+            raise InputError(f"{self.name}: cannot read it again to hash it ({exc})") from None
+        self.digest.complete = True
+
+
+_HASH_BLOCK_BYTES = 1024 * 1024
 
 
 _SCHEMA_FIELDS = ("json_schema", "response_format")

@@ -28,6 +28,7 @@ from batching.engine import (
     EngineOutput,
     EngineRequest,
     PermanentRequestError,
+    multimodal_of,
 )
 from batching.errors import BatchError
 from batching.grouping import ChunkOrder, padding_tokens, plan_order
@@ -342,7 +343,11 @@ class _Runner:
             else:
                 prepared.append(_Pending(request, encoded))
         lengths = [len(p.token_ids) for p in prepared]
-        chunk.order, order = plan_order([p.token_ids for p in prepared], self.config.order)
+        chunk.order, order = plan_order(
+            [p.token_ids for p in prepared],
+            self.config.order,
+            adapters=[p.request.adapter for p in prepared],
+        )
         # Against input-order static batches of the engine's own batch size.
         chunk.padding_avoided = padding_tokens(lengths, encoder.max_num_seqs) - padding_tokens(
             [lengths[i] for i in order], encoder.max_num_seqs
@@ -370,6 +375,8 @@ class _Runner:
             item.token_ids,
             request.sampling.over(self.config.sampling),
             request.prompt if request.prompt is not None else request.messages,
+            request.adapter,
+            multimodal_of(item.token_ids),
             request.pooling,
         )
         while True:

@@ -11,8 +11,9 @@ tokenized with special tokens (as `LLM.generate`), chats are rendered with
 `add_generation_prompt=True` in a sandbox set up the way transformers sets up its
 own, then tokenized without special tokens (the template writes them, as
 `LLM.chat`). Text parts of a message are joined with newlines, as vLLM does for
-templates that expect string content. Models whose rendering vLLM or their own
-code customises (Mistral's tokenizer, `trust_remote_code`) can count differently.
+templates that expect string content; image parts are not counted. Models whose
+rendering vLLM or their own code customises (Mistral's tokenizer,
+`trust_remote_code`) can count differently.
 
 The examples here need a model's tokenizer files (`samples/build_tiny_model.py`
 makes one; tests/test_prompt_tokens.py runs them), so they are not run as tests:
@@ -248,9 +249,11 @@ def _string_content(message: Mapping[str, Any]) -> dict[str, Any]:
     content = message.get("content")
     if not isinstance(content, list):
         return dict(message)
-    # The schema allows only text parts; vLLM joins them with newlines for templates
-    # that take string content, which is most of them.
-    text = "\n".join(part["text"] for part in content)
+    # vLLM joins text parts with newlines for templates that take string content,
+    # which is most of them. Image parts are left out: their tokens come from the
+    # model's processor, which this module does not run, so `validate` counts an
+    # image row's text alone (`run`'s prompt_tokens count the image too).
+    text = "\n".join(part["text"] for part in content if part.get("type") == "text")
     return {**message, "content": text}
 
 

@@ -1,4 +1,4 @@
-"""Stream input rows from JSONL, gzipped JSONL, Parquet or stdin, in chunks.
+"""Stream input rows from JSONL (plain, gzip or zstd), Parquet or stdin, in chunks.
 
 JSONL whose first row is an OpenAI batch request line (`custom_id`, `url`, `body`)
 is read as that format (`batching.openai_batch`); `--input-format openai` forces it.
@@ -6,7 +6,7 @@ Every input row becomes exactly one `Request` or `InvalidRow`, in file order, wi
 memory bounded by the chunk size (Parquet: by the row group) whatever the file size.
 A row that cannot be read (bad JSON, not UTF-8, over-long, duplicate id) becomes an
 `InvalidRow` at its place; only a file that cannot be read at all (missing, not
-Parquet, corrupt gzip) raises `InputError`.
+Parquet, corrupt gzip or zstd) raises `InputError`.
 
 >>> with open("prompts.jsonl", "wb") as prompts:
 ...     _ = prompts.write(b'{"prompt": "Hi"}\\n' * 3)
@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig, InputFormat
 from batching.errors import InputError
+from batching.files_source import FilesSource, place_in_file
 from batching.jsonl_source import JsonlSource, LiveLines, open_jsonl_file
 from batching.location import Location
 from batching.parquet_source import ParquetSource
@@ -36,12 +37,18 @@ from batching.row_source import RowSource
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
     "STDIN_NAME",
+    "RowPlace",
     "RowSource",
     "input_format",
     "is_local_pipe",
     "open_source",
     "row_place",
+    "rows_place",
 ]
+
+# How messages name a row: (its index across the input, its line in its file) ->
+# "data/b.jsonl:3" or "data/c.parquet row 3".
+RowPlace = Callable[[int, int], str]
 
 STDIN_NAME = "<stdin>"
 
@@ -56,10 +63,15 @@ def open_source(
 
     `stdin` replaces `sys.stdin.buffer` when the path is "-" (tests inject a BytesIO).
 
+    Several files (more paths, a directory, a glob) are read one after another as
+    one source, rows numbered across them (`FilesSource`).
+
     >>> source = open_source(InputConfig(path="-"), stdin=io.BytesIO(b'{"prompt": "Hi"}'))
     >>> [row.prompt for chunk in source.chunks() for row in chunk]
     ['Hi']
     """
+    if cfg.several:
+        return FilesSource(cfg, max_line_bytes=max_line_bytes)
     fmt = input_format(cfg.location, cfg.format)
     if cfg.location.is_stdio:
         if fmt == "parquet":
@@ -92,6 +104,11 @@ def input_format(where: Location | str, override: InputFormat | None = None) -> 
     if override is not None:
         return override
     location = Location.of(where)
+    if location.format == "parquet" and location.compressed is not None:
+        raise InputError(
+            f"{location.name}: Parquet compresses its columns itself and cannot be read "
+            f"{location.compressed}-compressed; decompress it first"
+        )
     if location.format is not None:  # stdin too: JSON Lines
         return location.format
     if is_local_pipe(location):
@@ -102,7 +119,8 @@ def input_format(where: Location | str, override: InputFormat | None = None) -> 
         raise InputError(f"{location.name}: is a directory; pass a .jsonl or .parquet file")
     raise InputError(
         f"{location.name}: unknown input format for extension {location.extension}; name the "
-        "file .jsonl, .jsonl.gz or .parquet, or pass --input-format jsonl, parquet or openai"
+        "file .jsonl, .jsonl.gz, .jsonl.zst or .parquet, or pass --input-format jsonl, "
+        "parquet or openai"
     )
 
 
@@ -110,20 +128,36 @@ def row_place(cfg: InputConfig) -> Callable[[int], str]:
     """How messages name a row of `cfg`'s input by its line, as the sources do.
 
     For messages made after the reader is done with a row (the engine refusing
-    it), so they start the way the schema's messages do.
+    it), so they start the way the schema's messages do. For several files the
+    line alone does not say which file: `FilesSource.spans.place(index, line)` does.
 
     >>> row_place(InputConfig(path="prompts.parquet"))(3)
     'prompts.parquet row 3'
     """
     name = STDIN_NAME if cfg.location.is_stdio else cfg.location.name
+    if cfg.several:
+        # The line alone cannot say which file; `rows_place` can, from the index.
+        return lambda line: f"{name} (line or row {line} of one of its files)"
     try:
         parquet = input_format(cfg.location, cfg.format) == "parquet"
-    except InputError:  # a label rather than a file (an API caller's): read as JSONL
+    except InputError:  # a label, a directory or a glob rather than a file: JSONL's form
         parquet = False
     # The sources' own forms (JsonlSource, ParquetSource); a test holds them equal.
-    if parquet:
-        return lambda line: f"{name} row {line}"
-    return lambda line: f"{name}:{line}"
+    return lambda line: place_in_file(name, parquet, line)
+
+
+def rows_place(source: RowSource, cfg: InputConfig) -> RowPlace:
+    """How messages name a row of `source` (opened from `cfg`) by index and line: the
+    one rule for one file and for several, whose index says which file it is in.
+
+    >>> with open_source(InputConfig(path="-"), stdin=io.BytesIO(b"")) as source:
+    ...     rows_place(source, InputConfig(path="-"))(0, 1)
+    '<stdin>:1'
+    """
+    if isinstance(source, FilesSource):
+        return source.spans.place
+    by_line = row_place(cfg)
+    return lambda index, line: by_line(line)
 
 
 def is_local_pipe(where: Location | str) -> bool:

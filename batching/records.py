@@ -136,6 +136,7 @@ class Request:
 
     `prompt` or `messages` is set, never both. `line` is the 1-based line (JSONL) or
     row (Parquet) number, for messages that point the user at their input.
+    `adapter` names the LoRA adapter the row runs with (None: the base model).
     `pooling` is set for a row of a pooling task (embed, classify, score); a score
     row's query and document(s) are its `messages` (a `tasks.TextPair` or `Rerank`).
     """
@@ -147,6 +148,7 @@ class Request:
     messages: tuple[Message, ...] | None = None
     sampling: Sampling = NO_SAMPLING
     kept: Mapping[str, Any] = field(default_factory=dict)
+    adapter: str | None = None
     pooling: Pooling | None = None
 
 

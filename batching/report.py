@@ -16,9 +16,9 @@ the same engine on 1M rows.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batching.figures import (
     derive_figures,
@@ -32,6 +32,9 @@ from batching.figures import (
 from batching.gpu_monitor import GpuSampler, GpuUsage, open_gpu_sampler
 from batching.quantiles import LatencyHistogram
 from batching.records import Result
+
+if TYPE_CHECKING:
+    from batching.manifest import InputDigest, Manifest
 
 __all__ = [
     "ENGINE_WORK_FIGURES",
@@ -319,6 +322,13 @@ class Report:
         "only then a key",
         optional=True,
     )
+    manifest: Mapping[str, Any] | None = figure(
+        None,
+        "what made the output (`batching.manifest.Manifest`): bizra-batch and vLLM "
+        "versions, the model and its digest or revision, every engine argument, the "
+        "sampling defaults, the template, each input's digest; absent where not recorded",
+        optional=True,
+    )
 
     def __post_init__(self) -> None:
         derive_figures(self)
@@ -362,6 +372,7 @@ class ReportCollector:
         # methods count into them and `finish()` fills in the rest. Keyed by the stable
         # error types in `records`, errors_by_type holds a handful of keys, not one per row.
         self._figures: dict[str, Any] = starting_figures(Report)
+        self._manifest: Manifest | None = None
         # Occupancy is known until a step goes uncounted (then None for good).
         self._figures["sequence_seconds"] = 0.0
 
@@ -489,6 +500,15 @@ class ReportCollector:
             self._add_sequence_seconds(part.sequence_seconds)
         self.record_reorder(part.reorder_peak_bytes, part.reorder_peak_rows)
 
+    def record_manifest(self, manifest: Manifest) -> None:
+        """What made the output (the inputs' digests are added once read)."""
+        self._manifest = manifest
+
+    def record_input_digests(self, inputs: Sequence[InputDigest]) -> None:
+        """The inputs' digests, computed while reading, into the recorded manifest."""
+        if self._manifest is not None:
+            self._manifest = self._manifest.with_inputs(inputs)
+
     def record_replicas(self, replicas: tuple[ReplicaThroughput, ...]) -> None:
         """Each replica's throughput so far (replaces what was recorded before)."""
         self._figures["replicas"] = replicas
@@ -549,5 +569,6 @@ class ReportCollector:
                 "chunks_by_order": dict(figures["chunks_by_order"]),
                 "gpu": self._gpu,
                 "sequence_seconds": figures["sequence_seconds"] if figures["batches"] else None,
+                "manifest": None if self._manifest is None else self._manifest.to_dict(),
             }
         )

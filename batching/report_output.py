@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import sys
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +21,12 @@ from batching.report import Report
 from batching.uri import open_remote_output
 
 __all__ = ["format_duration", "render_report", "write_report"]
+
+
+class _AsJson(Protocol):
+    """A report: `Report`, or one that holds it (the queue worker's)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 def format_duration(seconds: float) -> str:
@@ -151,7 +158,7 @@ def render_report(report: Report, console: Console) -> None:
     console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
-def write_report(report: Report, path: Location | str | os.PathLike[str]) -> None:
+def write_report(report: _AsJson, path: Location | str | os.PathLike[str]) -> None:
     """Write the report as JSON; readers see the old file or the new one, never half.
 
     >>> write_report(Report(rows=1, rows_ok=1), "report.json")

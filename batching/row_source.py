@@ -2,10 +2,13 @@
 
 `RowSource` is what the pipeline reads; the JSONL and Parquet sources subclass it
 and share `open_binary` so a missing or unreadable file reads the same either way.
+Each also hashes the input as it reads it (`ReadDigest`), for a run's record of
+exactly which bytes it ran on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -15,10 +18,36 @@ from collections.abc import Iterator
 from batching.closing import ClosedOnExit
 from batching.errors import InputError
 from batching.location import Location
+from batching.manifest import InputDigest
 from batching.records import Row
 from batching.uri import RemoteInput, open_remote_input
 
-__all__ = ["RowSource", "open_binary", "size_if_regular"]
+__all__ = ["ReadDigest", "RowSource", "open_binary", "size_if_regular"]
+
+
+class ReadDigest:
+    """SHA-256 of an input's bytes as they are read, and whether the read got to the end.
+
+    The bytes as stored (a .gz file's compressed bytes), so `sha256sum FILE` gives
+    the same hex; hashed on the way through, not in a second pass over the file.
+
+    >>> digest = ReadDigest()
+    >>> digest.update(b"abc")
+    >>> digest.complete = True
+    >>> digest.value()[:23]
+    'sha256:ba7816bf8f01cfea'
+    """
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self.complete = False
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._sha256.update(data)
+
+    def value(self) -> str | None:
+        """ "sha256:<hex>" once the input was read to its end; None until then."""
+        return f"sha256:{self._sha256.hexdigest()}" if self.complete else None
 
 
 class RowSource(ClosedOnExit):
@@ -26,16 +55,34 @@ class RowSource(ClosedOnExit):
 
     `total_rows` is exact for Parquet and None for JSONL; `total_bytes` is the size
     on disk (compressed for .gz) and None for stdin; `bytes_read` counts the same
-    bytes, so `bytes_read / total_bytes` is the fraction done.
+    bytes, so `bytes_read / total_bytes` is the fraction done. `input_digest` is
+    the SHA-256 of those bytes once every row was read, None before.
     """
 
-    def __init__(self, name: str, *, total_rows: int | None, total_bytes: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        total_rows: int | None,
+        total_bytes: int | None,
+        digest: ReadDigest | None = None,
+    ) -> None:
         self.name = name
         self.total_rows = total_rows
         self.total_bytes = total_bytes
         self.bytes_read = 0
         self.rows_read = 0
+        self.digest = digest or ReadDigest()
         self._started = False
+
+    @property
+    def input_digest(self) -> str | None:
+        """ "sha256:<hex>" of the input's bytes as stored, once `chunks()` reached the end."""
+        return self.digest.value()
+
+    def input_digests(self) -> list[InputDigest]:
+        """Each file read and its digest (one file here; several for `FilesSource`)."""
+        return [InputDigest(self.name, self.input_digest)]
 
     def chunks(self) -> Iterator[list[Row]]:
         """Every row in input order, in lists of at most `chunk_size` rows; once only.

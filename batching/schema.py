@@ -10,9 +10,12 @@ Rules, per row (an object):
 - with a template (`InputConfig.template`), the prompt is the template rendered with
   the row's fields and the row's own prompt and messages fields are not read;
   without one, exactly one of the prompt field (a non-empty string) and the messages field (a
-  non-empty list of `{"role": str, "content": str | [{"type": "text", "text": str}]}`);
+  non-empty list of `{"role": str, "content": str | [part, ...]}`, each part
+  `{"type": "text", "text": str}` or `{"type": "image_url", "image_url": {"url": str}}`,
+  whose images are decoded here (`batching.media`));
 - the id field, if present and not null, is a string, integer, finite number or
   boolean; absent or null, the id is the row's 0-based index;
+- an optional `adapter`: the name of one of the run's LoRA adapters (`--lora`);
 - optional sampling overrides at the top level: `max_tokens`, `temperature`,
   `top_p`, `top_k`, `seed`, `stop`, `n`, `logprobs`, and structured output as
   `json_schema` (a JSON Schema) or OpenAI's `response_format`; null means "not set";
@@ -32,6 +35,8 @@ from types import MappingProxyType
 from typing import Any
 
 from batching.config import InputConfig
+from batching.lora import ADAPTER_FIELD, adapter_problem
+from batching.media import check_image_part, decode_images
 from batching.records import ERROR_INVALID_INPUT, InvalidRow, Request, RowError
 from batching.sampling_rules import ROW_SAMPLING_FIELDS, describe, parse_sampling
 from batching.sampling_rules import message as _message
@@ -106,6 +111,10 @@ def parse_row(
                 problem = _message(where, fields.prompt_field, "a non-empty string", prompt)
         elif messages is not None:
             problem = check_messages(messages, fields.messages_field, where)
+            if problem is None:
+                messages, problem = decode_images(
+                    messages, fields.media, where, fields.messages_field
+                )
         else:
             problem = (
                 f"{where}: no {fields.prompt_field!r} or {fields.messages_field!r} field; "
@@ -113,8 +122,13 @@ def parse_row(
             )
     if problem is None:
         sampling, problem = parse_sampling(obj, where)
+    adapter = obj.get(ADAPTER_FIELD)
+    if problem is None and adapter is not None:
+        problem = adapter_problem(adapter, fields.adapter_names, where, ADAPTER_FIELD)
     if problem is not None:
         return invalid_row(index, line, problem, row_id=row_id, kept=kept)
+    if fields.framing is not None:
+        messages, prompt = fields.framing.frame(prompt, messages), None
     return Request(
         index=index,
         id=row_id,
@@ -123,6 +137,7 @@ def parse_row(
         messages=None if messages is None else tuple(messages),
         sampling=sampling,
         kept=kept,
+        adapter=adapter,
     )
 
 
@@ -217,11 +232,18 @@ def check_messages(messages: object, name: str, where: str) -> str | None:
         if isinstance(content, str):
             continue
         if not isinstance(content, list):
-            return _message(where, f"{at}.content", "a string or a list of text parts", content)
+            return _message(where, f"{at}.content", "a string or a list of parts", content)
         for part_position, part in enumerate(content):
             part_at = f"{at}.content[{part_position}]"
-            if not isinstance(part, dict) or part.get("type") != "text":
-                return _message(where, part_at, 'a {"type": "text", "text": ...} part', part)
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image_url":
+                bad = check_image_part(part)
+                if bad is not None:
+                    return _message(where, f"{part_at}.{bad[0]}", bad[1], part.get(bad[0]))
+                continue
+            if kind != "text":
+                expected = 'a {"type": "text", "text": ...} or {"type": "image_url", ...} part'
+                return _message(where, part_at, expected, part)
             if not isinstance(part.get("text"), str):
                 return _message(where, f"{part_at}.text", "a string", part.get("text"))
     return None

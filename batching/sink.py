@@ -42,7 +42,9 @@ class Sink:
         self.closed = False
 
     @classmethod
-    def for_file(cls, path: str, *, overwrite: bool, resume: bool) -> Sink:
+    def for_file(cls, path: str, *, overwrite: bool, resume: bool, keep: int | None = None) -> Sink:
+        """The file at `path`; on `resume`, cut after its last newline, or to `keep`
+        bytes where given (a compressed output: its last whole member's end)."""
         # Plain open(): the file gets the user's umask like any file they make.
         # "x" refuses an existing file without a race between check and create.
         mode: Literal["ab", "wb", "xb"] = "ab" if resume else "wb" if overwrite else "xb"
@@ -54,7 +56,10 @@ class Sink:
             raise open_error(path, exc) from None
         if resume:
             try:
-                _cut_torn_tail(path, stream.fileno())
+                if keep is None:
+                    _cut_torn_tail(path, stream.fileno())
+                else:
+                    _cut_to(stream.fileno(), keep)
             except BaseException:
                 stream.close()
                 raise
@@ -194,7 +199,7 @@ def _cut_torn_tail(path: str, fd: int) -> None:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         return  # a pipe or device: nothing to cut, and ftruncate would fail
-    end = position = info.st_size
+    position = info.st_size
     keep = 0
     with open(path, "rb", buffering=0) as reader:
         while position > 0:
@@ -204,7 +209,13 @@ def _cut_torn_tail(path: str, fd: int) -> None:
                 keep = start + newline + 1
                 break
             position = start
-    if keep < end:
+    _cut_to(fd, keep)
+
+
+def _cut_to(fd: int, keep: int) -> None:
+    """Truncate the regular file open at `fd` to `keep` bytes, if it is longer."""
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and keep < info.st_size:
         os.ftruncate(fd, keep)
         # Once per resume: the cut reaches the disk before any new row can.
         os.fsync(fd)

@@ -55,7 +55,17 @@ def expected_output(text: str, max_tokens: int | None) -> str:
 
 
 def _render_chat(conversation: Sequence[Mapping[str, Any]]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in conversation)
+    return "\n".join(f"{m['role']}: {_render_content(m['content'])}" for m in conversation)
+
+
+def _render_content(content: Any) -> str:
+    """A message's text; each image part becomes `<image>` (seven fake tokens)."""
+    if not isinstance(content, list):
+        return str(content)
+    return "".join(
+        "<image>" if part.get("type") in ("image_url", "image_pil") else str(part.get("text"))
+        for part in content
+    )
 
 
 @dataclass(eq=False)  # identity, not value: the factory tells engines apart
@@ -160,7 +170,7 @@ class FakeEngine:
             parts = ids.segments() if isinstance(ids, SegmentedIds) else [list(ids)]
             pooled = fake_pooled([_decode(part) for part in parts], request.pooling)
             return EngineOutput(request.key, "", None, len(ids), 0, pooled=pooled)
-        samples = fake_samples(_decode(request.prompt_token_ids), request.sampling)
+        samples = fake_samples(_decode(ids), request.sampling, adapter=request.adapter)
         return EngineOutput.of_samples(request.key, samples, len(request.prompt_token_ids))
 
 
@@ -236,11 +246,16 @@ def fake_pooled(texts: Sequence[str], pooling: Pooling) -> Pooled:
     return Pooled(vector)
 
 
-def fake_samples(text: str, sampling: Sampling) -> list[Sample]:
+def fake_samples(text: str, sampling: Sampling, adapter: str | None = None) -> list[Sample]:
     """The fake model's samples for a prompt text, one per `n`.
+
+    With a LoRA `adapter`, each output starts with its name and a colon, so a test
+    can tell which adapter a row ran with.
 
     >>> [s.text for s in fake_samples("abc", Sampling(max_tokens=2, n=2))]
     ['cb', 'cb']
+    >>> fake_samples("abc", Sampling(), adapter="sql")[0].text
+    'sql:cba'
     """
     samples = []
     for number in range(sampling.n or 1):
@@ -251,6 +266,8 @@ def fake_samples(text: str, sampling: Sampling) -> list[Sample]:
             # Sample k > 0 is the reversal of the prompt followed by "#k", so the
             # samples of one prompt differ and each can be checked.
             full = text[::-1] + (f"#{number}" if number else "")
+            if adapter is not None:
+                full = f"{adapter}:{full}"
             output = full if sampling.max_tokens is None else full[: sampling.max_tokens]
             finish_reason = "length" if len(output) < len(full) else "stop"
         logprobs = None

@@ -8,14 +8,14 @@ of them a report keeps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batching.config import InputConfig
 from batching.figures import figure, figures_dict
 from batching.quantiles import TokenHistogram
-from batching.readers import row_place
+from batching.readers import RowPlace, row_place
 from batching.records import Request
 
 if TYPE_CHECKING:
@@ -85,13 +85,18 @@ class TokenTally:
         tokenizer_dir: str,
         context: tuple[int, str] | None,
         cfg: InputConfig,
+        place: RowPlace | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._tokenizer_dir = tokenizer_dir
         self._context = context
         self._cfg = cfg
-        # The readers' form of a place, so these read like the schema's messages.
-        self._place: Callable[[int], str] = row_place(cfg)
+        # The readers' form of a place, so these read like the schema's messages;
+        # `place` names the file too where the input is several.
+        if place is None:
+            by_line = row_place(cfg)
+            place = lambda index, line: by_line(line)  # noqa: E731
+        self._place: RowPlace = place
         self._histogram = TokenHistogram()
         self._too_long = 0
         self._chat_skipped = 0
@@ -99,7 +104,13 @@ class TokenTally:
         self._first_template_errors: list[RowProblem] = []
 
     @classmethod
-    def start(cls, tokenizer_dir: str, max_model_len: int | None, cfg: InputConfig) -> TokenTally:
+    def start(
+        cls,
+        tokenizer_dir: str,
+        max_model_len: int | None,
+        cfg: InputConfig,
+        place: RowPlace | None = None,
+    ) -> TokenTally:
         try:
             # Imported here: tokenizers and jinja2 come with vLLM, and `validate`
             # without --model must work without either.
@@ -117,7 +128,7 @@ class TokenTally:
         if context is None:
             found = context_length(tokenizer_dir)
             context = None if found is None else (found[0], f"config.json {found[1]}")
-        return cls(tokenizer, tokenizer_dir, context, cfg)
+        return cls(tokenizer, tokenizer_dir, context, cfg, place)
 
     def add(self, requests: Sequence[Request]) -> dict[int, RowProblem]:
         """Count the prompt tokens of `requests`; the problems of those too long, by index."""
@@ -148,8 +159,9 @@ class TokenTally:
         limit, source = self._context
         field = self._cfg.prompt_field if request.prompt is not None else self._cfg.messages_field
         what = "template" if self._cfg.template is not None else f"field {field!r}"
+        where = self._place(request.index, request.line)
         message = (
-            f"{self._place(request.line)}: {what}: {tokens:,} prompt tokens leave no "
+            f"{where}: {what}: {tokens:,} prompt tokens leave no "
             f"room for output within max_model_len {limit:,} ({source}); run gives this row "
             "a prompt_too_long error: shorten it"
         )
@@ -167,7 +179,7 @@ class TokenTally:
         except ChatTemplateError as exc:
             self._template_errors += 1
             if len(self._first_template_errors) < MAX_LISTED_ERRORS:
-                where = self._place(request.line)
+                where = self._place(request.index, request.line)
                 message = f"{where}: the chat template fails on this row ({exc})"
                 self._first_template_errors.append(RowProblem(request.line, message))
             return None

@@ -182,10 +182,15 @@ def _existing_input(uri: str) -> tuple[RemoteFile, Any]:
         info = remote.info()
     except OSError as exc:
         raise InputError(f"{uri}: cannot open ({_first_line(exc)})") from None
+    except Exception as exc:
+        # fsspec filesystems raise what their HTTP client raises (hf:// without a
+        # network: httpx's ConnectError, not an OSError): one line, not a traceback.
+        raise InputError(f"{uri}: cannot open ({type(exc).__name__}: {_first_line(exc)})") from None
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"{uri}: no such file; check the URI")
     if info.type == pafs.FileType.Directory:
-        raise InputError(f"{uri}: is a directory; pass a .jsonl or .parquet file")
+        # Named like a file (Spark writes `table.parquet/` folders): the slash lists it.
+        raise InputError(f"{uri}: is a directory; end it with / to read the files in it")
     return remote, info
 
 
@@ -200,8 +205,8 @@ def open_remote_input(uri: str) -> RemoteInput:
     """
     remote, info = _existing_input(uri)
     try:
-        # compression=None: the reader tells gzip by its content, and counts the
-        # compressed bytes against the size, as for a local .jsonl.gz.
+        # compression=None: the reader tells gzip or zstd by its content, and counts
+        # the compressed bytes against the size, as for a local .jsonl.gz.
         stream = remote.fs.open_input_stream(remote.path, compression=None)
     except OSError as exc:
         raise InputError(f"{uri}: cannot open ({_first_line(exc)})") from None

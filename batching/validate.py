@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from batching.config import InputConfig
-from batching.readers import open_source
+from batching.readers import open_source, rows_place
 from batching.records import NO_SAMPLING, InvalidRow, Request
 from batching.token_figures import (
     MAX_LISTED_ERRORS,
@@ -141,7 +141,7 @@ def validate(
         skipped: str | None = None
         if tokenizer_dir is not None:
             try:
-                tally = TokenTally.start(tokenizer_dir, max_model_len, cfg)
+                tally = TokenTally.start(tokenizer_dir, max_model_len, cfg, rows_place(source, cfg))
             except NoTokenFigures as reason:
                 skipped = str(reason)
         rows = valid = plain = chat = overrides = max_new_tokens = 0

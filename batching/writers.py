@@ -14,6 +14,9 @@ Results are written as they come, and a crash (even kill -9) leaves an output th
   keeps the parts instead: a half output never looks like a finished `<out>`.
 - Parquet to stdout is one stream, a row group per flush, readable only once
   `close()` has written its footer, and not resumable.
+- JSONL named .gz or .zst goes out compressed, one gzip member (zstd frame) per
+  durable flush (`batching.compression`): a crash tears at most the last member,
+  and resume cuts the file back to the end of the last whole one.
 
 Nothing stays in a Python-level buffer after `write()` returns: if stdout is a pipe
 whose reader has gone, `write()` raises `BrokenPipeError` and no half batch is left
@@ -32,10 +35,13 @@ This module opens writers and writes JSONL; `parquet_output` writes Parquet, and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any, BinaryIO
 
+from batching.compression import CompressedSink
 from batching.config import OutputConfig
 from batching.existing_output import ExistingOutput, scan_output
+from batching.location import Codec
 from batching.openai_batch import OpenAIBatchLines
 from batching.output_format import dumps_line, output_format
 from batching.parquet_format import PARQUET_ROW_GROUP_ROWS, PARTS_SUFFIX
@@ -63,6 +69,7 @@ def open_writer(
     stdout: BinaryIO | None = None,
     row_group_rows: int | None = None,
     openai_lines: OpenAIBatchLines | None = None,
+    existing: ExistingOutput | None = None,
 ) -> ResultWriter:
     """Open the output `cfg` names; raises `OutputError` at once if it cannot be.
 
@@ -70,7 +77,9 @@ def open_writer(
     BytesIO). An existing output is refused unless `cfg.overwrite` (replace it) or
     `cfg.resume` (continue it after its last complete row, see `scan_output`) is set.
     `openai_lines` makes OpenAI lines for the run (the errors file shares the
-    output's, so a failed line has the same id in both).
+    output's, so a failed line has the same id in both). `existing` is what
+    `scan_output(cfg)` found, where the caller scanned it already: a compressed
+    output resumed is cut back to its whole members, and only a full scan finds them.
 
     >>> import io
     >>> out = io.BytesIO()
@@ -95,19 +104,29 @@ def open_writer(
         sink = Sink(stream, path, owned=True, resumable=False)
         if fmt == "parquet":
             return ParquetStreamWriter(sink, rows, whole_row_groups=True)
-        return _JsonlWriter(sink, to_line)
+        return _JsonlWriter(_compressed(sink, location.compressed), to_line)
     if fmt == "parquet":
         return ParquetPartsWriter.open(
             path, overwrite=cfg.overwrite, resume=cfg.resume, row_group_rows=rows
         )
-    sink = Sink.for_file(path, overwrite=cfg.overwrite, resume=cfg.resume)
-    return _JsonlWriter(sink, to_line)
+    keep = None
+    if cfg.resume and location.compressed is not None:
+        existing = existing or scan_output(cfg)
+        keep = existing.whole_bytes if existing is not None else None
+    sink = Sink.for_file(path, overwrite=cfg.overwrite, resume=cfg.resume, keep=keep)
+    return _JsonlWriter(_compressed(sink, location.compressed, keep or 0), to_line)
+
+
+def _compressed(sink: Sink, codec: Codec | None, kept: int = 0) -> Sink | CompressedSink:
+    return sink if codec is None else CompressedSink(sink, codec, resumed_bytes=kept)
 
 
 class _JsonlWriter(ResultWriter):
     """JSON Lines of `to_line(result)`: our own rows, or OpenAI batch output lines."""
 
-    def __init__(self, sink: Sink, to_line: Callable[[Result], dict[str, Any]]) -> None:
+    def __init__(
+        self, sink: Sink | CompressedSink, to_line: Callable[[Result], dict[str, Any]]
+    ) -> None:
         super().__init__(sink.name)
         self._sink = sink
         self._to_line = to_line
@@ -129,6 +148,16 @@ class _JsonlWriter(ResultWriter):
 
     def flush(self, durable: bool = False) -> None:
         self._sink.flush(durable=durable)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None and isinstance(self._sink, CompressedSink):
+            self._sink.seal()
+        self.close()
 
     def close(self) -> None:
         self._sink.close()

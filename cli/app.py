@@ -11,6 +11,7 @@ import typer
 from cli import bench as bench_command
 from cli import run as run_command
 from cli import validate as validate_command
+from cli import worker as worker_command
 from cli.config_file import CONTEXT_SETTINGS
 from cli.help import PanelledCommand
 
@@ -100,6 +101,13 @@ _register(
     "Measure batching on the real engine: serial, batch sizes, and run.",
     PanelledCommand,
     no_args_is_help=False,
+)
+# A long-running service over a Redis stream; redis-py is the `redis` extra.
+_register(
+    "worker",
+    worker_command.worker,
+    "Serve requests from a Redis stream; results written back under their ids.",
+    PanelledCommand,
 )
 
 

@@ -14,6 +14,7 @@ import typer
 
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
+from batching.media import MediaPolicy
 from batching.openai_pooling import implied_task
 from batching.template import PromptTemplate
 
@@ -28,17 +29,22 @@ __all__ = [
     "RELIABILITY",
     "REMOTE",
     "SAMPLING",
+    "AllowRemoteMedia",
+    "AllowedMediaPath",
+    "ChatOption",
     "DtypeOption",
     "EngineArgOption",
     "IdField",
     "InputFormatChoice",
     "InputFormatOption",
+    "LoraOption",
     "MaxLineBytes",
     "MaxModelLenOption",
     "MaxNumSeqsOption",
     "MessagesField",
     "ModelOption",
     "PromptField",
+    "SystemOption",
     "TaskChoice",
     "TaskOption",
     "TemplateFileOption",
@@ -106,6 +112,22 @@ TemplateOption = Annotated[
 TemplateFileOption = Annotated[
     str | None, _input("Read --template from this UTF-8 file.", metavar="FILE")
 ]
+ChatOption = Annotated[
+    bool,
+    _input(
+        "Send each prompt (a row's, or the template's text) as a chat's user message, "
+        "through the model's chat template, as instruct models need. Rows holding "
+        "messages are chats already."
+    ),
+]
+SystemOption = Annotated[
+    str | None,
+    _input(
+        "System message put first in every chat (implies --chat); a row's chat that "
+        "starts with its own system message keeps it.",
+        metavar="TEXT",
+    ),
+]
 
 
 class TaskChoice(str, Enum):
@@ -139,6 +161,27 @@ MaxModelLenOption = Annotated[
 MaxNumSeqsOption = Annotated[
     int | None, _engine("Sequences in one engine step (the engine's batch).", min=1)
 ]
+LoraOption = Annotated[
+    list[str] | None,
+    _engine(
+        "LoRA adapter as NAME=PATH (a PEFT directory, or a Hugging Face id); repeatable. "
+        "A row's 'adapter' field (an OpenAI line's body 'model') names the one it runs "
+        "with; rows without one use the base model.",
+        "--lora",
+        metavar="NAME=PATH",
+    ),
+]
+AllowedMediaPath = Annotated[
+    str | None,
+    _input(
+        "Directory chat rows' file:// images may be read from (nowhere else); data: URLs "
+        "need no permission.",
+        metavar="DIR",
+    ),
+]
+AllowRemoteMedia = Annotated[
+    bool, _input("Fetch chat rows' http(s):// images. Off: a batch machine may not be meant to.")
+]
 EngineArgOption = Annotated[
     list[str] | None, _engine("Any other vllm.LLM argument as KEY=VALUE; repeatable.")
 ]
@@ -155,6 +198,12 @@ def input_config(
     chunk_size: int = 1024,
     template: str | None = None,
     template_file: str | None = None,
+    chat: bool = False,
+    system: str | None = None,
+    more_paths: tuple[str, ...] = (),
+    adapter_names: tuple[str, ...] = (),
+    allowed_media_path: str | None = None,
+    allow_remote_media: bool = False,
     task: TaskChoice | None = None,
     normalize: bool | None = None,
     dimensions: int | None = None,
@@ -184,6 +233,11 @@ def input_config(
         keep_fields=tuple(f.strip() for f in keep_fields.split(",") if f.strip()),
         chunk_size=chunk_size,
         template=prompt_template,
+        chat=chat,
+        system=system,
+        more_paths=more_paths,
+        adapter_names=adapter_names,
+        media=MediaPolicy(allowed_path=allowed_media_path, allow_remote=allow_remote_media),
         task=implied_task(path) if task is None else task.value,
         normalize=normalize,
         dimensions=dimensions,

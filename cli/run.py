@@ -23,6 +23,8 @@ from batching.engines.choice import (
     remote_config,
 )
 from batching.errors import BatchError, UsageError
+from batching.lora import LoraAdapters
+from batching.manifest import Manifest
 from batching.records import Sampling
 from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
@@ -38,15 +40,20 @@ from cli.exit_codes import (
 from cli.help import PanelledCommand
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
+    AllowedMediaPath,
+    AllowRemoteMedia,
+    ChatOption,
     DtypeOption,
     EngineArgOption,
     IdField,
     InputFormatOption,
+    LoraOption,
     MaxLineBytes,
     MaxModelLenOption,
     MaxNumSeqsOption,
     MessagesField,
     PromptField,
+    SystemOption,
     TaskOption,
     TemplateFileOption,
     TemplateOption,
@@ -152,6 +159,8 @@ def run(
     keep_fields: KeepFields = "",
     template: TemplateOption = None,
     template_file: TemplateFileOption = None,
+    chat: ChatOption = False,
+    system: SystemOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = None,
@@ -176,6 +185,9 @@ def run(
     enable_prefix_caching: EnablePrefixCaching = None,
     trust_remote_code: TrustRemoteCode = False,
     engine_arg: EngineArgOption = None,
+    lora: LoraOption = None,
+    allowed_media_path: AllowedMediaPath = None,
+    allow_remote_media: AllowRemoteMedia = False,
     chunk_size: ChunkSize = 1024,
     order: OrderOption = OrderChoice.auto,
     max_in_flight: MaxInFlight = None,
@@ -200,7 +212,10 @@ def run(
     replicas: Replicas = None,
     config_file: ConfigOption = None,
 ) -> None:
-    """Run a file of prompts through the model; one ordered result row per input row.
+    """Run files of prompts through the model; one ordered result row per input row.
+
+    Several inputs (files, directories, globs) are read in order as one input; with
+    -o DIR/ each input file gets its own output, DIR/<its relative name>.
 
     Exit codes: 0 every row ok; 1 some rows failed (error records are in the output),
     or the run stopped on an error (the model would not load, the output could not be
@@ -209,11 +224,15 @@ def run(
     """
     with exit_on_error():
         model = checked_model(model, engine, local=ray in (None, RAY_LOCAL))
+        loras = LoraAdapters.parse(lora)
         config = RunConfig(
             input=input_config(
-                input_path, input_format, prompt_field, messages_field, id_field,
+                input_path[0], input_format, prompt_field, messages_field, id_field,
                 keep_fields=keep_fields, chunk_size=chunk_size,
-                template=template, template_file=template_file,
+                template=template, template_file=template_file, chat=chat, system=system,
+                more_paths=tuple(input_path[1:]),
+                adapter_names=loras.names,
+                allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
                 task=task, normalize=normalize, dimensions=dimensions,
             ),
             output=OutputConfig(
@@ -248,6 +267,7 @@ def run(
             seed=seed,
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
+            loras=loras,
             task=config.task,
         )
         check_engine_task(engine, config.task, ray)
@@ -257,7 +277,8 @@ def run(
         )  # fmt: skip
         cluster = ray_options(ray, replicas, engine, tensor_parallel_size, verbose=debug)
         factory = engine_factory(engine, engine_config, remote=remote, verbose=debug)
-    raise typer.Exit(_execute(config, factory, quiet, debug, cluster))
+        manifest = Manifest.of(config, engine.value, engine_config)
+    raise typer.Exit(_execute(config, factory, quiet, debug, cluster, manifest))
 
 
 def _read_json_schema(path: str) -> str:
@@ -280,6 +301,7 @@ def _execute(
     quiet: bool,
     debug: bool,
     cluster: RayOptions | None = None,
+    manifest: Manifest | None = None,
 ) -> int:
     """Run the job with progress and signals handled, write and show the report;
     the exit code."""
@@ -290,6 +312,8 @@ def _execute(
     console = stderr_console()
     progress = make_progress(quiet=quiet)
     collector = ReportCollector()
+    if manifest is not None:
+        collector.record_manifest(manifest)
     # Started now, so a signal or error before the runner starts the clock (a long
     # --resume scan, an --on-invalid abort pass) still gets a report, not a traceback;
     # the runner restarts it.
@@ -361,6 +385,11 @@ def _saved_where(output: OutputConfig) -> str:
     """Where an interrupted run's completed rows are, and how to finish it."""
     from batching.parquet_output import unfinished_rows_dir
 
+    if output.is_directory:
+        return (
+            f"completed rows are saved in {output.location.path} (a Parquet output's in its "
+            ".parts/ directory until its file is whole); run again with --resume to finish"
+        )
     parts = unfinished_rows_dir(output)
     if parts is None:
         return "completed rows are saved."

@@ -105,9 +105,15 @@ _remote = panel_option(REMOTE)
 _ray = panel_option(RAY)
 
 InputArgument = Annotated[
-    str,
+    list[str],
     typer.Argument(
-        metavar="INPUT", help="JSONL, JSONL.gz or Parquet file or URI (s3://...); - for stdin."
+        metavar="INPUT",
+        help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file or URI (s3://..., "
+        "hf://datasets/...); - for "
+        "stdin. Several: files, directories (their .jsonl, .jsonl.gz, .jsonl.zst and "
+        ".parquet files in name order, subfolders too) or quoted globs ('data/*.parquet'), "
+        "read in order as one input.",
+        show_default=False,
     ),
 ]
 KeepFields = Annotated[str, _input("Comma-separated input fields copied to each output row.")]
@@ -275,7 +281,8 @@ OnInvalid = Annotated[
 OutputPath = Annotated[
     str | None,
     _output(
-        "Results file or URI (.jsonl or .parquet); - or none writes JSONL to stdout.",
+        "Results file or URI (.jsonl, .jsonl.gz, .jsonl.zst or .parquet); - or none writes "
+        "JSONL to stdout.",
         "--output",
         "-o",
     ),

@@ -8,16 +8,22 @@ from typing import Annotated
 import orjson
 import typer
 
+from batching.lora import LoraAdapters
 from cli.config_file import ConfigOption
 from cli.exit_codes import FAILED, OK, exit_on_error
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
     OUTPUT,
+    AllowedMediaPath,
+    AllowRemoteMedia,
+    ChatOption,
     IdField,
     InputFormatOption,
+    LoraOption,
     MaxLineBytes,
     MessagesField,
     PromptField,
+    SystemOption,
     TaskOption,
     TemplateFileOption,
     TemplateOption,
@@ -31,7 +37,14 @@ MODEL = "Model (optional: prompt token statistics, prompts too long for it)"
 
 def validate(
     input_path: Annotated[
-        str, typer.Argument(metavar="INPUT", help="JSONL, JSONL.gz or Parquet file; - for stdin.")
+        list[str],
+        typer.Argument(
+            metavar="INPUT",
+            help="JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet file or URI; - for stdin. "
+            "Several: files, "
+            "directories or quoted globs, checked in order as one input, as run reads them.",
+            show_default=False,
+        ),
     ],
     model: Annotated[
         str | None,
@@ -65,8 +78,13 @@ def validate(
     id_field: IdField = "id",
     template: TemplateOption = None,
     template_file: TemplateFileOption = None,
+    chat: ChatOption = False,
+    system: SystemOption = None,
     task: TaskOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
+    lora: LoraOption = None,
+    allowed_media_path: AllowedMediaPath = None,
+    allow_remote_media: AllowRemoteMedia = False,
     json_output: Annotated[
         bool,
         typer.Option(
@@ -95,8 +113,12 @@ def validate(
     with exit_on_error():
         # Inside: the config refuses a path it cannot resolve (file://host/).
         config = input_config(
-            input_path, input_format, prompt_field, messages_field, id_field,
-            template=template, template_file=template_file, task=task,
+            input_path[0], input_format, prompt_field, messages_field, id_field,
+            template=template, template_file=template_file, chat=chat, system=system,
+            more_paths=tuple(input_path[1:]),
+            adapter_names=LoraAdapters.parse(lora).names,
+            allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
+            task=task,
         )  # fmt: skip
         report = validate_input(
             config,

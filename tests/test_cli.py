@@ -249,11 +249,13 @@ def test_flags_a_row_could_not_use_are_refused_up_front(
     assert result.stdout == ""
 
 
-def test_an_input_that_is_a_directory_is_named_so(tmp_path: Path) -> None:
+def test_an_input_directory_without_input_files_is_named_so(tmp_path: Path) -> None:
+    # A directory is read as its input files (tests/test_inputs.py); this one has none.
     result = invoke(str(tmp_path))
     assert result.exit_code == 2
     assert result.stderr == (
-        f"bizra-batch: error: {tmp_path}: is a directory; pass a .jsonl or .parquet file\n"
+        f"bizra-batch: error: {tmp_path}: the directory holds no input files (.jsonl, "
+        ".jsonl.gz, .jsonl.zst, .parquet, in it or its subfolders)\n"
     )
 
 

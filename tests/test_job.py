@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -301,13 +302,14 @@ def test_a_target_under_a_file_is_named_so(tmp_path: Path) -> None:
         run(config(source, source / "x.jsonl"), FakeEngine)
 
 
-def test_an_output_that_is_a_directory_is_named_so(tmp_path: Path) -> None:
-    # Not "already exists; pass --overwrite", which then only leads to this error.
+def test_an_output_that_is_a_directory_gets_the_inputs_output_in_it(tmp_path: Path) -> None:
+    # -o DIR (tests/test_inputs.py): not "already exists; pass --overwrite".
     source = tmp_path / "in.jsonl"
     write_prompts(source, 5)
     (tmp_path / "d").mkdir()
-    with pytest.raises(OutputError, match=r"d: is a directory; name a file"):
-        run(config(source, tmp_path / "d"), FakeEngine)
+    report = run(config(source, tmp_path / "d"), FakeEngine)
+    assert report.rows_ok == 5
+    assert os.listdir(tmp_path / "d") == ["in.jsonl"]
 
 
 def _no_engine() -> FakeEngine:

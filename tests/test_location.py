@@ -30,7 +30,7 @@ def test_none_and_a_dash_are_stdio_and_json_lines(given: str | None) -> None:
                 path="/data/a b.jsonl.gz",
                 name="file:///data/a%20b.jsonl.gz",
                 format="jsonl",
-                compressed=True,
+                compressed="gzip",
                 extension=".jsonl",
             ),
             id="a file URI is the local file, named as given",
@@ -42,7 +42,7 @@ def test_none_and_a_dash_are_stdio_and_json_lines(given: str | None) -> None:
                 path="s3://bucket/out.parquet?region=eu-west-1",
                 name="s3://bucket/out.parquet?region=eu-west-1",
                 format="parquet",
-                compressed=False,
+                compressed=None,
                 extension=".parquet",
             ),
             id="a remote URI keeps its query, but its format does not see it",
@@ -83,11 +83,11 @@ def test_reading_and_writing_tell_a_remote_uris_format_alike() -> None:
 @pytest.mark.parametrize(
     ("resolve", "message"),
     [
-        # Writers do not compress: a .jsonl.gz would hold plain JSON Lines.
+        # Parquet compresses its columns itself.
         (
-            lambda: output_format("out.jsonl.gz"),
-            "out.jsonl.gz: unknown output format for extension .gz; name the file .jsonl or "
-            ".parquet, or pass --output-format jsonl, parquet or openai",
+            lambda: output_format("out.parquet.gz"),
+            "out.parquet.gz: Parquet compresses its columns itself and is never "
+            "gzip-compressed; name the file .parquet, or .jsonl.gz for compressed JSON Lines",
         ),
         # A config cannot be built on a path it cannot resolve.
         (

@@ -56,8 +56,8 @@ def test_the_extension_names_the_format(where: str | Location | None, expected: 
         ("out.jsonl", "openai"),
         ("out.jsonl", "parquet"),
         ("out.parquet", "parquet"),
-        # Compressed, the name promises no Parquet reader anything.
-        ("out.parquet.gz", "jsonl"),
+        # OpenAI batch lines are JSON Lines, and compress as such.
+        ("out.jsonl.zst", "openai"),
     ],
 )
 def test_the_option_wins_over_the_extension(where: str | None, override: OutputFormat) -> None:
@@ -81,7 +81,7 @@ def test_json_lines_into_a_parquet_name_are_refused(override: OutputFormat) -> N
     [
         ("out.csv", ".csv"),
         ("out", "(none)"),
-        ("out.parquet.gz", ".gz"),  # writers do not compress
+        ("out.txt.gz", ".txt"),
         ("file:///data/out.txt", ".txt"),
     ],
 )
@@ -91,8 +91,8 @@ def test_an_unknown_extension_is_refused_with_the_ways_on(where: str, extension:
 
     path = Location.of(where).path
     assert str(refused.value) == (
-        f"{path}: unknown output format for extension {extension}; name the file .jsonl or "
-        ".parquet, or pass --output-format jsonl, parquet or openai"
+        f"{path}: unknown output format for extension {extension}; name the file .jsonl, "
+        ".jsonl.gz, .jsonl.zst or .parquet, or pass --output-format jsonl, parquet or openai"
     )
 
 

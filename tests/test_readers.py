@@ -85,11 +85,12 @@ def test_missing_file_raises_input_error_naming_it(tmp_path: Path) -> None:
         open_source(InputConfig(path=str(path)))
 
 
-def test_directory_raises_input_error(tmp_path: Path) -> None:
+def test_a_directory_without_input_files_raises_input_error(tmp_path: Path) -> None:
+    # A directory is read as its input files (tests/test_inputs.py); this one has none.
     folder = tmp_path / "data.jsonl"
     folder.mkdir()
 
-    with pytest.raises(InputError, match="is a directory"):
+    with pytest.raises(InputError, match="the directory holds no input files"):
         open_source(InputConfig(path=str(folder)))
 
 

@@ -432,8 +432,12 @@ GPU = GpuUsage(2, 5, 41.25, 97.5, 1234.56, 81920.0)
 
 def test_every_report_field_is_a_key_of_to_dict_in_the_known_order() -> None:
     assert list(Report().to_dict()) == KEY_ORDER  # no GPU, no replicas: those keys absent
-    full = Report(gpu=GPU, replicas=(ReplicaThroughput("node-1:7", rows=2, busy_seconds=1.0),))
-    assert list(full.to_dict()) == [*KEY_ORDER, *GPU_KEYS, "replicas"]
+    full = Report(
+        gpu=GPU,
+        replicas=(ReplicaThroughput("node-1:7", rows=2, busy_seconds=1.0),),
+        manifest={"engine": "fake"},
+    )
+    assert list(full.to_dict()) == [*KEY_ORDER, *GPU_KEYS, "replicas", "manifest"]
     declared = [f.name for f in dataclasses.fields(Report)]
     assert [name for name in declared if name not in NOT_KEYS] == list(full.to_dict())
     assert list(figure_docs(Report)) == list(full.to_dict())

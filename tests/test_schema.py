@@ -168,13 +168,18 @@ def test_chat_messages_become_a_tuple() -> None:
         (
             [{"role": "user", "content": "a"}, {"role": "user"}],
             "messages[1].content",
-            "a string or a list of text parts",
+            "a string or a list of parts",
         ),
         ([{"role": "user", "content": 5}], "messages[0].content", "a string or a list"),
         (
-            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
             "messages[0].content[0]",
-            'a {"type": "text", "text": ...} part',
+            'a {"type": "text", "text": ...} or {"type": "image_url", ...} part',
+        ),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": "x.png"}]}],
+            "messages[0].content[0].image_url",
+            'an object with a "url" string',
         ),
         (
             [{"role": "user", "content": [{"type": "text", "text": None}]}],

@@ -15,6 +15,7 @@ import httpx
 import orjson
 
 from batching.engine import EngineOutput, EngineRequest
+from batching.media import has_images, with_image_urls
 from batching.records import Sample, Sampling
 
 __all__ = ["error_message", "parse_output", "request_body", "retry_after_s"]
@@ -25,15 +26,20 @@ def request_body(model: str, request: EngineRequest) -> tuple[str, dict[str, Any
 
     >>> request_body("m", EngineRequest(0, [1], Sampling(max_tokens=8), prompt="Hi"))
     ('/completions', {'model': 'm', 'prompt': 'Hi', 'max_tokens': 8})
+    >>> request_body("m", EngineRequest(0, [1], Sampling(), prompt="Hi", adapter="sql"))[1]
+    {'model': 'sql', 'prompt': 'Hi'}
     """
     prompt = request.prompt
-    body: dict[str, Any] = {"model": model}
+    # A server with LoRA adapters (vLLM's) serves each under its own model name.
+    body: dict[str, Any] = {"model": request.adapter or model}
     chat = not (prompt is None or isinstance(prompt, str))
     if prompt is None or isinstance(prompt, str):
         # No raw prompt (a caller that only has tokens): servers take token ids too.
         body["prompt"] = prompt if prompt is not None else list(request.prompt_token_ids)
     else:
-        body["messages"] = [dict(m) for m in prompt]
+        body["messages"] = (
+            with_image_urls(prompt) if has_images(prompt) else [dict(m) for m in prompt]
+        )
     body.update(_sampling_fields(request.sampling, chat))
     return ("/chat/completions" if chat else "/completions"), body
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from batching.config import EngineConfig
 from batching.engine import (
+    EncodedPrompt,
     Engine,
     EngineDeadError,
     EngineOutOfMemoryError,
@@ -38,7 +39,10 @@ from batching.engines.vllm_setup import (
     quiet_vllm_start,
 )
 from batching.errors import EngineStartError
+from batching.lora import LoraAdapters
+from batching.media import has_images
 from batching.records import (
+    ERROR_INVALID_INPUT,
     ERROR_INVALID_REQUEST,
     ERROR_PROMPT_TOO_LONG,
     RowError,
@@ -156,7 +160,7 @@ class VllmEngine:
     ...     outputs = engine.step()
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, loras: LoraAdapters | None = None) -> None:
         from vllm.sampling_params import RequestOutputKind
 
         self._llm: Any = llm
@@ -186,6 +190,7 @@ class VllmEngine:
         self._scheduler: Any = _in_process_scheduler(llm)
         self._last_step_sequences: int | None = None
         self._init_pooling(llm)
+        self._lora_requests: dict[str, Any] = _lora_requests(loras or LoraAdapters())
 
     @property
     def last_step_sequences(self) -> int | None:
@@ -241,6 +246,9 @@ class VllmEngine:
             if isinstance(prompt, (TextPair, Rerank)):
                 results[index] = self._encode_pairs(prompt)
                 continue
+            if has_images(prompt):
+                results[index] = self._encode_multimodal(prompt)
+                continue
             try:
                 rendered = self._render_chat(prompt)
             except Exception as error:
@@ -258,6 +266,19 @@ class VllmEngine:
 
     def _render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str | list[int]:
         """The chat as text (or as ids, for renderers that tokenize themselves)."""
+        _, prompt = self._renderer.render_messages(
+            [dict(m) for m in messages], self._chat_parameters()
+        )
+        if prompt.get("multi_modal_data"):
+            raise ValueError("multimodal content is not supported")
+        if "prompt_token_ids" in prompt:
+            return list(prompt["prompt_token_ids"])
+        text = prompt.get("prompt")
+        if not isinstance(text, str):
+            raise ValueError("the chat template did not produce a text prompt")
+        return text
+
+    def _chat_parameters(self) -> Any:
         renderer = self._renderer
         if self._chat_params is None:
             from vllm.renderers import ChatParams
@@ -280,15 +301,41 @@ class VllmEngine:
                     },
                 ),
             )
-        _, prompt = renderer.render_messages([dict(m) for m in messages], self._chat_params)
-        if prompt.get("multi_modal_data"):
-            raise ValueError("multimodal content is not supported")
-        if "prompt_token_ids" in prompt:
-            return list(prompt["prompt_token_ids"])
-        text = prompt.get("prompt")
-        if not isinstance(text, str):
-            raise ValueError("the chat template did not produce a text prompt")
-        return text
+        return self._chat_params
+
+    # -- images -----------------------------------------------------------------------
+
+    def _encode_multimodal(
+        self, messages: Sequence[Mapping[str, Any]]
+    ) -> EncodedPrompt | PermanentRequestError:
+        """A chat with images (decoded `image_pil` parts), processed as `LLM.chat` does.
+
+        vLLM's processor expands each image placeholder into the image's tokens, so
+        the ids count them; the processed input (pixel values included) rides along
+        to `add`. Its multimodal cache is skipped: the pipeline reorders and may
+        resubmit requests to a restarted engine, while that cache assumes the engine
+        core receives inputs in the order they were processed, once.
+        """
+        renderer = self._renderer
+        # As LLM.chat (offline.py, _preprocess_chat): the template writes BOS.
+        tok_params = renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
+        try:
+            _, [engine_input] = renderer.render_chat(
+                [[dict(m) for m in messages]],
+                self._chat_parameters(),
+                tok_params,
+                skip_mm_cache=True,
+            )
+        except self._request_errors as error:
+            return PermanentRequestError(
+                f"cannot process the chat's images: {error}", _error_type(error)
+            )
+        except Exception as error:
+            return PermanentRequestError(
+                f"cannot process the chat's images: {type(error).__name__}: {error}",
+                ERROR_INVALID_REQUEST,
+            )
+        return EncodedPrompt(engine_input["prompt_token_ids"], multimodal=engine_input)
 
     def _tokenize(
         self,
@@ -387,14 +434,19 @@ class VllmEngine:
                 ERROR_PROMPT_TOO_LONG,
             )
         params = self._sampling_params(request.sampling)
+        lora_request = self._lora_request(request.adapter)
         from vllm.inputs.engine import tokens_input
 
+        # Rendered input (type "token"), as LLM.generate passes it: a raw
+        # TokensPrompt dict would be re-rendered, with a deprecation warning. A chat
+        # with images comes processed from `encode`.
+        engine_input = request.multimodal
+        if engine_input is None:
+            engine_input = tokens_input(list(request.prompt_token_ids))
         try:
-            # Rendered input (type "token"), as LLM.generate passes it: a raw
-            # TokensPrompt dict would be re-rendered, with a deprecation warning.
             with self._tokenizer_turns:
                 self._engine.add_request(
-                    str(request.key), tokens_input(list(request.prompt_token_ids)), params
+                    str(request.key), engine_input, params, lora_request=lora_request
                 )
         except self._request_errors as error:
             raise PermanentRequestError(str(error), _error_type(error)) from error
@@ -402,6 +454,22 @@ class VllmEngine:
             raise self._engine_failure(error) from error
         if request.sampling.logprobs is not None:
             self._top_logprobs[request.key] = request.sampling.logprobs
+
+    # -- LoRA adapters ----------------------------------------------------------------
+
+    def _lora_request(self, adapter: str | None) -> Any:
+        """The LoRARequest of a row's adapter; None for the base model."""
+        if adapter is None:
+            return None
+        lora_request = self._lora_requests.get(adapter)
+        if lora_request is None:
+            # The schema refuses such rows; a caller that builds requests itself
+            # gets the same kind of record.
+            known = ", ".join(self._lora_requests) or "none"
+            raise PermanentRequestError(
+                f"unknown adapter {adapter!r}; the engine loads {known}", ERROR_INVALID_INPUT
+            )
+        return lora_request
 
     def step(self) -> list[EngineOutput]:
         """Run one engine step; return the requests that finished in it.
@@ -579,6 +647,7 @@ class VllmEngine:
                     ERROR_PROMPT_TOO_LONG,
                 )
         params = self._pooling_params(pooling)
+        lora_request = self._lora_request(request.adapter)
         from vllm.inputs.engine import tokens_input
 
         names = [str(request.key)]
@@ -590,7 +659,9 @@ class VllmEngine:
         try:
             with self._tokenizer_turns:
                 for name, part in zip(names, parts, strict=True):
-                    self._engine.add_request(name, tokens_input(part), params.clone())
+                    self._engine.add_request(
+                        name, tokens_input(part), params.clone(), lora_request=lora_request
+                    )
                     added.append(name)
         except self._request_errors as error:
             self._drop_fanout(request.key, added)
@@ -669,6 +740,18 @@ class VllmEngine:
         return EngineDeadError(f"the vLLM engine failed: {type(error).__name__}: {error}")
 
 
+def _lora_requests(loras: LoraAdapters) -> dict[str, Any]:
+    """One LoRARequest per adapter, made once: vLLM caches adapters by their id."""
+    if not loras:
+        return {}
+    from vllm.lora.request import LoRARequest
+
+    return {
+        name: LoRARequest(lora_name=name, lora_int_id=number, lora_path=path)
+        for name, (number, path) in loras.ids().items()
+    }
+
+
 def _in_process_scheduler(llm: Any) -> Any:
     """vLLM's scheduler where its engine core runs in this process, else None."""
     core = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
@@ -718,7 +801,7 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
                 "the engine options (--debug shows vLLM's traceback)"
             ) from error
         check_model_task(llm, config)
-        return VllmEngine(llm)
+        return VllmEngine(llm, loras=config.loras)
 
 
 def check_model_task(llm: Any, config: EngineConfig) -> None:

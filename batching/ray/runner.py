@@ -121,6 +121,13 @@ def run_on_ray(
             "--ray reads the input on the cluster, which cannot see this process's stdin; "
             "pass the input file's path"
         )
+    if config.output.is_directory:
+        # The cluster reads the input as one stream of rows; an output per input file
+        # (and its resume per file) is what `job.run_to_directory` does on one machine.
+        raise UsageError(
+            f"{config.output.path}: --ray writes one output file; pass -o FILE, or run "
+            "without --ray for an output per input file"
+        )
     return run_job(
         config,
         engine_factory,

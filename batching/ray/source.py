@@ -110,6 +110,8 @@ def encode_rows(rows: list[Row]) -> pa.Table:
                 loose["messages"] = row.messages
             if row.sampling is not NO_SAMPLING and row.sampling != NO_SAMPLING:
                 loose["sampling"] = row.sampling
+            if row.adapter is not None:
+                loose["adapter"] = row.adapter
         else:
             prompts.append(None)
             loose["error"] = row.error
@@ -146,7 +148,8 @@ def decode_rows(block: pa.Table) -> list[Row]:
         else:
             messages = loose.get("messages")
             sampling = loose.get("sampling", NO_SAMPLING)
-            rows.append(Request(index, row_id, line, prompt, messages, sampling, kept))
+            adapter = loose.get("adapter")
+            rows.append(Request(index, row_id, line, prompt, messages, sampling, kept, adapter))
     return rows
 
 
