@@ -492,6 +492,11 @@ class VllmEngine:
             self._last_step_sequences = len(scheduler.running) + len(scheduler.finished_req_ids)
         finished: list[EngineOutput] = []
         if self._pooling_task is not None:
+            if scheduler is not None:
+                # A pooling request finishes in the step that runs it, and vLLM has
+                # already forgotten it there (finished_req_ids is empty): what it
+                # returned is what the step ran, beside what still runs.
+                self._last_step_sequences = len(scheduler.running) + len(request_outputs)
             return self._finished_pooling(request_outputs)
         for output in request_outputs:
             if not output.finished:
