@@ -169,7 +169,7 @@ def validate(
                             errors.append(too_long[row.index])
                     continue
                 valid += 1
-                if row.prompt is not None:
+                if row.prompt is not None or row.pooling is not None:  # a pair is no chat
                     plain += 1
                 else:
                     chat += 1

@@ -285,6 +285,7 @@ def test_validate_checks_rows_as_the_task_reads_them(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(source), "--task", "score"])
     assert result.exit_code == 1
     assert "2 of 4 rows invalid" in result.output
+    assert "plain prompts       2" in result.output  # a pair is no chat
     assert f"{source}:3: field 'text_2': expected a non-empty string, found null" in result.output
 
 
