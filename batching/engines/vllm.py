@@ -572,6 +572,7 @@ class VllmEngine:
         # scores wait here until the last one finishes, then leave as one output.
         self._fanout: dict[int, list[float | None]] = {}
         self._fanout_tokens: dict[int, int] = {}
+        self._score_processor: Any = None
         if getattr(llm, "runner_type", None) != "pooling":
             return
         self._pooling_task = str(llm.pooling_task)
@@ -580,7 +581,7 @@ class VllmEngine:
         labels = int(getattr(hf_config, "num_labels", 0) or 0)
         if labels and all(i in id2label for i in range(labels)):
             self._labels = tuple(str(id2label[i]) for i in range(labels))
-        self._score_processor: Any = getattr(llm, "pooling_io_processors", {}).get("cross-encoder")
+        self._score_processor = getattr(llm, "pooling_io_processors", {}).get("cross-encoder")
 
     def _encode_pairs(self, prompt: TextPair | Rerank) -> list[int] | PermanentRequestError:
         """A pair's ids as LLM.score makes them (the cross-encoder's own prompt: the two
