@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from batching.config import InputConfig, RunConfig
+from batching.config import InputConfig, OutputConfig, RunConfig
 from batching.errors import UsageError
 from batching.openai_pooling import implied_task
 from batching.records import Request, Sampling
@@ -349,3 +349,32 @@ def test_rerank_lines_come_back_sorted_by_relevance(tmp_path: Path) -> None:
         (2, 0.0),
     ]
     assert score["data"] == [{"index": 0, "object": "score", "score": 0.25}]
+
+
+def test_embed_parquet_resume_after_a_failed_run_gives_the_whole_table(tmp_path: Path) -> None:
+    from batching.job import run
+    from batching.pipeline import EngineFailedError
+    from batching.testing import FakeEngine
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(jsonl([{"id": i, "prompt": f"text {i} " * (i % 4 + 1)} for i in range(40)]))
+
+    def config(out: Path, resume: bool = False) -> RunConfig:
+        return RunConfig(
+            InputConfig(str(source), task="embed", chunk_size=8),
+            OutputConfig(str(out), resume=resume),
+            max_engine_restarts=0,
+        )
+
+    whole, out = tmp_path / "whole.parquet", tmp_path / "out.parquet"
+    run(config(whole), FakeEngine)
+    with pytest.raises(EngineFailedError):  # dies after some chunks are sealed
+        run(config(out), lambda: FakeEngine(max_num_seqs=4, die_at_step=6))
+    assert not out.exists()
+    saved = pq.read_table(out.with_name(out.name + ".parts")).num_rows
+    assert 0 < saved < 40
+    run(config(out, resume=True), FakeEngine)
+    assert pq.read_table(out).equals(pq.read_table(whole))
+    assert str(pq.read_table(out).schema.field("embedding").type) == (
+        "fixed_size_list<element: float>[4]"
+    )
