@@ -152,7 +152,8 @@ class Rerank(tuple[Mapping[str, Any], ...]):
 
 
 class SegmentedIds(list[int]):
-    """The token ids of several sequences run as one row (a rerank row's pairs).
+    """The token ids of several sequences run as one row (a rerank row's pairs, or a
+    pair with token type ids).
 
     A list of all the ids, so the pipeline's grouping and length checks see the
     row's whole cost; `lengths` says where each sequence ends.
@@ -163,10 +164,18 @@ class SegmentedIds(list[int]):
     """
 
     lengths: tuple[int, ...]
+    # Per sequence, the token type ids a BERT-style cross-encoder reads beside the
+    # ids (which side of the pair each token is on), or None.
+    token_type_ids: tuple[list[int] | None, ...]
 
-    def __init__(self, parts: Sequence[Sequence[int]]) -> None:
+    def __init__(
+        self,
+        parts: Sequence[Sequence[int]],
+        token_type_ids: Sequence[list[int] | None] | None = None,
+    ) -> None:
         super().__init__(token for part in parts for token in part)
         self.lengths = tuple(len(part) for part in parts)
+        self.token_type_ids = tuple(token_type_ids or [None] * len(parts))
 
     def segments(self) -> list[list[int]]:
         out: list[list[int]] = []

@@ -24,7 +24,11 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from samples.build_tiny_classifier import CLASSIFIER_LABELS, ensure_tiny_classifier
+from samples.build_tiny_classifier import (
+    CLASSIFIER_LABELS,
+    ensure_tiny_bert_scorer,
+    ensure_tiny_classifier,
+)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -199,6 +203,37 @@ def test_score_pairs_and_rerank_rows_match_transformers(
         assert abs(row["score"] - reference.score(a, b)) <= TOLERANCE, (a, b)
     theirs = [reference.score(query, document) for document in documents]
     assert close(written[-1]["scores"], theirs)  # in the documents' order
+
+
+def test_a_bert_cross_encoder_scores_with_its_token_type_ids(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    model_dir = ensure_tiny_bert_scorer()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+
+    def reference(query: str, document: str, types: bool = True) -> float:
+        encoded = tokenizer(query, document, return_tensors="pt")
+        if not types:
+            encoded["token_type_ids"] = torch.zeros_like(encoded["token_type_ids"])
+        with torch.no_grad():
+            return float(torch.sigmoid(model(**encoded).logits[0, 0]))
+
+    query, documents = RERANK
+    rows = [{"text_1": a, "text_2": b} for a, b in PAIRS]
+    rows.append({"query": query, "documents": documents})
+    source, out = write_rows(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    done = bizra(source, model_dir, "--task", "score", "-o", str(out))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    written = read_output(out)
+    for row, (a, b) in zip(written[:-1], PAIRS, strict=True):
+        assert abs(row["score"] - reference(a, b)) <= TOLERANCE, (a, b)
+    assert close(written[-1]["scores"], [reference(query, d) for d in documents])
+    # The type ids matter to this model: without them the scores would differ.
+    assert any(
+        abs(reference(a, b) - reference(a, b, types=False)) > 10 * TOLERANCE for a, b in PAIRS
+    )
 
 
 def test_a_causal_lm_is_refused_for_classify(models: dict[str, Path], tmp_path: Path) -> None:

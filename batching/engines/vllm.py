@@ -75,6 +75,30 @@ __all__ = [
 _SAMPLING_CACHE_SIZE = 256
 
 
+def _token_type_ids(engine_prompt: Any, tokenizer: Any, tok_params: Any) -> list[int] | None:
+    """A scored pair's token type ids, cut and padded as its ids were (vLLM's own
+    step in the cross-encoder's render); None where the tokenizer makes none."""
+    token_type_ids = engine_prompt.pop("token_type_ids", None)
+    if not token_type_ids:
+        return None
+    from vllm.entrypoints.pooling.scoring.io_processor import (
+        _apply_post_tokenization_to_token_type_ids,
+    )
+
+    return list(_apply_post_tokenization_to_token_type_ids(tokenizer, tok_params, token_type_ids))
+
+
+def _with_token_types(params: Any, token_type_ids: list[int] | None) -> Any:
+    """`params` carrying a pair's token type ids, as LLM.score passes them to the model."""
+    if token_type_ids is None:
+        return params
+    from vllm.entrypoints.pooling.scoring.utils import compress_token_type_ids
+
+    compressed = compress_token_type_ids(token_type_ids)
+    params.extra_kwargs = {**(params.extra_kwargs or {}), "compressed_token_type_ids": compressed}
+    return params
+
+
 def _is_oom(error: BaseException) -> bool:
     if isinstance(error, MemoryError):
         return True
@@ -597,6 +621,7 @@ class VllmEngine:
         tok_params = self._renderer.default_cmpl_tok_params
         tokenizer = self._renderer.get_tokenizer()
         parts: list[list[int]] = []
+        types: list[list[int] | None] = []
         for pair in pairs:
             try:
                 _, engine_prompt = processor.get_score_prompt(
@@ -607,16 +632,12 @@ class VllmEngine:
                 tok_params.apply_post_tokenization(tokenizer, engine_prompt)
             except self._request_errors as error:
                 return PermanentRequestError(str(error), _error_type(error))
-            if any(engine_prompt.get("token_type_ids") or ()):
-                # vLLM passes these to the model beside the ids; the Engine interface
-                # carries ids only, and scoring without them would be silently wrong.
-                return PermanentRequestError(
-                    "this model's tokenizer marks the document with token_type_ids "
-                    "(a BERT-style cross-encoder), which bizra-batch does not pass on yet",
-                    ERROR_INVALID_REQUEST,
-                )
             parts.append(list(engine_prompt["prompt_token_ids"]))
-        return SegmentedIds(parts) if isinstance(prompt, Rerank) else parts[0]
+            types.append(_token_type_ids(engine_prompt, tokenizer, tok_params))
+        if isinstance(prompt, Rerank) or types[0] is not None:
+            # A BERT-style pair carries its token type ids along, as one segment.
+            return SegmentedIds(parts, types)
+        return parts[0]
 
     def _pooling_params(self, pooling: Pooling) -> Any:
         params = self._pooling_params_cache.get(pooling)
@@ -657,16 +678,21 @@ class VllmEngine:
         from vllm.inputs.engine import tokens_input
 
         names = [str(request.key)]
+        types: tuple[list[int] | None, ...] = (None,)
         if isinstance(ids, SegmentedIds):
             names = [f"{request.key}.{n}" for n in range(len(parts))]
+            types = ids.token_type_ids
             self._fanout[request.key] = [None] * len(parts)
             self._fanout_tokens[request.key] = len(ids)
         added: list[str] = []
         try:
             with self._tokenizer_turns:
-                for name, part in zip(names, parts, strict=True):
+                for name, part, part_types in zip(names, parts, types, strict=True):
                     self._engine.add_request(
-                        name, tokens_input(part), params.clone(), lora_request=lora_request
+                        name,
+                        tokens_input(part),
+                        _with_token_types(params.clone(), part_types),
+                        lora_request=lora_request,
                     )
                     added.append(name)
         except self._request_errors as error:
