@@ -129,8 +129,9 @@ class QueueWorker:
             eager_start=True,  # a wrong model fails before an entry is taken
         )
         # Finished results for the writer. The engine thread appends and wakes the
-        # writer only when it sleeps: a queue.Queue put + get per result cost
-        # about 5 us a row in thread hand-offs, most of the worker's gap to `run`.
+        # writer only when it sleeps: a queue.Queue put + get per result, a thread
+        # hand-off a row, cost about 3 us a row of CPU (42.7 -> 39.5 us a row of
+        # the worker's, on 100,000 rows with the fake engine).
         self._results: collections.deque[Result] = collections.deque()
         self._results_ready = threading.Event()
         self._results_end = False
