@@ -43,11 +43,13 @@ from batching.job import run
 from batching.lora import LoraAdapter, LoraAdapters
 from batching.media import MediaPolicy
 from batching.model_identity import ModelIdentity, model_identity
+from batching.openai_pooling import implied_task
 from batching.pipeline import EngineFailedError, run_rows
 from batching.ray.runner import RayOptions, run_on_ray
 from batching.records import Request, Result, RowError, Sample, Sampling, TokenLogprob
 from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
+from batching.tasks import Task
 from batching.template import PromptTemplate
 from batching.testing import FakeEngine, FakeEngineFactory
 from batching.validate import ValidationReport, format_report
@@ -102,11 +104,13 @@ __all__ = [
     "Sample",
     "Sampling",
     "SimEngine",
+    "Task",
     "TokenLogprob",
     "UsageError",
     "ValidationReport",
     "create_vllm_engine",
     "format_report",
+    "implied_task",
     "model_identity",
     "run",
     "run_on_ray",

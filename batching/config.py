@@ -21,6 +21,7 @@ from batching.media import MediaPolicy
 from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, output_format
 from batching.records import Sampling
 from batching.sampling_rules import check_default_sampling
+from batching.tasks import POOLING_TASKS, Pooling, Task, check_task
 from batching.template import PromptTemplate
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "OutputConfig",
     "OutputFormat",
     "RunConfig",
+    "Task",
 ]
 
 OnInvalid = Literal["record", "abort"]
@@ -83,12 +85,35 @@ class InputConfig:
     adapter_names: tuple[str, ...] = ()
     # Where chat rows' images may come from besides data URLs.
     media: MediaPolicy = field(default_factory=MediaPolicy)
+    # What each row asks for (see `batching.tasks`): it decides which fields a row
+    # is read from. `normalize` and `dimensions` (a row may give its own) are the
+    # embedding settings; None keeps the model's defaults.
+    task: Task = "generate"
+    normalize: bool | None = None
+    dimensions: int | None = None
     location: Location = field(init=False, repr=False, compare=False)
     files: tuple[InputFile, ...] = field(init=False, repr=False, compare=False)
     # `chat` and `system` as one value: None leaves prompts as they are.
     framing: ChatFraming | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_task(self.task)
+        if self.task != "embed" and (self.normalize is not None or self.dimensions is not None):
+            option = "--dimensions" if self.dimensions is not None else "--normalize"
+            raise UsageError(f"{option} is an embedding setting; it needs --task embed")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise UsageError(f"--dimensions must be at least 1, got {self.dimensions}")
+        if self.task in POOLING_TASKS and (self.chat or self.system is not None):
+            option = "--chat" if self.system is None else "--system"
+            raise UsageError(
+                f"{option} frames prompts as chats for generation; --task {self.task} "
+                "reads each row's text as it is; drop it"
+            )
+        if self.task == "score" and self.template is not None:
+            raise UsageError(
+                "--template makes one text, and a score row is a pair (text_1 and text_2, "
+                "or query and documents); drop --template for --task score"
+            )
         if self.chunk_size < 1:
             raise UsageError(f"chunk size must be at least 1, got {self.chunk_size}")
         for name in self.keep_fields:
@@ -125,6 +150,17 @@ class InputConfig:
         if not self.several:
             return self
         return replace(self, path=file.location.name, more_paths=())
+
+    def pooling(self, dimensions: int | None = None) -> Pooling | None:
+        """How a row of this input is pooled (None: it generates); `dimensions` is the
+        row's own, over the input's.
+
+        >>> InputConfig("p.jsonl", task="embed", normalize=False).pooling(8)
+        Pooling(task='embed', normalize=False, dimensions=8)
+        """
+        if self.task not in POOLING_TASKS:
+            return None
+        return Pooling(self.task, self.normalize, dimensions or self.dimensions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +222,17 @@ class EngineConfig:
     trust_remote_code: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
     loras: LoraAdapters = field(default_factory=LoraAdapters)
+    # A pooling task (embed, classify, score) starts vLLM's pooling runner; the
+    # run's rows must ask for the same task (`InputConfig.task`).
+    task: Task = "generate"
 
     def llm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vllm.LLM(...)`, unset values left out.
 
         >>> EngineConfig(model="m", extra={"enforce_eager": True}).llm_kwargs()["enforce_eager"]
         True
+        >>> EngineConfig(model="m", task="embed").llm_kwargs()["runner"]
+        'pooling'
         """
         kwargs: dict[str, Any] = {
             "model": self.model,
@@ -209,6 +250,11 @@ class EngineConfig:
         }
         kwargs.update({k: v for k, v in optional.items() if v is not None})
         kwargs.update(self.loras.llm_kwargs())
+        if self.task in POOLING_TASKS:
+            # No `convert`: vLLM picks it from the architecture (embed for a causal
+            # LM, the model's own head for a classifier); check_model_task refuses
+            # what cannot do the task.
+            kwargs["runner"] = "pooling"
         kwargs.update(self.extra)
         return kwargs
 
@@ -275,6 +321,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_default_sampling(self.sampling)
+        _check_generation_options(self.task, self.sampling)
         if self.max_line_bytes < 1:
             raise UsageError(f"max_line_bytes must be at least 1, got {self.max_line_bytes}")
         if self.max_wait_ms < 0:
@@ -301,9 +348,44 @@ class RunConfig:
         object.__setattr__(self, "report_location", report)
 
     @property
+    def task(self) -> Task:
+        """What the run does with each row (`InputConfig.task`)."""
+        return self.input.task
+
+    @property
     def errors_format(self) -> OutputFormat | None:
         """The format the errors file is asked for: OpenAI lines beside OpenAI output
         (as OpenAI's batch API writes), else None (from its own extension)."""
         if self.output.is_directory:
             return "openai" if self.output.format == "openai" else None
         return "openai" if self.output.written_format == "openai" else None
+
+
+# The sampling a run has when no generation option is given (the CLI's and
+# RunConfig's default): a pooling run must not carry any other.
+_DEFAULT_SAMPLING = Sampling(max_tokens=256)
+# `seed` is left out: the CLI's --seed also seeds the engine.
+_GENERATION_OPTIONS: tuple[str, ...] = ("max_tokens", "temperature", "top_p", "top_k", "stop")
+_GENERATION_OPTIONS += ("n", "logprobs", "json_schema")
+
+
+def _check_generation_options(task: Task, sampling: Sampling) -> None:
+    """Refuse generation settings in a run that generates nothing.
+
+    A usage error, as OpenAI's embeddings endpoint refuses unknown parameters: a
+    `--temperature` given with `--task embed` is a mistake worth saying, not a
+    setting to drop silently. A row's own sampling fields are not read at all in a
+    pooling run (as vLLM's server ignores fields a request type does not read).
+    """
+    if task not in POOLING_TASKS:
+        return
+    given = [
+        name
+        for name in _GENERATION_OPTIONS
+        if getattr(sampling, name) != getattr(_DEFAULT_SAMPLING, name)
+    ]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise UsageError(
+            f"{option} is a generation option, and --task {task} generates no text; remove it"
+        )

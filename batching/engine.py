@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from batching.records import ERROR_INVALID_REQUEST, RowError, Sample, Sampling
+from batching.tasks import Pooled, Pooling
 
 __all__ = [
     "CountsSequences",
@@ -74,6 +75,8 @@ class EngineRequest:
     `adapter` names the LoRA adapter to run it with (None: the base model);
     `multimodal` is the engine's own prepared input for a prompt with images (see
     `EncodedPrompt`), None for text.
+    `pooling` set asks for a pooled result (`EngineOutput.pooled`) instead of text;
+    an engine that cannot pool rejects the request (PermanentRequestError).
     """
 
     key: int
@@ -82,6 +85,7 @@ class EngineRequest:
     prompt: str | Sequence[Mapping[str, Any]] | None = None
     adapter: str | None = None
     multimodal: Any = None
+    pooling: Pooling | None = None
 
 
 @dataclass(slots=True)
@@ -94,7 +98,8 @@ class EngineOutput:
 
     An engine that makes one sample without logprobs may leave `samples` empty;
     `all_samples()` then builds the one from the flat fields. `completion_tokens`
-    counts every sample's tokens.
+    counts every sample's tokens. A pooling request's result is `pooled` (its text
+    empty, no completion tokens).
 
     >>> EngineOutput(key=0, text="yo", finish_reason="stop", prompt_tokens=2,
     ...              completion_tokens=1).all_samples()
@@ -108,6 +113,7 @@ class EngineOutput:
     completion_tokens: int
     error: RowError | None = None
     samples: tuple[Sample, ...] = ()
+    pooled: Pooled | None = None
 
     @classmethod
     def of_samples(cls, key: int, samples: Sequence[Sample], prompt_tokens: int) -> EngineOutput:

@@ -33,6 +33,7 @@ from typing import Any
 from batching.config import InputConfig
 from batching.id_registry import DefaultIdRuns
 from batching.media import decode_images
+from batching.openai_pooling import POOLING_URLS, body_texts, pooling_body, url_task
 from batching.output_format import dumps, not_ours
 from batching.records import (
     ERROR_ENGINE,
@@ -45,6 +46,7 @@ from batching.records import (
 from batching.sampling_rules import describe, parse_sampling
 from batching.sampling_rules import message as _message
 from batching.schema import check_messages, invalid_row
+from batching.tasks import request_texts
 
 __all__ = [
     "CHAT_URL",
@@ -62,7 +64,7 @@ __all__ = [
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
-_URLS = (CHAT_URL, COMPLETIONS_URL)
+_URLS = (CHAT_URL, COMPLETIONS_URL, *POOLING_URLS)
 
 # Body fields that would change what is asked for but that this runner cannot do;
 # silently dropping them would return answers to a different question.
@@ -88,10 +90,13 @@ def parse_openai_row(
 ) -> Request | InvalidRow:
     """Validate one OpenAI batch line; `where` ("batch.jsonl:3") starts any message.
 
+    A pooling url (`batching.openai_pooling`) is read when the run's task is its
+    own; a line whose url asks for another task is an invalid row.
+
     >>> row = parse_openai_row({"custom_id": "a", "method": "POST", "url": "/v1/embeddings",
-    ...     "body": {}}, index=0, line=1, fields=InputConfig("b.jsonl"), where="b:1")
-    >>> row.error.message.split(";")[0]
-    "b:1: field 'url': unsupported url '/v1/embeddings'"
+    ...     "body": {"input": "Hi"}}, index=0, line=1, fields=InputConfig("b.jsonl"), where="b:1")
+    >>> row.error.message
+    "b:1: field 'url': '/v1/embeddings' asks for --task embed, and this run's task is generate"
     """
     if type(obj) is not dict:
         return invalid_row(
@@ -106,6 +111,27 @@ def parse_openai_row(
     if problem is not None:
         return invalid_row(index, line, problem, row_id=raw_id, kept=kept)
     body: dict[str, Any] = obj["body"]
+    wanted = url_task(obj["url"])
+    if wanted != fields.task:
+        problem = (
+            f"{where}: field 'url': {obj['url']!r} asks for --task {wanted}, and this run's "
+            f"task is {fields.task}"
+        )
+        return invalid_row(index, line, problem, row_id=raw_id, kept=kept)
+    if wanted != "generate":
+        texts, dimensions, problem = body_texts(obj["url"], body, where)
+        if problem is not None:
+            return invalid_row(index, line, problem, row_id=raw_id, kept=kept)
+        text, pair = request_texts(texts)
+        return Request(
+            index=index,
+            id=raw_id,
+            line=line,
+            prompt=text,
+            messages=pair,
+            kept=kept,
+            pooling=fields.pooling(dimensions),
+        )
     chat = obj["url"] == CHAT_URL
     prompt: str | None = None
     messages: list[Any] | None = None
@@ -162,7 +188,8 @@ def _check_envelope(obj: Mapping[str, Any], where: str) -> str | None:
     url = obj.get("url")
     if url not in _URLS:
         found = repr(url) if isinstance(url, str) else describe(url)
-        return f"{where}: field 'url': unsupported url {found}; use {' or '.join(_URLS)}"
+        urls = ", ".join(_URLS[:-1])
+        return f"{where}: field 'url': unsupported url {found}; use {urls} or {_URLS[-1]}"
     if type(obj.get("body")) is not dict:
         return _message(where, "body", "an object", obj.get("body"))
     return None
@@ -314,7 +341,10 @@ class OpenAIBatchLines:
             error: Any = {"code": result.error.type, "message": result.error.message}
         else:
             response = {"status_code": 200, "request_id": f"req-{token}", "body": None}
-            response["body"] = self._body(result, token)
+            if result.values is not None:
+                response["body"] = pooling_body(result, token, self.model, self.created)
+            else:
+                response["body"] = self._body(result, token)
             error = None
         return {
             "id": f"batch_req_{token}",

@@ -19,6 +19,7 @@ import orjson
 from batching.errors import OutputError
 from batching.output_format import FIXED_COLUMNS, OPTIONAL_COLUMNS, dumps, not_ours, read_error
 from batching.records import Result
+from batching.tasks import TASK_COLUMNS
 
 __all__ = [
     "JSON_COLUMNS_KEY",
@@ -51,6 +52,10 @@ _PART_NAME = re.compile(r"part-(\d{6,})\.parquet")
 # a string id "7" must read back as "7" and an integer id 7 as 7, or a resume
 # would take the output for another input's.
 JSON_COLUMNS_KEY = b"bizra_batch.json_columns"
+# The columns a pooling task wrote (an embedding, probs and label, a score): so a
+# resumed run tells them from kept input fields of the same name.
+TASK_COLUMNS_KEY = b"bizra_batch.task_columns"
+_ALL_TASK_COLUMNS = tuple(dict.fromkeys(c for columns in TASK_COLUMNS.values() for c in columns))
 _JSON_ID_ROWS_KEY = b"bizra_batch.json_id_rows"
 _UNLISTED = b"unlisted"
 # Past this many runs of such rows (~300 KB of footer), a file only says that some
@@ -76,6 +81,11 @@ class ParquetLayout:
     first row group has n > 1 samples (a later single sample is then a list of
     one), else strings (a later row with several samples raises `OutputError`).
     `logprobs` follows `error`, as JSON text, when the first row group has any.
+
+    A pooling task's columns follow, those its first row group has: `embedding` a
+    fixed-size list of float32 when every vector there has one length (so a file of
+    vectors loads as one matrix; else a list of float32), `probs` a list of
+    float32, `label` a string, `score` a float64, `scores` a list of float64.
     """
 
     def __init__(self, pa: Any, schema: Any = None) -> None:
@@ -83,9 +93,16 @@ class ParquetLayout:
         self.schema = schema
         self._kept_names: list[str] = []
         self._json_columns: set[str] = set()
+        self._task_columns: list[str] = []
         if schema is not None:
-            self._kept_names = [name for name in schema.names if name not in _OWN_COLUMNS]
-            json_columns = (schema.metadata or {}).get(JSON_COLUMNS_KEY, b"[]")
+            metadata = schema.metadata or {}
+            self._task_columns = list(orjson.loads(metadata.get(TASK_COLUMNS_KEY, b"[]")))
+            self._kept_names = [
+                name
+                for name in schema.names
+                if name not in _OWN_COLUMNS and name not in self._task_columns
+            ]
+            json_columns = metadata.get(JSON_COLUMNS_KEY, b"[]")
             self._json_columns = set(orjson.loads(json_columns))
 
     def start(self, first: Sequence[Result]) -> None:
@@ -105,11 +122,18 @@ class ParquetLayout:
         if any(result.logprobs is not None for result in first):
             fields.append(pa.field("logprobs", pa.string()))
             self._json_columns.add("logprobs")
+        given: set[str] = set()
+        for result in first:
+            given.update(result.values or ())
+        self._task_columns = [name for name in _ALL_TASK_COLUMNS if name in given]
+        fields += [self._task_field(name, first) for name in self._task_columns]
         names: dict[str, None] = {}
         for result in first:
             names.update(dict.fromkeys(result.kept))
         # Result.to_dict lets a fixed field win over a kept one of the same name.
-        self._kept_names = [name for name in names if name not in _OWN_COLUMNS]
+        self._kept_names = [
+            name for name in names if name not in _OWN_COLUMNS and name not in given
+        ]
         for name in self._kept_names:
             arrow_type = self._infer_type([result.kept.get(name) for result in first])
             if arrow_type is None:
@@ -117,7 +141,24 @@ class ParquetLayout:
                 arrow_type = pa.string()
             fields.append(pa.field(name, arrow_type))
         json_columns = [f.name for f in fields if f.name in self._json_columns]
-        self.schema = pa.schema(fields, metadata={JSON_COLUMNS_KEY: orjson.dumps(json_columns)})
+        metadata = {JSON_COLUMNS_KEY: orjson.dumps(json_columns)}
+        if self._task_columns:
+            metadata[TASK_COLUMNS_KEY] = orjson.dumps(self._task_columns)
+        self.schema = pa.schema(fields, metadata=metadata)
+
+    def _task_field(self, name: str, first: Sequence[Result]) -> Any:
+        pa = self._pa
+        if name == "label":
+            return pa.field(name, pa.string())
+        if name == "score":
+            return pa.field(name, pa.float64())
+        if name == "scores":
+            return pa.field(name, pa.list_(pa.float64()))
+        lengths = {len(r.values[name]) for r in first if r.values and name in r.values}
+        if name == "embedding" and len(lengths) == 1:
+            # One matrix on load (numpy's `column.to_numpy()` of the flat values).
+            return pa.field(name, pa.list_(pa.float32(), lengths.pop()))
+        return pa.field(name, pa.list_(pa.float32()))
 
     def _infer_type(self, values: list[Any]) -> Any:
         """The Arrow type of one-kind values, or None for "store as JSON text"."""
@@ -168,6 +209,24 @@ class ParquetLayout:
                     f"{name}: row {lost.index + 1} has logprobs but the first rows had none, "
                     "so the Parquet file has no logprobs column; write JSONL instead"
                 )
+        for task_column in self._task_columns:
+            columns.append(
+                [None if r.values is None else r.values.get(task_column) for r in results]
+            )
+        missing = next(
+            (
+                (r, column)
+                for r in results
+                for column in r.values or ()
+                if column not in self._task_columns
+            ),
+            None,
+        )
+        if missing is not None:
+            raise OutputError(
+                f"{name}: row {missing[0].index + 1} has a {missing[1]!r} value but the first "
+                "rows had none, so the Parquet file has no such column; write JSONL instead"
+            )
         for kept in self._kept_names:
             values = [result.kept.get(kept) for result in results]
             if kept in self._json_columns:

@@ -13,6 +13,7 @@ from batching.lora import ADAPTER_FIELD
 from batching.records import Row
 from batching.row_source import RowSource, open_binary, size_if_regular
 from batching.schema import ROW_SAMPLING_FIELDS, parse_row
+from batching.tasks import row_fields
 from batching.uri import open_remote_parquet
 
 __all__ = ["ParquetSource"]
@@ -55,8 +56,18 @@ class ParquetSource(RowSource):
                 f"{path}: no {absent[0]!r} column for the template (columns: {columns}); "
                 "rename it in the template"
             )
+        pooling_fields = () if cfg.task == "generate" else row_fields(cfg.task, cfg.prompt_field)
+        if cfg.template is None and pooling_fields and names.isdisjoint(pooling_fields):
+            columns = ", ".join(sorted(names)) or "(none)"
+            self.close()
+            needed = " or ".join(repr(name) for name in pooling_fields[:-1])
+            raise InputError(
+                f"{path}: no {needed} column for --task {cfg.task} (columns: {columns}); "
+                "set --prompt-field"
+            )
         if (
             cfg.template is None
+            and not pooling_fields
             and cfg.prompt_field not in names
             and cfg.messages_field not in names
         ):
@@ -73,6 +84,7 @@ class ParquetSource(RowSource):
             cfg.id_field,
             *ROW_SAMPLING_FIELDS,
             ADAPTER_FIELD,
+            *pooling_fields,
             *cfg.keep_fields,
             *template_fields,
         )

@@ -54,6 +54,7 @@ from batching.records import (
 from batching.report import Report, ReportCollector
 from batching.retry import Failure, RetryPolicy, classify
 from batching.reuse import Repeats, Reuse
+from batching.tasks import Rerank, task_values
 
 __all__ = ["EngineFailedError", "run_rows"]
 
@@ -426,6 +427,7 @@ class _Runner:
             request.prompt if request.prompt is not None else request.messages,
             request.adapter,
             multimodal_of(item.token_ids),
+            request.pooling,
         )
         while True:
             try:
@@ -471,6 +473,15 @@ class _Runner:
             self._finish(self._failed(request, output.error.type, output.error.message))
             return
         latency_s = self.clock() - item.submitted_at
+        if output.pooled is not None and request.pooling is not None:
+            values = task_values(
+                request.pooling.task, output.pooled, rerank=isinstance(request.messages, Rerank)
+            )
+            result = Result.pooled(
+                request, values, prompt_tokens=output.prompt_tokens, latency_s=latency_s
+            )
+            self._finish(result)
+            return
         multiple = (request.sampling.n or self.default_n) > 1
         # No samples: one without logprobs (see EngineOutput.of_samples), the usual
         # row, whose fields are the output's own.

@@ -117,6 +117,10 @@ def input_format(where: Location | str, override: InputFormat | None = None) -> 
         return "jsonl"
     if location.is_local and os.path.isdir(location.path):
         raise InputError(f"{location.name}: is a directory; pass a .jsonl or .parquet file")
+    if location.is_local and not os.path.lexists(location.path):
+        # Before the extension: `run data/` with no data/ asked for a missing directory,
+        # and was told its name had no extension.
+        raise InputError(f"{location.name}: no such file or directory; check the path")
     raise InputError(
         f"{location.name}: unknown input format for extension {location.extension}; name the "
         "file .jsonl, .jsonl.gz, .jsonl.zst or .parquet, or pass --input-format jsonl, "

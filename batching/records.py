@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batching.tasks import Pooling
 
 __all__ = [
     "ERROR_ENGINE",
@@ -134,6 +137,8 @@ class Request:
     `prompt` or `messages` is set, never both. `line` is the 1-based line (JSONL) or
     row (Parquet) number, for messages that point the user at their input.
     `adapter` names the LoRA adapter the row runs with (None: the base model).
+    `pooling` is set for a row of a pooling task (embed, classify, score); a score
+    row's query and document(s) are its `messages` (a `tasks.TextPair` or `Rerank`).
     """
 
     index: int
@@ -144,6 +149,7 @@ class Request:
     sampling: Sampling = NO_SAMPLING
     kept: Mapping[str, Any] = field(default_factory=dict)
     adapter: str | None = None
+    pooling: Pooling | None = None
 
 
 @dataclass(slots=True)
@@ -168,6 +174,8 @@ class Result:
     and `completion_tokens` is their total, as OpenAI counts usage. `logprobs` is
     JSON-ready (a list of `TokenLogprob.to_dict()`, a list of such lists for n > 1),
     None unless asked for. `chat` says the row was a chat (for OpenAI output).
+    `values` holds a pooling task's fields (`tasks.TASK_COLUMNS`: an embedding,
+    probs and label, a score), written after `error`.
     """
 
     index: int
@@ -181,6 +189,7 @@ class Result:
     latency_s: float | None = None
     logprobs: list[Any] | None = None
     chat: bool = False
+    values: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -261,6 +270,31 @@ class Result:
             request.messages is not None,
         )
 
+    @classmethod
+    def pooled(
+        cls,
+        request: Request,
+        values: dict[str, Any],
+        *,
+        prompt_tokens: int,
+        latency_s: float | None = None,
+    ) -> Result:
+        """The output row of a pooling request (`values`: see `tasks.task_values`).
+
+        >>> Result.pooled(Request(index=0, id="a", line=1, prompt="Hi"), {"embedding": [1.0]},
+        ...               prompt_tokens=2).to_dict()["embedding"]
+        [1.0]
+        """
+        return cls(
+            index=request.index,
+            id=request.id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            kept=request.kept,
+            latency_s=latency_s,
+            values=values,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The output schema: fixed fields first, then the kept input fields.
 
@@ -276,6 +310,8 @@ class Result:
         }
         if self.logprobs is not None:
             out["logprobs"] = self.logprobs
+        if self.values is not None:
+            out.update(self.values)
         for key, value in self.kept.items():
             out.setdefault(key, value)
         return out

@@ -168,6 +168,7 @@ def cache_scope(
         "dtype": engine.dtype,
         "max_model_len": engine.max_model_len,
         "seed": engine.seed,
+        "task": engine.task,
         "args": {k: v for k, v in engine.extra.items() if k not in _SPEED_ONLY_ARGS},
     }
     scope = {

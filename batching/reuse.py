@@ -125,11 +125,14 @@ class Reuse:
             deterministic = is_deterministic(sampling)
             merged = self._dedup and deterministic
             cached = self._cache is not None and (deterministic or self._cache_sampled)
-            if (not merged and not cached) or (
-                request.messages is not None and has_images(request.messages)
+            if (
+                (not merged and not cached)
+                or request.pooling is not None
+                or (request.messages is not None and has_images(request.messages))
             ):
-                # Rows with images run as they come: matching them would mean
-                # hashing every image's pixels.
+                # Rows with images run as they come (matching them would mean
+                # hashing every image's pixels), and so do pooling rows (embed,
+                # classify, score), whose values the cache does not hold.
                 chunk.runs.append((request, None))
                 continue
             base = request_key(request, sampling)

@@ -19,6 +19,9 @@ Rules, per row (an object):
 - optional sampling overrides at the top level: `max_tokens`, `temperature`,
   `top_p`, `top_k`, `seed`, `stop`, `n`, `logprobs`, and structured output as
   `json_schema` (a JSON Schema) or OpenAI's `response_format`; null means "not set";
+- in a pooling run (`InputConfig.task` embed, classify or score) the row's text
+  comes from `batching.tasks.row_texts` and its sampling fields are not read; an
+  embed row may set `dimensions`;
 - every keep field appears in `kept`, with None where the row lacks it, so every
   output row has the same columns (a Parquet writer needs that, and so does anyone
   loading the JSONL into a data frame).
@@ -37,6 +40,7 @@ from batching.media import check_image_part, decode_images
 from batching.records import ERROR_INVALID_INPUT, InvalidRow, Request, RowError
 from batching.sampling_rules import ROW_SAMPLING_FIELDS, describe, parse_sampling
 from batching.sampling_rules import message as _message
+from batching.tasks import request_texts, row_texts
 
 __all__ = [
     "ROW_SAMPLING_FIELDS",
@@ -88,6 +92,8 @@ def parse_row(
             )
         row_id = raw_id
 
+    if fields.task != "generate":
+        return _pooling_row(obj, index, line, fields, where, row_id, kept)
     problem: str | None = None
     messages: Any = None
     if fields.template is not None:
@@ -132,6 +138,45 @@ def parse_row(
         sampling=sampling,
         kept=kept,
         adapter=adapter,
+    )
+
+
+def _pooling_row(
+    obj: Mapping[str, Any],
+    index: int,
+    line: int,
+    fields: InputConfig,
+    where: str,
+    row_id: Any,
+    kept: Mapping[str, Any],
+) -> Request | InvalidRow:
+    """A row of a pooling task: its text (or pair) and its own `dimensions`, if any.
+
+    Sampling fields are not read: nothing is generated.
+    """
+    texts: Any
+    if fields.template is not None:
+        texts, problem = fields.template.render(obj, where)
+    else:
+        texts, problem = row_texts(obj, fields.task, fields.prompt_field, where)
+    dimensions = obj.get("dimensions") if fields.task == "embed" else None
+    if (
+        problem is None
+        and dimensions is not None
+        and (type(dimensions) is not int or dimensions < 1)
+    ):
+        problem = _message(where, "dimensions", "an integer >= 1", dimensions)
+    if problem is not None:
+        return invalid_row(index, line, problem, row_id=row_id, kept=kept)
+    prompt, messages = request_texts(texts)
+    return Request(
+        index=index,
+        id=row_id,
+        line=line,
+        prompt=prompt,
+        messages=messages,
+        kept=kept,
+        pooling=fields.pooling(dimensions),
     )
 
 

@@ -9,10 +9,13 @@ checkable function of its input, so a test can tell a row that got its neighbour
 result from a correct one. With `n` > 1, sample k > 0 is the reversal followed by
 "#k"; with `logprobs`, each character is a token of log-probability 0; with a JSON
 schema, the output is the schema's smallest instance (`schema_instance`).
+
+It pools too (`EngineRequest.pooling`), by rules as checkable: see `fake_pooled`.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,12 +31,14 @@ from batching.engine import (
     PermanentRequestError,
 )
 from batching.records import ERROR_PROMPT_TOO_LONG, Sample, Sampling, TokenLogprob
+from batching.tasks import Pooled, Pooling, Rerank, SegmentedIds, TextPair
 
 __all__ = [
     "FakeEngine",
     "FakeEngineFactory",
     "expected_output",
     "fake_encode",
+    "fake_pooled",
     "fake_samples",
     "schema_instance",
 ]
@@ -107,6 +112,12 @@ class FakeEngine:
         text = _decode(request.prompt_token_ids)
         if any(bad in text for bad in self.reject):
             raise PermanentRequestError("rejected by the fake engine")
+        pooling = request.pooling
+        if pooling is not None and (pooling.dimensions or 0) > FAKE_EMBEDDING_SIZE:
+            raise PermanentRequestError(
+                f"the fake model's embeddings have {FAKE_EMBEDDING_SIZE} dimensions; "
+                f"dimensions={pooling.dimensions} is more"
+            )
         if len(request.prompt_token_ids) >= self.max_model_len:
             raise PermanentRequestError(
                 f"prompt is {len(request.prompt_token_ids)} tokens, "
@@ -154,9 +165,12 @@ class FakeEngine:
 
     @staticmethod
     def _finish(request: EngineRequest) -> EngineOutput:
-        samples = fake_samples(
-            _decode(request.prompt_token_ids), request.sampling, adapter=request.adapter
-        )
+        ids = request.prompt_token_ids
+        if request.pooling is not None:
+            parts = ids.segments() if isinstance(ids, SegmentedIds) else [list(ids)]
+            pooled = fake_pooled([_decode(part) for part in parts], request.pooling)
+            return EngineOutput(request.key, "", None, len(ids), 0, pooled=pooled)
+        samples = fake_samples(_decode(ids), request.sampling, adapter=request.adapter)
         return EngineOutput.of_samples(request.key, samples, len(request.prompt_token_ids))
 
 
@@ -171,6 +185,12 @@ def fake_encode(
     """
     encoded: list[list[int] | PermanentRequestError] = []
     for prompt in prompts:
+        if isinstance(prompt, Rerank):
+            encoded.append(SegmentedIds([_pair_ids(pair) for pair in prompt.pairs()]))
+            continue
+        if isinstance(prompt, TextPair):
+            encoded.append(_pair_ids(prompt))
+            continue
         try:
             text = prompt if isinstance(prompt, str) else _render_chat(prompt)
         except (KeyError, TypeError) as exc:
@@ -178,6 +198,52 @@ def fake_encode(
             continue
         encoded.append([ord(ch) for ch in text])
     return encoded
+
+
+# A pair is one sequence: the query, this separator, the document.
+_PAIR_SEPARATOR = "\x1f"
+FAKE_EMBEDDING_SIZE = 4
+FAKE_LABELS = None  # the fake classifier names no labels: a label is its index
+
+
+def _pair_ids(pair: TextPair) -> list[int]:
+    return [ord(ch) for ch in pair.query + _PAIR_SEPARATOR + pair.document]
+
+
+def fake_pooled(texts: Sequence[str], pooling: Pooling) -> Pooled:
+    """The fake model's pooled result for a row's text(s) (one text, or a rerank
+    row's pairs, each "query\x1fdocument").
+
+    - embed: `[characters, vowels, spaces, 1]`, cut to `dimensions`, then scaled
+      to unit length unless `normalize` is False;
+    - classify: three probabilities, the softmax of `[characters % 3, vowels % 3, 1]`;
+    - score: per pair, the share of the query's distinct characters that the
+      document holds (in [0, 1]).
+
+    >>> fake_pooled(["aa b"], Pooling("embed", normalize=False)).values
+    [4.0, 2.0, 1.0, 1.0]
+    >>> fake_pooled(["ab\x1fbc"], Pooling("score")).values
+    [0.5]
+    """
+    if pooling.task == "score":
+        scores = []
+        for text in texts:
+            query, _, document = text.partition(_PAIR_SEPARATOR)
+            wanted = set(query)
+            scores.append(len(wanted & set(document)) / len(wanted) if wanted else 0.0)
+        return Pooled(scores)
+    text = texts[0]
+    vowels = sum(ch in "aeiou" for ch in text)
+    if pooling.task == "classify":
+        logits = [len(text) % 3, vowels % 3, 1.0]
+        exps = [math.exp(value) for value in logits]
+        return Pooled([value / sum(exps) for value in exps], FAKE_LABELS)
+    vector = [float(len(text)), float(vowels), float(text.count(" ")), 1.0]
+    vector = vector[: pooling.dimensions or FAKE_EMBEDDING_SIZE]
+    if pooling.normalize is not False:
+        norm = math.sqrt(sum(value * value for value in vector))
+        vector = [value / norm for value in vector]
+    return Pooled(vector)
 
 
 def fake_samples(text: str, sampling: Sampling, adapter: str | None = None) -> list[Sample]:

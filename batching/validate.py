@@ -150,7 +150,15 @@ def validate(
             # Counted first: a row too long for the model is invalid, in its place.
             too_long: dict[int, RowProblem] = {}
             if tally is not None:
-                too_long = tally.add([row for row in chunk if isinstance(row, Request)])
+                # A score row's pairs are tokenized together by the model's
+                # cross-encoder, which the tokenizer alone does not reproduce: not counted.
+                too_long = tally.add(
+                    [
+                        row
+                        for row in chunk
+                        if isinstance(row, Request) and (row.pooling is None or row.prompt)
+                    ]
+                )
             for row in chunk:
                 rows += 1
                 if isinstance(row, InvalidRow) or row.index in too_long:
@@ -161,12 +169,14 @@ def validate(
                             errors.append(too_long[row.index])
                     continue
                 valid += 1
-                if row.prompt is not None:
+                if row.prompt is not None or row.pooling is not None:  # a pair is no chat
                     plain += 1
                 else:
                     chat += 1
                 if row.sampling != NO_SAMPLING:
                     overrides += 1
+                if row.pooling is not None:
+                    continue  # a pooling row generates nothing
                 samples = row.sampling.n or 1
                 max_new_tokens += samples * (row.sampling.max_tokens or default_max_tokens)
         return ValidationReport(

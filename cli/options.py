@@ -15,6 +15,7 @@ import typer
 from batching.config import DEFAULT_MAX_LINE_BYTES, InputConfig
 from batching.errors import UsageError
 from batching.media import MediaPolicy
+from batching.openai_pooling import implied_task
 from batching.template import PromptTemplate
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "ModelOption",
     "PromptField",
     "SystemOption",
+    "TaskChoice",
+    "TaskOption",
     "TemplateFileOption",
     "TemplateOption",
     "input_config",
@@ -125,6 +128,24 @@ SystemOption = Annotated[
         metavar="TEXT",
     ),
 ]
+
+
+class TaskChoice(str, Enum):
+    generate = "generate"
+    embed = "embed"
+    classify = "classify"
+    score = "score"
+
+
+TaskOption = Annotated[
+    TaskChoice | None,
+    _input(
+        "What each row asks for: generate text; embed (prompt or input -> embedding); "
+        "classify (-> probs, label); score (text_1 + text_2, or query + documents -> "
+        "score). Default: generate, or what an OpenAI batch file's urls ask for "
+        "(/v1/embeddings: embed; /v1/score, /v1/rerank: score)."
+    ),
+]
 IdField = Annotated[str, _input("Row id field; default id is the 0-based row number.")]
 MaxLineBytes = Annotated[int, _input("Longer input lines are invalid rows.", min=1)]
 
@@ -183,6 +204,9 @@ def input_config(
     adapter_names: tuple[str, ...] = (),
     allowed_media_path: str | None = None,
     allow_remote_media: bool = False,
+    task: TaskChoice | None = None,
+    normalize: bool | None = None,
+    dimensions: int | None = None,
 ) -> InputConfig:
     """The `InputConfig` the input options describe; `keep_fields` comma-separated.
 
@@ -190,6 +214,8 @@ def input_config(
     ('topic', 'lang')
     >>> input_config("in.jsonl", None, template="Hi {{ name }}").template.fields
     ('name',)
+    >>> input_config("in.jsonl", None, task=TaskChoice.embed).task
+    'embed'
     """
     if template is not None and template_file is not None:
         raise UsageError("--template and --template-file: give one of them")
@@ -212,6 +238,9 @@ def input_config(
         more_paths=more_paths,
         adapter_names=adapter_names,
         media=MediaPolicy(allowed_path=allowed_media_path, allow_remote=allow_remote_media),
+        task=implied_task(path) if task is None else task.value,
+        normalize=normalize,
+        dimensions=dimensions,
     )
 
 

@@ -17,6 +17,7 @@ from batching.engine import EngineFactory
 from batching.engines.choice import (
     RAY_LOCAL,
     EngineChoice,
+    check_engine_task,
     checked_model,
     engine_factory,
     ray_options,
@@ -54,6 +55,7 @@ from cli.options import (
     MessagesField,
     PromptField,
     SystemOption,
+    TaskOption,
     TemplateFileOption,
     TemplateOption,
     input_config,
@@ -67,6 +69,7 @@ from cli.run_options import (
     ChunkSize,
     Concurrency,
     Debug,
+    Dimensions,
     EnablePrefixCaching,
     EngineOption,
     ErrorsPath,
@@ -82,6 +85,7 @@ from cli.run_options import (
     MaxTokens,
     MaxWaitMs,
     NoDedup,
+    Normalize,
     OnInvalid,
     OnInvalidChoice,
     OrderChoice,
@@ -171,6 +175,9 @@ def run(
     n: Samples = None,
     logprobs: Logprobs = None,
     json_schema: JsonSchema = None,
+    task: TaskOption = None,
+    normalize: Normalize = None,
+    dimensions: Dimensions = None,
     model: RunModel = None,
     engine: EngineOption = EngineChoice.vllm,
     tensor_parallel_size: TensorParallelSize = 1,
@@ -233,6 +240,7 @@ def run(
                 more_paths=tuple(input_path[1:]),
                 adapter_names=loras.names,
                 allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
+                task=task, normalize=normalize, dimensions=dimensions,
             ),
             output=OutputConfig(
                 path=output, format=None if output_format is None else output_format.value,
@@ -267,8 +275,10 @@ def run(
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
             loras=loras,
+            task=config.task,
         )
         config = _with_reuse(config, engine_config, engine, no_dedup, cache, cache_sampled)
+        check_engine_task(engine, config.task, ray)
         remote = remote_config(
             engine, base_url, api_key_env, model=model, concurrency=concurrency,
             timeout_s=request_timeout, max_retries=max_retries, max_model_len=max_model_len,

@@ -33,6 +33,7 @@ __all__ = [
     "ChunkSize",
     "Concurrency",
     "Debug",
+    "Dimensions",
     "EnablePrefixCaching",
     "EngineOption",
     "ErrorsPath",
@@ -48,6 +49,7 @@ __all__ = [
     "MaxTokens",
     "MaxWaitMs",
     "NoDedup",
+    "Normalize",
     "OnInvalid",
     "OnInvalidChoice",
     "OrderChoice",
@@ -150,6 +152,22 @@ JsonSchema = Annotated[
         "JSON Schema file every output must match (guided decoding); a row's json_schema "
         "or response_format wins.",
         metavar="FILE",
+    ),
+]
+
+Normalize = Annotated[
+    bool | None,
+    _sampling(
+        "--task embed: scale each embedding to unit length. Default: the model's "
+        "(vLLM normalizes).",
+        "--normalize/--no-normalize",
+    ),
+]
+Dimensions = Annotated[
+    int | None,
+    _sampling(
+        "--task embed: cut embeddings to this many dimensions (Matryoshka models only; "
+        "a row's dimensions wins)."
     ),
 ]
 

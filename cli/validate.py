@@ -24,6 +24,7 @@ from cli.options import (
     MessagesField,
     PromptField,
     SystemOption,
+    TaskOption,
     TemplateFileOption,
     TemplateOption,
     input_config,
@@ -79,6 +80,7 @@ def validate(
     template_file: TemplateFileOption = None,
     chat: ChatOption = False,
     system: SystemOption = None,
+    task: TaskOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     lora: LoraOption = None,
     allowed_media_path: AllowedMediaPath = None,
@@ -116,6 +118,7 @@ def validate(
             more_paths=tuple(input_path[1:]),
             adapter_names=LoraAdapters.parse(lora).names,
             allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
+            task=task,
         )  # fmt: skip
         report = validate_input(
             config,

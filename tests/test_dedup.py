@@ -247,3 +247,15 @@ def test_rows_with_images_are_never_merged() -> None:
     config = RunConfig(InputConfig("-"), sampling=GREEDY)
     sorted_chunk = Reuse(config, ReportCollector(), place=str).sort(rows)
     assert [(r.index, repeats) for r, repeats in sorted_chunk.runs] == [(0, None), (1, None)]
+
+
+def test_pooling_rows_are_never_merged() -> None:
+    from batching.tasks import Pooling
+
+    rows = [
+        Request(index=i, id=i, line=i + 1, prompt="same", pooling=Pooling("embed", None, None))
+        for i in range(2)
+    ]
+    config = RunConfig(InputConfig("-"), sampling=GREEDY)
+    sorted_chunk = Reuse(config, ReportCollector(), place=str).sort(rows)
+    assert [(r.index, repeats) for r, repeats in sorted_chunk.runs] == [(0, None), (1, None)]

@@ -666,3 +666,13 @@ def test_ray_with_an_output_directory_is_a_usage_error() -> None:
         "without --ray for an output per input file\n"
     )
     assert not os.path.exists("out")
+
+
+def test_a_missing_directory_is_named_missing_not_extensionless(tmp_path: Path) -> None:
+    from batching.errors import InputError
+    from batching.readers import input_format
+
+    missing = f"{tmp_path}/data/"
+    with pytest.raises(InputError) as error:
+        input_format(missing)
+    assert str(error.value) == f"{missing}: no such file or directory; check the path"

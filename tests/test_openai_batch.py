@@ -131,9 +131,9 @@ def test_response_format_json_schema_becomes_the_rows_schema() -> None:
             "b:1: field 'custom_id': expected a non-empty string, found null",
         ),
         (
-            {**chat_line("a", "Hi"), "url": "/v1/embeddings"},
-            "b:1: field 'url': unsupported url '/v1/embeddings'; "
-            "use /v1/chat/completions or /v1/completions",
+            {**chat_line("a", "Hi"), "url": "/v1/moderations"},
+            "b:1: field 'url': unsupported url '/v1/moderations'; "
+            "use /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/score or /v1/rerank",
         ),
         (
             {**chat_line("a", "Hi"), "method": "GET"},
@@ -289,7 +289,7 @@ def test_output_lines_have_the_openai_shape(tmp_path: Path) -> None:
     lines = [
         chat_line("c", "Hello", max_tokens=3),
         completion_line("t", "abc", n=2),
-        {**chat_line("bad", "x"), "url": "/v1/embeddings"},
+        {**chat_line("bad", "x"), "url": "/v1/moderations"},
     ]
     source = write_lines(tmp_path / "batch.jsonl", lines)
     out = tmp_path / "out.jsonl"
@@ -363,7 +363,7 @@ def batch_with_failing_lines(tmp_path: Path, rows: int, failing: Sequence[int]) 
     endpoint we do not serve, so they get error lines."""
     lines: list[Any] = [chat_line(f"q{i}", f"prompt {i}") for i in range(rows)]
     for i in failing:
-        lines[i] = {**lines[i], "url": "/v1/embeddings"}
+        lines[i] = {**lines[i], "url": "/v1/moderations"}
     return write_lines(tmp_path / "batch.jsonl", lines)
 
 
@@ -464,8 +464,8 @@ def test_openai_lines_into_a_parquet_path_are_refused(tmp_path: Path, where: str
 
 
 def test_validate_accepts_openai_lines_and_names_bad_ones(tmp_path: Path) -> None:
-    lines = [chat_line("a", "Hi"), {**chat_line("b", "Hi"), "url": "/v1/embeddings"}]
+    lines = [chat_line("a", "Hi"), {**chat_line("b", "Hi"), "url": "/v1/moderations"}]
     source = write_lines(tmp_path / "batch.jsonl", lines)
     result = CliRunner().invoke(app, ["validate", str(source)])
     assert result.exit_code == 1
-    assert f"{source}:2: field 'url': unsupported url '/v1/embeddings'" in result.output
+    assert f"{source}:2: field 'url': unsupported url '/v1/moderations'" in result.output

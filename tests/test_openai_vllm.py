@@ -77,7 +77,7 @@ def test_every_output_line_validates_against_vllms_batch_output_model(tmp_path: 
         chat("many", "Hi", n=2, logprobs=True, top_logprobs=2),
         line("text", COMPLETIONS, prompt="abc", n=2, logprobs=1),
         chat("schema", "Who?", response_format={"type": "json_object"}),
-        line("bad-url", "/v1/embeddings", input="x"),
+        line("bad-url", "/v1/moderations", input="x"),
         {"method": "POST", "url": CHAT, "body": {}},
         chat("rejected", "REJECT me"),
     ]

@@ -579,3 +579,30 @@ def test_an_engine_that_fails_for_good_stops_the_worker_and_leaves_its_entries_p
     assert results_by_id(r) == {}
     # Not acknowledged: a worker with a working engine claims and runs them.
     assert r.xpending(STREAM, "bizra-batch")["pending"] == 6
+
+
+class _RecordsReads(RedisStream):
+    """A stream that records each read's count and block time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: list[tuple[int, int | None]] = []
+
+    def read(self, count: int, block_ms: int | None) -> list[Any]:
+        self.reads.append((count, block_ms))
+        return super().read(count, block_ms)
+
+
+def test_a_draining_worker_reads_whole_batches_and_never_blocks_a_read(r: Any, url: str) -> None:
+    # A blocked read at the end of the queue held the worker read_block_ms after its
+    # last result; a read of whatever room a write freed fed the engine part-batches.
+    push(r, [{"id": f"b{i}", "prompt": "abc"} for i in range(45)])
+    client = redis.Redis.from_url(url, decode_responses=True)
+    stream = _RecordsReads(client, StreamNames(STREAM, consumer="w"), where="test")
+    stream.ensure_group()
+    settings = WorkerSettings(drain=True, read_block_ms=2_000)
+    report = QueueWorker(stream, FakeEngine, config(chunk_size=8), settings).run()
+    stream.close()
+    assert report.queue.results_written == 45
+    assert set(stream.reads) == {(8, None)}
+    assert r.xpending(STREAM, "bizra-batch")["pending"] == 0

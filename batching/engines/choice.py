@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RAY_LOCAL",
     "EngineChoice",
+    "check_engine_task",
     "checked_model",
     "engine_factory",
     "ray_options",
@@ -53,6 +54,24 @@ class EngineChoice(str, Enum):
         False
         """
         return self in (EngineChoice.vllm, EngineChoice.openai)
+
+
+def check_engine_task(choice: EngineChoice, task: str, ray: str | None = None) -> None:
+    """Refuse a pooling task on an engine that only generates, before anything starts.
+
+    >>> check_engine_task(EngineChoice.sim, "embed")
+    Traceback (most recent call last):
+    ...
+    batching.errors.UsageError: --task embed runs on --engine vllm (or fake); --engine sim ...
+    """
+    if task == "generate":
+        return
+    if choice not in (EngineChoice.vllm, EngineChoice.fake):
+        raise UsageError(
+            f"--task {task} runs on --engine vllm (or fake); --engine {choice.value} only generates"
+        )
+    if ray is not None:
+        raise UsageError(f"--task {task} does not run on Ray yet; drop --ray")
 
 
 def checked_model(model: str | None, choice: EngineChoice, *, local: bool = True) -> str:

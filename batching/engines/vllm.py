@@ -45,9 +45,19 @@ from batching.records import (
     ERROR_INVALID_INPUT,
     ERROR_INVALID_REQUEST,
     ERROR_PROMPT_TOO_LONG,
+    RowError,
     Sample,
     Sampling,
     TokenLogprob,
+)
+from batching.tasks import (
+    POOLING_TASKS,
+    VLLM_POOLING_TASK,
+    Pooled,
+    Pooling,
+    Rerank,
+    SegmentedIds,
+    TextPair,
 )
 
 __all__ = [
@@ -55,6 +65,7 @@ __all__ = [
     "QuietVllmFilter",
     "VllmEngine",
     "apply_vllm_env_defaults",
+    "check_model_task",
     "create_vllm_engine",
     "generate_all",
 ]
@@ -62,6 +73,30 @@ __all__ = [
 # Distinct sampling settings are few (most rows use the run's defaults), so a small
 # cache of built SamplingParams covers a run; the bound only guards odd inputs.
 _SAMPLING_CACHE_SIZE = 256
+
+
+def _token_type_ids(engine_prompt: Any, tokenizer: Any, tok_params: Any) -> list[int] | None:
+    """A scored pair's token type ids, cut and padded as its ids were (vLLM's own
+    step in the cross-encoder's render); None where the tokenizer makes none."""
+    token_type_ids = engine_prompt.pop("token_type_ids", None)
+    if not token_type_ids:
+        return None
+    from vllm.entrypoints.pooling.scoring.io_processor import (
+        _apply_post_tokenization_to_token_type_ids,
+    )
+
+    return list(_apply_post_tokenization_to_token_type_ids(tokenizer, tok_params, token_type_ids))
+
+
+def _with_token_types(params: Any, token_type_ids: list[int] | None) -> Any:
+    """`params` carrying a pair's token type ids, as LLM.score passes them to the model."""
+    if token_type_ids is None:
+        return params
+    from vllm.entrypoints.pooling.scoring.utils import compress_token_type_ids
+
+    compressed = compress_token_type_ids(token_type_ids)
+    params.extra_kwargs = {**(params.extra_kwargs or {}), "compressed_token_type_ids": compressed}
+    return params
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -178,6 +213,7 @@ class VllmEngine:
         self._top_logprobs: dict[int, int] = {}
         self._scheduler: Any = _in_process_scheduler(llm)
         self._last_step_sequences: int | None = None
+        self._init_pooling(llm)
         self._lora_requests: dict[str, Any] = _lora_requests(loras or LoraAdapters())
 
     @property
@@ -230,6 +266,9 @@ class VllmEngine:
         for index, prompt in enumerate(prompts):
             if isinstance(prompt, str):
                 plain.append((index, prompt))
+                continue
+            if isinstance(prompt, (TextPair, Rerank)):
+                results[index] = self._encode_pairs(prompt)
                 continue
             if has_images(prompt):
                 results[index] = self._encode_multimodal(prompt)
@@ -406,6 +445,9 @@ class VllmEngine:
         ...     key=7, prompt_token_ids=[0, 44], sampling=Sampling()))
         """
         self._check_alive()
+        if request.pooling is not None or self._pooling_task is not None:
+            self._add_pooling(request)
+            return
         prompt_len = len(request.prompt_token_ids)
         if prompt_len >= self._max_model_len:
             # vLLM rejects this too, but says so only in prose; the check is ours so
@@ -473,6 +515,13 @@ class VllmEngine:
             # cleared when the next step schedules (v1/core/sched/scheduler.py).
             self._last_step_sequences = len(scheduler.running) + len(scheduler.finished_req_ids)
         finished: list[EngineOutput] = []
+        if self._pooling_task is not None:
+            if scheduler is not None:
+                # A pooling request finishes in the step that runs it, and vLLM has
+                # already forgotten it there (finished_req_ids is empty): what it
+                # returned is what the step ran, beside what still runs.
+                self._last_step_sequences = len(scheduler.running) + len(request_outputs)
+            return self._finished_pooling(request_outputs)
         for output in request_outputs:
             if not output.finished:
                 continue
@@ -499,7 +548,7 @@ class VllmEngine:
         """
         request_ids = []
         for key in keys:
-            request_ids.append(str(key))
+            request_ids.extend(self._pooling_request_ids(key))
             self._top_logprobs.pop(key, None)
         if request_ids and self._dead is None:
             self._engine.abort_request(request_ids, internal=False)
@@ -533,6 +582,176 @@ class VllmEngine:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    # -- pooling (embed, classify, score) ------------------------------------------------
+    # A pooling engine runs each row as vLLM's LLM.embed / classify / score would:
+    # PoolingParams with the task always set (vLLM's default pooling task returns a
+    # vector per token), one request per text or pair, through the same add/step loop.
+
+    def _init_pooling(self, llm: Any) -> None:
+        self._pooling_task: str | None = None
+        self._pooling_params_cache: dict[Pooling, Any] = {}
+        self._labels: tuple[str, ...] | None = None
+        # A rerank row runs as one vLLM request per document ("<key>.<n>"); its
+        # scores wait here until the last one finishes, then leave as one output.
+        self._fanout: dict[int, list[float | None]] = {}
+        self._fanout_tokens: dict[int, int] = {}
+        self._score_processor: Any = None
+        if getattr(llm, "runner_type", None) != "pooling":
+            return
+        self._pooling_task = str(llm.pooling_task)
+        hf_config = llm.model_config.hf_config
+        id2label = getattr(hf_config, "id2label", None) or {}
+        labels = int(getattr(hf_config, "num_labels", 0) or 0)
+        if labels and all(i in id2label for i in range(labels)):
+            self._labels = tuple(str(id2label[i]) for i in range(labels))
+        self._score_processor = getattr(llm, "pooling_io_processors", {}).get("cross-encoder")
+
+    def _encode_pairs(self, prompt: TextPair | Rerank) -> list[int] | PermanentRequestError:
+        """A pair's ids as LLM.score makes them (the cross-encoder's own prompt: the two
+        texts tokenized together); a rerank row's pairs as `SegmentedIds`."""
+        processor = self._score_processor
+        if processor is None:
+            return PermanentRequestError(
+                "this model cannot score pairs (vLLM runs it with no cross-encoder); "
+                "--task score needs a model with a one-label classification head",
+                ERROR_INVALID_REQUEST,
+            )
+        pairs = prompt.pairs() if isinstance(prompt, Rerank) else [prompt]
+        tok_params = self._renderer.default_cmpl_tok_params
+        tokenizer = self._renderer.get_tokenizer()
+        parts: list[list[int]] = []
+        types: list[list[int] | None] = []
+        for pair in pairs:
+            try:
+                _, engine_prompt = processor.get_score_prompt(
+                    data_1=pair.query,
+                    data_2=pair.document,
+                    encode_kwargs=tok_params.get_encode_kwargs(),
+                )
+                tok_params.apply_post_tokenization(tokenizer, engine_prompt)
+            except self._request_errors as error:
+                return PermanentRequestError(str(error), _error_type(error))
+            parts.append(list(engine_prompt["prompt_token_ids"]))
+            types.append(_token_type_ids(engine_prompt, tokenizer, tok_params))
+        if isinstance(prompt, Rerank) or types[0] is not None:
+            # A BERT-style pair carries its token type ids along, as one segment.
+            return SegmentedIds(parts, types)
+        return parts[0]
+
+    def _pooling_params(self, pooling: Pooling) -> Any:
+        params = self._pooling_params_cache.get(pooling)
+        if params is None:
+            from vllm import PoolingParams
+
+            task: Any = VLLM_POOLING_TASK[pooling.task]
+            params = PoolingParams(
+                task=task,
+                use_activation=pooling.normalize,
+                dimensions=pooling.dimensions,
+            )
+            self._pooling_params_cache[pooling] = params
+        # vLLM fills in the model's defaults on the params it is given: one each.
+        return params.clone()
+
+    def _add_pooling(self, request: EngineRequest) -> None:
+        pooling = request.pooling
+        if pooling is None or self._pooling_task is None:
+            wanted = "text generation" if pooling is None else f"--task {pooling.task}"
+            started = "generation" if self._pooling_task is None else "pooling"
+            raise PermanentRequestError(
+                f"{wanted} asked of an engine started for {started}; start it with "
+                "the run's task (EngineConfig.task)",
+                ERROR_INVALID_REQUEST,
+            )
+        ids = request.prompt_token_ids
+        parts = ids.segments() if isinstance(ids, SegmentedIds) else [list(ids)]
+        for part in parts:
+            if len(part) > self._max_model_len:
+                raise PermanentRequestError(
+                    f"the prompt has {len(part)} tokens; the model takes at most "
+                    f"max_model_len={self._max_model_len}",
+                    ERROR_PROMPT_TOO_LONG,
+                )
+        params = self._pooling_params(pooling)
+        lora_request = self._lora_request(request.adapter)
+        from vllm.inputs.engine import tokens_input
+
+        names = [str(request.key)]
+        types: tuple[list[int] | None, ...] = (None,)
+        if isinstance(ids, SegmentedIds):
+            names = [f"{request.key}.{n}" for n in range(len(parts))]
+            types = ids.token_type_ids
+            self._fanout[request.key] = [None] * len(parts)
+            self._fanout_tokens[request.key] = len(ids)
+        added: list[str] = []
+        try:
+            with self._tokenizer_turns:
+                for name, part, part_types in zip(names, parts, types, strict=True):
+                    self._engine.add_request(
+                        name,
+                        tokens_input(part),
+                        _with_token_types(params.clone(), part_types),
+                        lora_request=lora_request,
+                    )
+                    added.append(name)
+        except self._request_errors as error:
+            self._drop_fanout(request.key, added)
+            raise PermanentRequestError(str(error), _error_type(error)) from error
+        except Exception as error:
+            raise self._engine_failure(error) from error
+
+    def _drop_fanout(self, key: int, added: Sequence[str]) -> None:
+        self._fanout.pop(key, None)
+        self._fanout_tokens.pop(key, None)
+        if added:
+            self._engine.abort_request(list(added), internal=False)
+
+    def _finished_pooling(self, request_outputs: Sequence[Any]) -> list[EngineOutput]:
+        finished: list[EngineOutput] = []
+        for output in request_outputs:
+            if not output.finished:
+                continue
+            name, dot, part = str(output.request_id).partition(".")
+            key = int(name)
+            failure = getattr(output, "error", None)
+            if failure is not None:
+                # vLLM's request-level error (a row it could not pool): that row's record.
+                others = [i for i in self._pooling_request_ids(key) if i != output.request_id]
+                if others:  # the rest of a rerank row's pairs: its record is made
+                    self._engine.abort_request(others, internal=False)
+                message = str(getattr(failure, "message", None) or failure)
+                error = RowError(ERROR_INVALID_REQUEST, message)
+                finished.append(EngineOutput(key, "", None, 0, 0, error=error))
+                continue
+            values = [float(v) for v in output.outputs.data.reshape(-1).tolist()]
+            if not dot:
+                prompt_tokens = len(output.prompt_token_ids or ())
+                finished.append(
+                    EngineOutput(key, "", None, prompt_tokens, 0, pooled=self._pooled(values))
+                )
+                continue
+            scores = self._fanout.get(key)
+            if scores is None:  # aborted for a retry meanwhile, or one of its pairs failed
+                continue
+            scores[int(part)] = values[0]
+            if all(score is not None for score in scores):
+                del self._fanout[key]
+                tokens = self._fanout_tokens.pop(key)
+                pooled = Pooled([float(score or 0.0) for score in scores])
+                finished.append(EngineOutput(key, "", None, tokens, 0, pooled=pooled))
+        return finished
+
+    def _pooled(self, values: list[float]) -> Pooled:
+        return Pooled(values, self._labels)
+
+    def _pooling_request_ids(self, key: int) -> list[str]:
+        """vLLM's ids for row `key`: one, or a rerank row's one per document."""
+        scores = self._fanout.pop(key, None)
+        self._fanout_tokens.pop(key, None)
+        if scores is None:
+            return [str(key)]
+        return [f"{key}.{n}" for n in range(len(scores))]
 
     # -- failures ---------------------------------------------------------------------
 
@@ -613,7 +832,47 @@ def create_vllm_engine(config: EngineConfig, *, verbose: bool = False) -> Engine
                 f"{detail}; check --model (a local directory or a Hugging Face id) and "
                 "the engine options (--debug shows vLLM's traceback)"
             ) from error
+        check_model_task(llm, config)
         return VllmEngine(llm, loras=config.loras)
+
+
+def check_model_task(llm: Any, config: EngineConfig) -> None:
+    """Refuse, before any row runs, a model that cannot do the run's task.
+
+    Above all a classification task on a model without a classification head:
+    vLLM's `convert="classify"` gives a causal LM a head of uninitialised memory,
+    whose scores would look like any others.
+    """
+    task = config.task
+    if task not in POOLING_TASKS:
+        return
+    model_config = llm.model_config
+    supported = tuple(getattr(llm, "supported_tasks", ()))
+    needed = VLLM_POOLING_TASK[task]
+    architectures = list(getattr(model_config.hf_config, "architectures", None) or ())
+    converted = getattr(model_config, "convert_type", "none")
+    generative = any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in architectures)
+    if needed == "classify" and converted == "classify" and generative:
+        raise EngineStartError(
+            f"--task {task}: model {config.model!r} ({', '.join(architectures)}) has no "
+            "classification head, and convert=classify would give it one of uninitialised "
+            "weights; use a *ForSequenceClassification model"
+        )
+    if needed not in supported:
+        runs_as = " or ".join(t for t in supported if t in ("embed", "classify")) or "neither"
+        head = "an embedding model" if needed == "embed" else "a classification head"
+        raise EngineStartError(
+            f"--task {task} needs {head}; model {config.model!r} "
+            f"({', '.join(architectures) or 'unknown architecture'}) can only {runs_as} "
+            f"in vLLM; pick a model made for {task}"
+        )
+    labels = int(getattr(model_config.hf_config, "num_labels", 0) or 0)
+    if task == "score" and labels != 1:
+        raise EngineStartError(
+            f"--task score needs a cross-encoder, a classification head with one label; "
+            f"model {config.model!r} has {labels} labels (--task classify gives their "
+            "probabilities)"
+        )
 
 
 def generate_all(

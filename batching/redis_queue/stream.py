@@ -241,8 +241,9 @@ class RedisStream:
 
         self._call("creating the group", create)
 
-    def read(self, count: int, block_ms: int) -> list[Entry]:
-        """Up to `count` new entries for this consumer, waiting up to `block_ms` for one."""
+    def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        """Up to `count` new entries for this consumer, waiting up to `block_ms` for one
+        (None: not at all)."""
         names = self.names
         reply = self._call(
             "reading",

@@ -30,7 +30,7 @@ thread writes the results that have finished since its last write in one call
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -50,8 +50,6 @@ from batching.report import ReportCollector
 from batching.retry import RetryPolicy
 
 __all__ = ["QueueWorker", "WorkerSettings"]
-
-_END = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +128,13 @@ class QueueWorker:
             max_wait_s=config.max_wait_ms / 1000.0,
             eager_start=True,  # a wrong model fails before an entry is taken
         )
-        self._results: queue.Queue[object] = queue.Queue()
+        # Finished results for the writer. The engine thread appends and wakes the
+        # writer only when it sleeps: a queue.Queue put + get per result, a thread
+        # hand-off a row, cost about 3 us a row of CPU (42.7 -> 39.5 us a row of
+        # the worker's, on 100,000 rows with the fake engine).
+        self._results: collections.deque[Result] = collections.deque()
+        self._results_ready = threading.Event()
+        self._results_end = False
         self._lock = threading.Condition()  # the figures below, and waiting for room
         self._entry_ids: dict[int, str] = {}  # row index -> entry id, until written
         self._held_ids: set[str] = set()
@@ -163,7 +167,8 @@ class QueueWorker:
         finally:
             self._engine.close()
             self._engine.join()
-            self._results.put(_END)
+            self._results_end = True
+            self._results_ready.set()
             writer.join()
         if self._failure is not None:
             raise self._failure
@@ -214,12 +219,16 @@ class QueueWorker:
         # Often enough that a dead worker's entries wait little past --claim-idle-ms.
         claim_every_s = min(max(settings.claim_idle_ms / 2000.0, 0.05), 5.0)
         next_claim = self._clock()
+        # Read a whole batch at a time: reading whatever room the last write freed
+        # (often a part of a batch) made twice the round trips and fed the engine
+        # part-batches it then waited to fill.
+        want = min(chunk_size, self._max_held)
         while not self._stop.is_set():
             room = self._room()
-            if room <= 0:
+            if room < want:
                 with self._lock:
                     self._lock.wait_for(
-                        lambda: self._room() > 0 or self._stop.is_set(),
+                        lambda: self._room() >= want or self._stop.is_set(),
                         timeout=settings.read_block_ms / 1000.0,
                     )
                 continue
@@ -233,12 +242,18 @@ class QueueWorker:
                 if self._take_claimed(room):
                     continue
             # Entries read as a stop request comes are run all the same: taken is held.
-            entries = self._stream.read(min(room, chunk_size), settings.read_block_ms)
+            # Draining, a read never blocks: a blocked read at the end of the queue
+            # cost a whole read_block_ms (250 ms, 5% of 100,000 rows) before the
+            # worker could see it was done.
+            block_ms = None if settings.drain else settings.read_block_ms
+            entries = self._stream.read(min(room, chunk_size), block_ms)
             if entries:
                 self._bump("entries_read", len(entries))
                 self._feed(entries)
-            elif settings.drain and self._drained():
-                return
+            elif settings.drain:
+                if self._drained():
+                    return
+                self._await_news()
 
     def _room(self) -> int:
         return self._max_held - (self._taken - self._written)
@@ -272,6 +287,19 @@ class QueueWorker:
         rows = [entry_row(e, index=first + k, fields=fields) for k, e in enumerate(entries)]
         self._engine.put(rows)  # only this thread puts: indices arrive in order
 
+    def _await_news(self) -> None:
+        """Draining, with nothing new to read: wait until the results of the entries
+        held here are written, or holding none (another worker's are pending), for
+        `read_block_ms`, so an empty read is not repeated at once."""
+        timeout = self._settings.read_block_ms / 1000.0
+        with self._lock:
+            if self._taken != self._written:
+                self._lock.wait_for(
+                    lambda: self._taken == self._written or self._stop.is_set(), timeout=timeout
+                )
+                return
+        self._stop.wait(timeout)
+
     def _drained(self) -> bool:
         """Nothing held here, nothing new, nothing pending in the group."""
         with self._lock:
@@ -294,7 +322,9 @@ class QueueWorker:
 
     def _finished(self, result: Result) -> None:
         self._produced += 1  # only this thread writes it: no lock on every row
-        self._results.put(result)
+        self._results.append(result)
+        if not self._results_ready.is_set():
+            self._results_ready.set()
 
     def _engine_failed(self, exc: BaseException) -> None:
         self._fail(exc)
@@ -312,21 +342,20 @@ class QueueWorker:
     # -- writing results (the writer thread) -----------------------------------------
 
     def _write_loop(self) -> None:
-        ending = False
-        while not ending:
-            batch = [self._results.get()]
-            while True:
-                try:
-                    batch.append(self._results.get_nowait())
-                except queue.Empty:
-                    break
-            ending = batch[-1] is _END
-            results = [r for r in batch if isinstance(r, Result)]
+        pending = self._results
+        while True:
+            self._results_ready.wait()
+            # Cleared before taking: a result appended from here on sets it again.
+            self._results_ready.clear()
+            ending = self._results_end
+            results = [pending.popleft() for _ in range(len(pending))]
             if results and self._failure is None:
                 try:
                     self._write(results)
                 except BaseException as exc:  # left pending: another worker claims them
                     self._fail(exc)
+            if ending and not pending:
+                return
 
     def _write(self, results: list[Result]) -> None:
         with self._lock:
