@@ -71,15 +71,17 @@ def model_identity(engine: EngineConfig, *, memo: DigestMemo | None = None) -> M
 
 def _model_files(directory: Path) -> list[Path]:
     # Every file but hidden ones (.git, .cache: a hub download's bookkeeping) and
-    # prose: a README edit must not make every cached result look stale.
+    # prose: a README edit must not make every cached result look stale. Linked
+    # files are followed (a hub snapshot's files link into its blobs), linked
+    # folders are not, so a link cycle cannot make the walk endless.
     files = []
-    for path in directory.rglob("*"):
-        relative = path.relative_to(directory)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix.lower() == ".md" or not path.is_file():
-            continue
-        files.append(path)
+    for folder, folders, names in os.walk(directory):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        for name in names:
+            path = Path(folder, name)
+            if name.startswith(".") or path.suffix.lower() == ".md" or not path.is_file():
+                continue
+            files.append(path)
     return sorted(files)
 
 

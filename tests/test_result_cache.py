@@ -461,3 +461,9 @@ def test_a_hub_name_without_a_revision_is_cached_with_a_warning(
         "bizra-batch: warning: --cache keys org/name by its name only; a new upload under "
         "that name is not told apart (pass a local path, or --engine-arg revision=...)\n"
     )
+
+
+def test_a_link_cycle_in_a_model_folder_does_not_stop_hashing(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)
+    assert model_identity(EngineConfig(str(tmp_path))).digest is not None
