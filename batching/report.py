@@ -35,6 +35,7 @@ from batching.records import Result
 
 if TYPE_CHECKING:
     from batching.manifest import InputDigest, Manifest
+    from batching.model_identity import ModelIdentity
 
 __all__ = [
     "ENGINE_WORK_FIGURES",
@@ -519,6 +520,11 @@ class ReportCollector:
     def record_manifest(self, manifest: Manifest) -> None:
         """What made the output (the inputs' digests are added once read)."""
         self._manifest = manifest
+
+    def record_model_identity(self, identity: ModelIdentity) -> None:
+        """The model's digest or revision, into the recorded manifest."""
+        if self._manifest is not None:
+            self._manifest = self._manifest.with_model(identity)
 
     def record_input_digests(self, inputs: Sequence[InputDigest]) -> None:
         """The inputs' digests, computed while reading, into the recorded manifest."""

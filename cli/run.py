@@ -25,7 +25,7 @@ from batching.engines.choice import (
 )
 from batching.errors import BatchError, UsageError
 from batching.lora import LoraAdapters
-from batching.manifest import Manifest
+from batching.manifest import Manifest, PendingModelIdentity
 from batching.records import Sampling
 from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
@@ -286,7 +286,9 @@ def run(
         cluster = ray_options(ray, replicas, engine, tensor_parallel_size, verbose=debug)
         factory = engine_factory(engine, engine_config, remote=remote, verbose=debug)
         manifest = Manifest.of(config, engine.value, engine_config)
-    raise typer.Exit(_execute(config, factory, quiet, debug, cluster, manifest))
+        # The fake and sim engines load no model: nothing to hash.
+        identity = PendingModelIdentity(engine_config) if engine.needs_model else None
+    raise typer.Exit(_execute(config, factory, quiet, debug, cluster, manifest, identity))
 
 
 def _with_reuse(
@@ -327,6 +329,7 @@ def _execute(
     debug: bool,
     cluster: RayOptions | None = None,
     manifest: Manifest | None = None,
+    model_identity: PendingModelIdentity | None = None,
 ) -> int:
     """Run the job with progress and signals handled, write and show the report;
     the exit code."""
@@ -372,6 +375,11 @@ def _execute(
     finally:
         restore_signals()
         progress.close()
+    if model_identity is not None:
+        interrupted = stopped is not None and is_interrupted(stopped)
+        identity = model_identity.result(wait=not interrupted)
+        if identity is not None:
+            collector.record_model_identity(identity)
     final = collector.finish()
     if config.report_location is not None and not _wrote_report(final, config):
         stopped = stopped or FAILED

@@ -113,6 +113,29 @@ def test_report_has_the_documented_figures(reference: dict[str, Any]) -> None:
     assert report["latency_p50_ms"] <= report["latency_p95_ms"]
 
 
+def test_the_manifest_names_the_model_by_its_files_and_the_input_by_its_bytes(
+    reference: dict[str, Any], tiny_model: Path
+) -> None:
+    import hashlib
+
+    manifest = orjson.loads(reference["report"].read_bytes())["manifest"]
+    # The reference digest, by hand: each file's relative name and sha256, in order.
+    whole = hashlib.sha256()
+    files = sorted(p for p in tiny_model.rglob("*") if p.is_file() and p.suffix != ".md")
+    for path in files:
+        whole.update(path.relative_to(tiny_model).as_posix().encode() + b"\0")
+        whole.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+    assert (manifest["engine"], manifest["model"]) == ("vllm", str(tiny_model))
+    assert manifest["model_digest"] == whole.hexdigest()
+    assert manifest["engine_args"]["dtype"] == "float32"
+    assert manifest["inputs"] == [
+        {
+            "path": str(reference["source"]),
+            "digest": "sha256:" + hashlib.sha256(reference["source"].read_bytes()).hexdigest(),
+        }
+    ]
+
+
 def test_logs_stay_quiet(reference: dict[str, Any]) -> None:
     stderr = reference["result"].stderr.decode()
     noisy = [line for line in stderr.splitlines() if line.startswith(("INFO", "DEBUG"))]
