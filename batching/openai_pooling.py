@@ -19,12 +19,15 @@ text is not repeated back).
 
 from __future__ import annotations
 
-import gzip
+import io
+import os
+import stat
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
 
+from batching.compression import CorruptStream, DecompressedReader, codec_of
 from batching.location import Location
 from batching.records import Result
 from batching.sampling_rules import message as _message
@@ -77,7 +80,7 @@ def implied_task(path: str) -> Task:
         return "generate"
     try:
         first = _first_line(location)
-    except (OSError, EOFError):
+    except (OSError, EOFError, CorruptStream):
         return "generate"  # the reader says what is wrong with the file
     if len(first) > _SNIFF_BYTES:
         return "generate"
@@ -91,9 +94,18 @@ def implied_task(path: str) -> Task:
 
 
 def _first_line(location: Location) -> bytes:
-    opener: Any = gzip.open if location.compressed else open
-    with opener(location.path, "rb") as file:
-        lines: Iterator[bytes] = (line for line in file if line.strip())
+    # Only a regular file: a named pipe (`run <(...)`, `mkfifo`) read here would lose
+    # the rows read to the run, which opens it again (seen: the first row went missing).
+    if not stat.S_ISREG(os.stat(location.path).st_mode):
+        return b""
+    with open(location.path, "rb") as raw:
+        buffered = io.BufferedReader(raw)
+        # The content decides, as for the reader: gzip and zstd alike.
+        codec = codec_of(buffered.peek(4)[:4])
+        stream: Any = buffered
+        if codec is not None:
+            stream = io.BufferedReader(DecompressedReader(buffered.read1, codec))
+        lines: Iterator[bytes] = (line for line in stream if line.strip())
         return next(lines, b"")
 
 

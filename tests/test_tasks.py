@@ -7,6 +7,7 @@ engine's values are checked against transformers in tests/test_tasks_vllm.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,26 @@ def test_validate_checks_rows_as_the_task_reads_them(tmp_path: Path) -> None:
 
 def openai_line(custom_id: str, url: str, **body: Any) -> dict[str, Any]:
     return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_a_compressed_file_of_rerank_lines_implies_score(tmp_path: Path, codec: str) -> None:
+    import gzip
+
+    import zstandard
+
+    data = jsonl([openai_line("r1", "/v1/rerank", query="q", documents=["a"])])
+    packed = gzip.compress(data) if codec == "gzip" else zstandard.compress(data)
+    source = tmp_path / ("batch.jsonl.gz" if codec == "gzip" else "batch.jsonl.zst")
+    source.write_bytes(packed)
+    assert implied_task(str(source)) == "score"
+
+
+def test_a_named_pipe_is_not_read_to_guess_its_task(tmp_path: Path) -> None:
+    # Reading it would take the rows the run then waits for (the first row was lost).
+    fifo = tmp_path / "queue.jsonl"
+    os.mkfifo(fifo)
+    assert implied_task(str(fifo)) == "generate"  # returns: no open, which would block
 
 
 def test_a_file_of_embeddings_lines_implies_embed(tmp_path: Path) -> None:
