@@ -235,9 +235,9 @@ class BatchQueue:
             _resolve(*waiter, value=result)
 
 
-def _place(line: int) -> str:
+def _place(index: int, line: int) -> str:
     """A request as `_row` names it in messages (its index), not as a file's line."""
-    return f"request {line - 1}"
+    return f"request {index}"
 
 
 def _row(index: int, prompt: str | Sequence[Mapping[str, Any]], sampling: Mapping[str, Any]) -> Row:
@@ -248,7 +248,9 @@ def _row(index: int, prompt: str | Sequence[Mapping[str, Any]], sampling: Mappin
         obj["prompt"] = prompt
     else:
         obj["messages"] = list(prompt)
-    return parse_row(obj, index=index, line=index + 1, fields=_FIELDS, where=_place(index + 1))
+    return parse_row(
+        obj, index=index, line=index + 1, fields=_FIELDS, where=_place(index, index + 1)
+    )
 
 
 def _resolve(

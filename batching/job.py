@@ -27,7 +27,14 @@ from batching.parquet_format import PARTS_SUFFIX
 from batching.pipeline import run_rows
 from batching.prefetch import LiveSupply, PrefetchedSupply
 from batching.protocols import ProgressSink, ResultSink, RowSupply
-from batching.readers import RowSource, input_format, is_local_pipe, open_source
+from batching.readers import (
+    RowPlace,
+    RowSource,
+    input_format,
+    is_local_pipe,
+    open_source,
+    rows_place,
+)
 from batching.records import InvalidRow, Result, Row
 from batching.report import Report, ReportCollector
 from batching.resume import OutputLock, ResumedSupply
@@ -44,7 +51,11 @@ INVALID_ROWS_LISTED = 5
 
 
 class RowsRunner(Protocol):
-    """What turns the rows into results: `run_rows` here, or another runner (Ray)."""
+    """What turns the rows into results: `run_rows` here, or another runner (Ray).
+
+    `place` names a row (index, line) in the messages of rows the engine refuses:
+    the source's own rule, so with several files each names its file.
+    """
 
     def __call__(
         self,
@@ -57,6 +68,7 @@ class RowsRunner(Protocol):
         retry: RetryPolicy | None = None,
         report: ReportCollector | None = None,
         start_index: int = 0,
+        place: RowPlace | None = None,
     ) -> Report: ...
 
 
@@ -154,6 +166,7 @@ def run(
             retry=retry,
             report=report,
             start_index=done,
+            place=rows_place(source, config.input),
         )
         return _with_input_digests(finished, report, source)
 
@@ -245,6 +258,7 @@ def run_to_directory(
             progress=progress,
             retry=retry,
             report=report,
+            place=rows_place(source, config.input),
         )
         return _with_input_digests(finished, report, source)
 

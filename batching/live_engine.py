@@ -25,6 +25,7 @@ from batching.config import RunConfig
 from batching.engine import Engine, EngineFactory
 from batching.pipeline import run_rows
 from batching.prefetch import Arrival, LiveChunks
+from batching.readers import RowPlace
 from batching.records import Result, Row
 from batching.report import ReportCollector
 from batching.retry import RetryPolicy
@@ -58,7 +59,7 @@ class LiveEngine:
         on_failure: Callable[[BaseException], None],
         retry: RetryPolicy | None = None,
         report: ReportCollector | None = None,
-        place: Callable[[int], str] | None = None,
+        place: RowPlace | None = None,
         max_wait_s: float = 0.0,
         eager_start: bool = False,
         encode_ahead: bool = True,

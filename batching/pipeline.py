@@ -41,7 +41,7 @@ from batching.interrupts import protected
 from batching.ordering import ReorderBuffer
 from batching.prefetch import LiveChunks, ReadAhead
 from batching.protocols import ProgressSink, ResultSink, RowSupply
-from batching.readers import row_place
+from batching.readers import RowPlace, row_place
 from batching.records import (
     ERROR_ENGINE,
     ERROR_INVALID_INPUT,
@@ -104,7 +104,7 @@ def run_rows(
     clock: Callable[[], float] = time.perf_counter,
     on_result: Callable[[Result], None] | None = None,
     encode_ahead: bool = True,
-    place: Callable[[int], str] | None = None,
+    place: RowPlace | None = None,
 ) -> Report:
     """Run every row of `supply` through an engine and write one result per row, in order.
 
@@ -114,8 +114,10 @@ def run_rows(
     the rows ahead of it (`batching.aio` answers each caller that way).
     `encode_ahead=False` encodes every chunk on this thread, between engine steps:
     slower, but what each step runs no longer depends on thread timing.
-    `place` names a row by its line at the start of the messages of rows that fail
-    here (the engine refused them); by default as the readers name `config.input`'s.
+    `place` names a row by its index and line at the start of the messages of rows
+    that fail here (the engine refused them); `job` passes the source's own
+    (`readers.rows_place`), which knows each row's file; by default as
+    `readers.row_place` names `config.input`'s.
 
     >>> import io
     >>> from batching import FakeEngine, InputConfig, OutputConfig, Request, RunConfig
@@ -196,7 +198,7 @@ class _Runner:
         clock: Callable[[], float],
         on_result: Callable[[Result], None] | None = None,
         encode_ahead: bool = True,
-        place: Callable[[int], str],
+        place: RowPlace,
         reuse: Reuse | None = None,
     ) -> None:
         self.supply = supply
@@ -513,7 +515,7 @@ class _Runner:
         does not.
         """
         return Result.failed(
-            request, RowError(error_type, f"{self.place(request.line)}: {message}")
+            request, RowError(error_type, f"{self.place(request.index, request.line)}: {message}")
         )
 
     def _finish(self, result: Result) -> None:

@@ -128,26 +128,28 @@ def input_format(where: Location | str, override: InputFormat | None = None) -> 
     )
 
 
-def row_place(cfg: InputConfig) -> Callable[[int], str]:
-    """How messages name a row of `cfg`'s input by its line, as the sources do.
+def row_place(cfg: InputConfig) -> RowPlace:
+    """How messages name a row of `cfg`'s input by (index, line) when its source is
+    not at hand (`rows_place` is, where it is), as the sources do.
 
     For messages made after the reader is done with a row (the engine refusing
-    it), so they start the way the schema's messages do. For several files the
-    line alone does not say which file: `FilesSource.spans.place(index, line)` does.
+    it), so they start the way the schema's messages do.
 
-    >>> row_place(InputConfig(path="prompts.parquet"))(3)
+    >>> row_place(InputConfig(path="prompts.parquet"))(2, 3)
     'prompts.parquet row 3'
     """
     name = STDIN_NAME if cfg.location.is_stdio else cfg.location.name
     if cfg.several:
-        # The line alone cannot say which file; `rows_place` can, from the index.
-        return lambda line: f"{name} (line or row {line} of one of its files)"
+        # Only the source's spans say which file an index is in (`rows_place`), and
+        # they are filled as it reads: a runner on rows read elsewhere (a Ray
+        # replica) can say no more than this.
+        return lambda index, line: f"{name} (line or row {line} of one of its files)"
     try:
         parquet = input_format(cfg.location, cfg.format) == "parquet"
     except InputError:  # a label, a directory or a glob rather than a file: JSONL's form
         parquet = False
     # The sources' own forms (JsonlSource, ParquetSource); a test holds them equal.
-    return lambda line: place_in_file(name, parquet, line)
+    return lambda index, line: place_in_file(name, parquet, line)
 
 
 def rows_place(source: RowSource, cfg: InputConfig) -> RowPlace:
@@ -160,8 +162,7 @@ def rows_place(source: RowSource, cfg: InputConfig) -> RowPlace:
     """
     if isinstance(source, FilesSource):
         return source.spans.place
-    by_line = row_place(cfg)
-    return lambda index, line: by_line(line)
+    return row_place(cfg)
 
 
 def is_local_pipe(where: Location | str) -> bool:

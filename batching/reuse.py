@@ -19,7 +19,7 @@ results are never cached nor kept, so a later run, or a later repeat, tries agai
 >>> from batching.records import Request, Sampling
 >>> from batching.report import ReportCollector
 >>> config = RunConfig(InputConfig("-"), sampling=Sampling(temperature=0.0, max_tokens=8))
->>> reuse = Reuse(config, ReportCollector(), place=lambda line: f"in:{line}")
+>>> reuse = Reuse(config, ReportCollector(), place=lambda index, line: f"in:{line}")
 >>> rows = [Request(index=i, id=i, line=i + 1, prompt="Hi") for i in range(3)]
 >>> chunk = reuse.sort(rows)
 >>> [(r.index, len(repeats.followers)) for r, repeats in chunk.runs]
@@ -31,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from batching.config import CacheConfig, RunConfig
 from batching.dedup import RecentResults, request_bytes, request_key, result_for
 from batching.media import has_images
 from batching.model_identity import directory_digest, model_identity
+from batching.readers import RowPlace
 from batching.records import Request, Result, RowError
 from batching.report import ReportCollector
 from batching.result_cache import ResultCache, StoredResult, cache_scope
@@ -80,7 +81,7 @@ class Reuse:
         config: RunConfig,
         report: ReportCollector,
         *,
-        place: Callable[[int], str],
+        place: RowPlace,
         cache: ResultCache | None = None,
         scope: bytes | None = None,
     ) -> None:
@@ -99,9 +100,7 @@ class Reuse:
         self.waiting_bytes = 0
 
     @classmethod
-    def open(
-        cls, config: RunConfig, report: ReportCollector, *, place: Callable[[int], str]
-    ) -> Reuse | None:
+    def open(cls, config: RunConfig, report: ReportCollector, *, place: RowPlace) -> Reuse | None:
         """The run's `Reuse`, its cache opened; None when it has neither dedup nor a cache."""
         if config.cache is None:
             return cls(config, report, place=place) if config.dedup else None
@@ -216,10 +215,10 @@ class Reuse:
 
     def _restated(self, error: RowError, leader: Request, follower: Request) -> RowError:
         """The leader's error at the follower's place (messages start with the row's)."""
-        prefix = f"{self._place(leader.line)}: "
+        prefix = f"{self._place(leader.index, leader.line)}: "
         message = error.message
         if message.startswith(prefix):
-            message = f"{self._place(follower.line)}: {message[len(prefix) :]}"
+            message = f"{self._place(follower.index, follower.line)}: {message[len(prefix) :]}"
         return RowError(error.type, message)
 
     def flush(self) -> None:

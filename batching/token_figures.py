@@ -93,10 +93,7 @@ class TokenTally:
         self._cfg = cfg
         # The readers' form of a place, so these read like the schema's messages;
         # `place` names the file too where the input is several.
-        if place is None:
-            by_line = row_place(cfg)
-            place = lambda index, line: by_line(line)  # noqa: E731
-        self._place: RowPlace = place
+        self._place: RowPlace = place or row_place(cfg)
         self._histogram = TokenHistogram()
         self._too_long = 0
         self._chat_skipped = 0

@@ -52,7 +52,7 @@ def run(
         sink,
         lambda: engine,
         config,
-        place=lambda line: f"in.jsonl:{line}",
+        place=lambda index, line: f"in.jsonl:{line}",
     )
     return sink.results, report, engine
 
@@ -209,7 +209,7 @@ def test_a_request_failing_in_the_engine_fails_its_repeats_with_the_same_error()
         lambda: engine,
         config,
         retry=RetryPolicy(max_retries=1, sleep=lambda _: None),
-        place=lambda line: f"in.jsonl:{line}",
+        place=lambda index, line: f"in.jsonl:{line}",
     )
     messages = [None if r.error is None else r.error.message for r in sink.results]
     why = "failed after 2 attempts: RuntimeError: a poison request crashed the batch"
@@ -245,7 +245,7 @@ def test_rows_with_images_are_never_merged() -> None:
     chat = ({"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]},)
     rows = [Request(index=i, id=i, line=i + 1, messages=chat) for i in range(2)]
     config = RunConfig(InputConfig("-"), sampling=GREEDY)
-    sorted_chunk = Reuse(config, ReportCollector(), place=str).sort(rows)
+    sorted_chunk = Reuse(config, ReportCollector(), place=lambda index, line: str(line)).sort(rows)
     assert [(r.index, repeats) for r, repeats in sorted_chunk.runs] == [(0, None), (1, None)]
 
 
@@ -257,5 +257,5 @@ def test_pooling_rows_are_never_merged() -> None:
         for i in range(2)
     ]
     config = RunConfig(InputConfig("-"), sampling=GREEDY)
-    sorted_chunk = Reuse(config, ReportCollector(), place=str).sort(rows)
+    sorted_chunk = Reuse(config, ReportCollector(), place=lambda index, line: str(line)).sort(rows)
     assert [(r.index, repeats) for r, repeats in sorted_chunk.runs] == [(0, None), (1, None)]

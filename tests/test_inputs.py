@@ -26,6 +26,7 @@ from batching.inputs import InputFile, distinct_relatives, expand_inputs
 from batching.job import run as run_job
 from batching.output_dir import output_name
 from batching.readers import open_source
+from batching.records import Sampling
 from batching.testing import FakeEngine
 from cli.app import app
 
@@ -676,3 +677,23 @@ def test_a_missing_directory_is_named_missing_not_extensionless(tmp_path: Path) 
     with pytest.raises(InputError) as error:
         input_format(missing)
     assert str(error.value) == f"{missing}: no such file or directory; check the path"
+
+
+@pytest.mark.parametrize("output", ["out.jsonl", "out/"])
+def test_a_row_the_engine_refuses_is_named_by_its_own_file_and_line(output: str) -> None:
+    # The refused prompt is in both files: each copy's message names its own file,
+    # whether it ran or followed the other's request (dedup restates the message).
+    write("d/a.jsonl", jsonl("refuse me", "a2"))
+    write("d/b.jsonl", jsonl("b1", "refuse me"))
+    config = RunConfig(InputConfig("d"), OutputConfig(output), sampling=Sampling(temperature=0.0))
+    report = run_job(config, lambda: FakeEngine(reject=frozenset({"refuse"})))
+    assert (report.rows_ok, report.rows_failed) == (2, 2)
+    rows = (
+        lines("out.jsonl") if output == "out.jsonl" else lines("out/a.jsonl") + lines("out/b.jsonl")
+    )
+    assert [row["error"] and row["error"]["message"] for row in rows] == [
+        "d/a.jsonl:1: rejected by the fake engine",
+        None,
+        None,
+        "d/b.jsonl:2: rejected by the fake engine",
+    ]

@@ -410,7 +410,7 @@ def test_a_caller_can_name_its_rows_its_own_way() -> None:
     sink = ListSink()
     supply = ListSupply(prompts(["x", "REJECT"]), 4)
     engine = lambda: FakeEngine(reject=frozenset({"REJECT"}))  # noqa: E731
-    run_rows(supply, sink, engine, config, place=lambda line: f"request {line - 1}")
+    run_rows(supply, sink, engine, config, place=lambda index, line: f"request {index}")
     assert sink.results[1].error == RowError(
         "invalid_request", "request 1: rejected by the fake engine"
     )

@@ -51,11 +51,11 @@ def test_row_place_names_a_row_as_the_source_does(tmp_path: Path, kind: str) -> 
 
     [_, bad] = read_all(open_source(cfg, stdin=stdin))
 
-    assert error_of(bad).startswith(row_place(cfg)(2) + ": field 'prompt'")
+    assert error_of(bad).startswith(row_place(cfg)(1, 2) + ": field 'prompt'")
 
 
 def test_row_place_of_a_label_that_is_no_file_name() -> None:
-    assert row_place(InputConfig(path="<submit>"))(4) == "<submit>:4"
+    assert row_place(InputConfig(path="<submit>"))(3, 4) == "<submit>:4"
 
 
 @pytest.mark.parametrize(

@@ -454,7 +454,11 @@ def test_a_hub_name_without_a_revision_is_cached_with_a_warning(
     from batching.reuse import Reuse
 
     cache = CacheConfig(str(tmp_path / "cache.sqlite"), EngineConfig("org/name"), "vllm")
-    reuse = Reuse.open(RunConfig(InputConfig("-"), cache=cache), ReportCollector(), place=str)
+    reuse = Reuse.open(
+        RunConfig(InputConfig("-"), cache=cache),
+        ReportCollector(),
+        place=lambda index, line: str(line),
+    )
     assert reuse is not None
     reuse.close()
     assert capsys.readouterr().err == (

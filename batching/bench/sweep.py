@@ -294,7 +294,7 @@ def run_through_pipeline(
         lambda: lent,
         replace(config, sampling=sampling),
         clock=clock,
-        place=lambda line: f"prompt {line}",  # as encode_prompts names them
+        place=lambda index, line: f"prompt {line}",  # as encode_prompts names them
     )
     wall = clock() - started
     failed = [result for result in sink.results if result.error is not None]

@@ -36,6 +36,7 @@ from batching.errors import BatchError, UsageError
 from batching.interrupts import protected
 from batching.job import run as run_job
 from batching.protocols import ProgressSink, ResultSink, RowSupply
+from batching.readers import RowPlace
 from batching.report import ReplicaThroughput, Report, ReportCollector
 from batching.retry import RetryPolicy
 
@@ -158,7 +159,11 @@ class RayRowsRunner:
         retry: RetryPolicy | None = None,
         report: ReportCollector | None = None,
         start_index: int = 0,
+        place: RowPlace | None = None,
     ) -> Report:
+        # `place` is not used: the replicas renumber the rows they get, and the
+        # spans that say which file an index is in fill on the reader's node, so the
+        # replicas name rows as `readers.row_place` does (the same, for one file).
         import ray
 
         collector = report or ReportCollector()

@@ -329,8 +329,8 @@ class QueueWorker:
     def _engine_failed(self, exc: BaseException) -> None:
         self._fail(exc)
 
-    def _place(self, line: int) -> str:
-        return entry_place(self._entry_ids.get(line - 1, "?"))
+    def _place(self, index: int, line: int) -> str:
+        return entry_place(self._entry_ids.get(index, "?"))
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
