@@ -651,8 +651,10 @@ class VllmEngine:
                 dimensions=pooling.dimensions,
             )
             self._pooling_params_cache[pooling] = params
-        # vLLM fills in the model's defaults on the params it is given: one each.
-        return params.clone()
+        # The cached template: `_add_pooling` gives each vLLM request its own clone
+        # (vLLM fills the model's defaults in on the params it is given). Cloning here
+        # as well made two deep copies a row, ~25 µs of the pooling path's own time.
+        return params
 
     def _add_pooling(self, request: EngineRequest) -> None:
         pooling = request.pooling
@@ -724,7 +726,7 @@ class VllmEngine:
                 error = RowError(ERROR_INVALID_REQUEST, message)
                 finished.append(EngineOutput(key, "", None, 0, 0, error=error))
                 continue
-            values = [float(v) for v in output.outputs.data.reshape(-1).tolist()]
+            values: list[float] = output.outputs.data.reshape(-1).tolist()  # floats
             if not dot:
                 prompt_tokens = len(output.prompt_token_ids or ())
                 finished.append(
