@@ -28,6 +28,7 @@ from cli.console import make_progress, print_error, stderr_console
 from cli.exit_codes import FAILED, OK, exit_code_for, exit_on_error
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
+    ChatOption,
     DtypeOption,
     EngineArgOption,
     IdField,
@@ -36,6 +37,7 @@ from cli.options import (
     MaxNumSeqsOption,
     MessagesField,
     PromptField,
+    SystemOption,
     TemplateFileOption,
     TemplateOption,
     input_config,
@@ -150,6 +152,8 @@ def worker(
     keep_fields: KeepFields = "",
     template: TemplateOption = None,
     template_file: TemplateFileOption = None,
+    chat: ChatOption = False,
+    system: SystemOption = None,
     max_line_bytes: MaxLineBytes = DEFAULT_MAX_LINE_BYTES,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = None,
@@ -200,7 +204,7 @@ def worker(
         fields = input_config(
             "<redis>", None, prompt_field, messages_field, id_field,
             keep_fields=keep_fields, chunk_size=chunk_size,
-            template=template, template_file=template_file,
+            template=template, template_file=template_file, chat=chat, system=system,
         )  # fmt: skip
         config = RunConfig(
             input=fields,

@@ -406,6 +406,20 @@ def test_cli_drain_answers_and_never_prints_the_password(r: Any, url: str) -> No
 
 
 @pytest.mark.slow
+def test_cli_template_and_system_make_each_entry_a_chat(r: Any, url: str) -> None:
+    push(r, [{"id": "a", "review": "good"}])
+    done = subprocess.run(
+        cli(url, "--stream", STREAM, "--engine", "fake", "--drain", "--result-keys",
+            "--template", "Rate: {{ review }}", "--system", "Be brief."),
+        capture_output=True, text=True, env=cli_env(), timeout=DEADLINE_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # The fake model renders a chat as "role: text" lines and answers it reversed.
+    chat = "system: Be brief.\nuser: Rate: good"
+    assert orjson.loads(r.get("result:a"))["output"] == chat[::-1]
+
+
+@pytest.mark.slow
 def test_cli_without_redis_py_exits_2_with_the_install_hint(url: str, tmp_path: Path) -> None:
     # A `redis` module that cannot be imported, first on the path.
     (tmp_path / "redis.py").write_text("raise ImportError('no redis here')\n")
