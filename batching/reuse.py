@@ -106,7 +106,7 @@ class Reuse:
             return cls(config, report, place=place) if config.dedup else None
         cache = ResultCache.open(config.cache.path)
         try:
-            scope = _scope(config.cache, cache)
+            scope = _scope(config.cache, cache, report)
         except BaseException:
             cache.close()
             raise
@@ -239,10 +239,12 @@ def _held(*requests: Request) -> int:
     return sum(request_bytes(request) for request in requests)
 
 
-def _scope(config: CacheConfig, memo: ResultCache) -> bytes:
+def _scope(config: CacheConfig, memo: ResultCache, report: ReportCollector) -> bytes:
     """The cache scope of the run's engine (`cache_scope`), its files hashed once
-    and remembered in the cache (`memo`)."""
+    and remembered in the cache (`memo`); the identity also goes to the report's
+    manifest, which then need not hash the model a second time."""
     identity = model_identity(config.engine, memo=memo)
+    report.record_model_identity(identity)
     if identity.name_only and config.engine_kind in ("vllm", "openai"):
         sys.stderr.write(
             f"bizra-batch: warning: --cache keys {identity.name} by its name only; a new "

@@ -286,8 +286,10 @@ def run(
         cluster = ray_options(ray, replicas, engine, tensor_parallel_size, verbose=debug)
         factory = engine_factory(engine, engine_config, remote=remote, verbose=debug)
         manifest = Manifest.of(config, engine.value, engine_config)
-        # The fake and sim engines load no model: nothing to hash.
-        identity = PendingModelIdentity(engine_config) if engine.needs_model else None
+        # The fake and sim engines load no model: nothing to hash. With --cache the
+        # cache works out the identity (memoised per file) and records it itself.
+        hashed = engine.needs_model and config.cache is None
+        identity = PendingModelIdentity(engine_config) if hashed else None
     raise typer.Exit(_execute(config, factory, quiet, debug, cluster, manifest, identity))
 
 

@@ -90,3 +90,31 @@ def test_each_inputs_digest_is_the_sha256_of_its_bytes_as_stored(tmp_path: Path)
         {"path": str(path), "digest": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()}
         for path in (first, second)
     ]
+
+
+def test_with_a_cache_the_manifest_takes_the_caches_model_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    from batching.config import CacheConfig, OutputConfig
+    from batching.job import run as run_job
+    from batching.testing import FakeEngine
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"prompt": "Hi"}\n')
+    engine = EngineConfig(model=str(model))
+    config = RunConfig(
+        input=InputConfig(str(source)),
+        output=OutputConfig(str(tmp_path / "out.jsonl")),
+        sampling=Sampling(max_tokens=3, temperature=0.0),
+        cache=CacheConfig(str(tmp_path / "cache.sqlite"), engine, "vllm"),
+    )
+    collector = ReportCollector(gpu_sampler=lambda: None)
+    collector.record_manifest(Manifest.of(config, "vllm", engine))
+    manifest = run_job(config, FakeEngine, report=collector).to_dict()["manifest"]
+    # By hand: the file's relative name, then its sha256.
+    file_digest = hashlib.sha256(b"{}").hexdigest()
+    expected = hashlib.sha256(f"config.json\0{file_digest}\n".encode()).hexdigest()
+    assert manifest["model_digest"] == expected
