@@ -120,9 +120,12 @@ def test_env_defaults_on_cpu_keep_the_tokenizer_off_the_engine_cores(
     apply_vllm_env_defaults(env)
     assert env["TOKENIZERS_PARALLELISM"] == "false"
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
-    mine = {"TOKENIZERS_PARALLELISM": "true"}
+    # vLLM 0.32's CPU AOT artifacts never load back, so each start recompiled.
+    assert env["VLLM_USE_AOT_COMPILE"] == "0"
+    mine = {"TOKENIZERS_PARALLELISM": "true", "VLLM_USE_AOT_COMPILE": "1"}
     apply_vllm_env_defaults(mine)
     assert mine["TOKENIZERS_PARALLELISM"] == "true"
+    assert mine["VLLM_USE_AOT_COMPILE"] == "1"
 
 
 def test_env_defaults_verbose_leaves_logging_to_vllm() -> None:
