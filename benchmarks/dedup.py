@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat-share", type=float, default=0.3)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--model", default=TINY_MODEL)
+    parser.add_argument(
+        "--extra", default="", help="More options for both sides, e.g. '--dtype float32'."
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="Work in this folder and keep its files.")
     args = parser.parse_args(argv)
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = work / f"{label}-{repeat}.jsonl"
                 out.unlink(missing_ok=True)
                 command = bizra_command(prompts, out, args.model, args.max_tokens)
+                command += shlex.split(args.extra)
                 command += ["--no-dedup"] if label == "no-dedup" else []
                 report = work / f"{label}-{repeat}-report.json"
                 command += ["--report", str(report)]

@@ -14,6 +14,7 @@ from cli import validate as validate_command
 from cli import worker as worker_command
 from cli.config_file import CONTEXT_SETTINGS
 from cli.help import PanelledCommand
+from cli.process_exit import exit_process
 
 __all__ = ["app", "main"]
 
@@ -113,4 +114,8 @@ _register(
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()  # standalone: always ends in SystemExit with the status
+    except SystemExit as done:
+        exit_process(done.code)  # returns only where a normal exit is needed
+        raise

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -50,3 +53,42 @@ def test_other_exceptions_are_caught_only_when_named(capsys: pytest.CaptureFixtu
     assert capsys.readouterr().err == "bizra-batch: error: prompt too long\n"
     with pytest.raises(KeyError), exit_on_error(ValueError):
         raise KeyError("not ours")
+
+
+# The process end after a heavy run skips the interpreter's teardown (cli/process_exit);
+# what a user sees must not change: the status, every byte of stdout, atexit work.
+_FAST_EXIT = """
+import atexit, sys, types
+sys.modules["torch"] = types.ModuleType("torch")  # what makes teardown slow
+atexit.register(lambda: open(sys.argv[1], "w").write("ran"))
+from cli.process_exit import exit_process
+sys.stdout.write("x" * 200_000)  # more than any pipe buffer holds
+exit_process(int(sys.argv[2]))
+print("normal exit")
+"""
+
+
+@pytest.mark.parametrize("status", [0, 1, 2])
+def test_the_quick_exit_keeps_status_output_and_atexit_work(tmp_path: Path, status: int) -> None:
+    marker = tmp_path / "atexit"
+    done = subprocess.run(
+        [sys.executable, "-c", _FAST_EXIT, str(marker), str(status)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == status
+    assert done.stdout == "x" * 200_000  # flushed, and it did not return
+    assert marker.read_text() == "ran"
+
+
+def test_the_quick_exit_waits_for_a_running_thread() -> None:
+    code = _FAST_EXIT.replace(
+        "exit_process(",
+        "import threading, time; threading.Thread(target=time.sleep, args=(0.2,)).start(); "
+        "exit_process(",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "/dev/null", "3"], capture_output=True, text=True, check=False
+    )
+    assert done.stdout.endswith("normal exit\n")  # returned: the interpreter waits
