@@ -175,8 +175,10 @@ class Measurement:
         return self.rows / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def measure(label: str, command: Sequence[str], rows: int, log_path: Path) -> Measurement:
-    """Run `command` from the repository root; stdout and stderr go to `log_path`.
+def measure(
+    label: str, command: Sequence[str], rows: int, log_path: Path, cwd: Path = REPO_ROOT
+) -> Measurement:
+    """Run `command` from `cwd` (the repository root); stdout and stderr go to `log_path`.
 
     Exits the benchmark (with the log's tail) if the child fails: a number from a
     failed run would be a lie.
@@ -188,7 +190,7 @@ def measure(label: str, command: Sequence[str], rows: int, log_path: Path) -> Me
     with log_path.open("wb") as log:
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
-        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=log)
+        child = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=log)
         # wait4 instead of Popen.wait: the rusage of exactly this child, not the
         # running maximum that getrusage(RUSAGE_CHILDREN) keeps over all of them.
         _, status, usage = os.wait4(child.pid, 0)
