@@ -56,10 +56,11 @@ def exit_process(code: object) -> None:
     # Not in the public docs, but what the interpreter itself calls at exit, and
     # stable since Python 3.0; it runs every handler once, in reverse order.
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    streams = [sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__]
+    for stream in dict.fromkeys(s for s in streams if s is not None):
         try:
             stream.flush()
         except (OSError, ValueError):  # a reader gone (BrokenPipe), or closed already
-            if stream is sys.stdout and code == 0:
+            if stream in (sys.stdout, sys.__stdout__) and code == 0:
                 code = 120  # what the interpreter's own exit gives when this flush fails
     os._exit(code)
