@@ -198,7 +198,7 @@ def apply_vllm_env_defaults(
         # saved AOT artifact cannot be loaded back ("'function' object has no
         # attribute 'finalize_loading'"), so every start recompiled the model. Without
         # AOT compile, torch's own compile caches load: engine start-up on the tiny
-        # model measured 15.5 s -> 11.8 s (medians of alternating runs, 2 cores).
+        # model 13.5 s -> 10.8 s (benchmarks/startup.py, medians of 5, 2 cores).
         env.setdefault("VLLM_USE_AOT_COMPILE", "0")
     if not (verbose or env.get(DEBUG_ENV)):
         # torch's C++ warnings (the CPU worker's NUMA binding notice at every start)
