@@ -22,16 +22,20 @@ from batching.engine import EngineFactory
 from batching.engines.choice import EngineChoice, checked_model, engine_factory, remote_config
 from batching.errors import BatchError
 from batching.interrupts import Interrupted
+from batching.lora import LoraAdapters
 from batching.records import Sampling
 from cli.config_file import ConfigOption
 from cli.console import make_progress, print_error, stderr_console
 from cli.exit_codes import FAILED, OK, exit_code_for, exit_on_error
 from cli.options import (
     DEFAULT_MAX_LINE_BYTES,
+    AllowedMediaPath,
+    AllowRemoteMedia,
     ChatOption,
     DtypeOption,
     EngineArgOption,
     IdField,
+    LoraOption,
     MaxLineBytes,
     MaxModelLenOption,
     MaxNumSeqsOption,
@@ -174,6 +178,9 @@ def worker(
     enable_prefix_caching: EnablePrefixCaching = None,
     trust_remote_code: TrustRemoteCode = False,
     engine_arg: EngineArgOption = None,
+    lora: LoraOption = None,
+    allowed_media_path: AllowedMediaPath = None,
+    allow_remote_media: AllowRemoteMedia = False,
     chunk_size: ChunkSize = 256,
     order: OrderOption = OrderChoice.auto,
     max_in_flight: MaxInFlight = None,
@@ -201,10 +208,13 @@ def worker(
 
     with exit_on_error():
         model = checked_model(model, engine)
+        loras = LoraAdapters.parse(lora)
         fields = input_config(
             "<redis>", None, prompt_field, messages_field, id_field,
             keep_fields=keep_fields, chunk_size=chunk_size,
             template=template, template_file=template_file, chat=chat, system=system,
+            adapter_names=loras.names,
+            allowed_media_path=allowed_media_path, allow_remote_media=allow_remote_media,
         )  # fmt: skip
         config = RunConfig(
             input=fields,
@@ -238,6 +248,7 @@ def worker(
             seed=seed,
             trust_remote_code=trust_remote_code,
             extra=parse_engine_args(engine_arg),
+            loras=loras,
         )
         remote = remote_config(
             engine, base_url, api_key_env, model=model, concurrency=concurrency,

@@ -620,3 +620,36 @@ def test_a_draining_worker_reads_whole_batches_and_never_blocks_a_read(r: Any, u
     assert report.queue.results_written == 45
     assert set(stream.reads) == {(8, None)}
     assert r.xpending(STREAM, "bizra-batch")["pending"] == 0
+
+
+@pytest.mark.vllm
+def test_cli_lora_runs_each_request_with_its_adapter_as_transformers_merged(
+    r: Any, url: str, tiny_model: Path
+) -> None:
+    from samples.build_tiny_lora import ensure_tiny_loras
+    from tests.test_integration import MAX_TOKENS
+    from tests.test_lora_vllm import PROMPTS, merged_greedy
+
+    loras = ensure_tiny_loras(tiny_model)
+    prompt = PROMPTS[0]
+    push(r, [
+        {"id": "base", "prompt": prompt}, {"id": "a", "prompt": prompt, "adapter": "a"},
+        {"id": "unknown", "prompt": prompt, "adapter": "zz"},
+    ])  # fmt: skip
+    env = {k: v for k, v in cli_env().items() if not k.startswith("VLLM_")}
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    done = subprocess.run(
+        cli(url, "--stream", STREAM, "--drain", "--result-keys", "-q",
+            "-m", str(tiny_model), "--lora", f"a={loras['a']}",
+            "--max-tokens", str(MAX_TOKENS), "--temperature", "0",
+            "--dtype", "float32", "--engine-arg", "enforce_eager=true"),
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""  # -q: not even vLLM's once-per-LoRA tokenizer warning
+    got = {key: orjson.loads(r.get(f"result:{key}")) for key in ("base", "a", "unknown")}
+    assert got["base"]["output"] == merged_greedy(tiny_model, None, [prompt])[0]
+    assert got["a"]["output"] == merged_greedy(tiny_model, loras["a"], [prompt])[0]
+    assert got["a"]["output"] != got["base"]["output"]
+    assert got["unknown"]["error"]["type"] == "invalid_input"
+    assert "unknown adapter 'zz'" in got["unknown"]["error"]["message"]

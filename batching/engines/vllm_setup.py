@@ -55,10 +55,14 @@ _NOISE_PREFIXES = (
     # models/utils: one line per weight when a float32 checkpoint runs in the dtype
     # vLLM chose (--dtype); the choice is the user's to make, not news every run.
     "Attempted to load weight %s with dtype %s into",
-    # compilation/decorators: vLLM 0.32's torch.compile cache fails to reload under
-    # torch 2.13 and it compiles again; nothing a user can do but --engine-arg
-    # enforce_eager=true, which the README mentions.
+    # compilation/decorators: vLLM 0.32's CPU AOT artifact never reloads and it
+    # compiles again. Not seen since VLLM_USE_AOT_COMPILE=0 is our CPU default; kept
+    # for a user who sets it back to 1.
     "%sCompiling model again due to a load failure",
+    # v1/engine/input_processor: once per run with any LoRA request, whether or not
+    # the adapter has a tokenizer; rows are always tokenized with the base model's
+    # (README, LoRA adapters).
+    "vLLM has deprecated support for supporting different tokenizers",
     # platforms/cpu: on CPUs with AVX-512 BF16 it resets the Mamba state dtype for
     # every model, Mamba or not; nothing to act on for a Llama.
     "Reset SSM cache type to float32",
