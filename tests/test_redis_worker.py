@@ -653,3 +653,28 @@ def test_cli_lora_runs_each_request_with_its_adapter_as_transformers_merged(
     assert got["a"]["output"] != got["base"]["output"]
     assert got["unknown"]["error"]["type"] == "invalid_input"
     assert "unknown adapter 'zz'" in got["unknown"]["error"]["message"]
+
+
+@pytest.mark.slow
+def test_cli_reads_a_request_image_only_under_allowed_media_path(
+    r: Any, url: str, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "img.png")
+    image = {"type": "image_url", "image_url": {"url": f"file://{tmp_path}/img.png"}}
+    chat = [{"role": "user", "content": [{"type": "text", "text": "What?"}, image]}]
+    outcomes = []
+    for allowed in ([], ["--allowed-media-path", str(tmp_path)]):
+        push(r, [{"id": "img", "messages": chat}])
+        done = subprocess.run(
+            cli(url, "--stream", STREAM, "--engine", "fake", "--drain", "--result-keys",
+                *allowed),
+            capture_output=True, text=True, env=cli_env(), timeout=DEADLINE_S,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        outcomes.append(orjson.loads(r.get("result:img")))
+    refused, read = outcomes
+    assert refused["error"]["type"] == "invalid_input"
+    assert "--allowed-media-path" in refused["error"]["message"]
+    assert read["error"] is None and read["output"] is not None
