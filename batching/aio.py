@@ -33,7 +33,7 @@ from batching.config import InputConfig, RunConfig
 from batching.engine import EngineFactory
 from batching.errors import BatchError
 from batching.grouping import Order
-from batching.live_engine import LiveEngine
+from batching.live_engine import LiveEngine, health_figures
 from batching.records import SAMPLING_FIELDS, Result, Row, Sampling
 from batching.report import ReportCollector
 from batching.retry import RetryPolicy
@@ -196,24 +196,15 @@ class BatchQueue:
         return result
 
     def health(self) -> dict[str, Any]:
-        """Figures for a health check, as of now.
-
-        total_batches: engine steps so far; avg_batch_size: requests running per step;
-        avg_batch_duration_ms: time per step; total_requests: requests finished (ok
-        or failed); queue_depth: requests waiting to go to the engine; in_flight:
-        requests in the engine; running: whether requests are still accepted.
-        """
-        report = self._report.finish()
-        taken = self._engine.handed_over
-        return {
-            "total_batches": report.batches,
-            "total_requests": self._finished,
-            "avg_batch_size": report.avg_batch_size,
-            "avg_batch_duration_ms": report.avg_batch_duration_ms,
-            "queue_depth": self._submitted - taken,
-            "in_flight": taken - self._finished,
-            "running": self._started and not self._closing and self._failure is None,
-        }
+        """Figures for a health check, as of now (`live_engine.health_figures`)."""
+        return health_figures(
+            self._report.finish(),
+            put=self._submitted,
+            handed_over=self._engine.handed_over,
+            left_engine=self._finished,
+            finished=self._finished,
+            running=self._started and not self._closing and self._failure is None,
+        )
 
     # -- the engine thread -----------------------------------------------------------
 

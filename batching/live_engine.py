@@ -20,6 +20,7 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from batching.config import RunConfig
 from batching.engine import Engine, EngineFactory
@@ -27,10 +28,35 @@ from batching.pipeline import run_rows
 from batching.prefetch import Arrival, LiveChunks
 from batching.readers import RowPlace
 from batching.records import Result, Row
-from batching.report import ReportCollector
+from batching.report import Report, ReportCollector
 from batching.retry import RetryPolicy
 
-__all__ = ["LiveEngine"]
+__all__ = ["LiveEngine", "health_figures"]
+
+
+def health_figures(
+    run: Report, *, put: int, handed_over: int, left_engine: int, finished: int, running: bool
+) -> dict[str, Any]:
+    """A health check's figures for rows fed to a `LiveEngine`, as of now.
+
+    total_batches: engine steps so far; avg_batch_size: requests running per step;
+    avg_batch_duration_ms: time per step; total_requests: requests finished (ok or
+    failed); queue_depth: requests put and waiting to go to the engine; in_flight:
+    requests in the engine; running: whether requests are still accepted.
+
+    >>> health_figures(Report(), put=5, handed_over=3, left_engine=1, finished=1,
+    ...                running=True)["queue_depth"]
+    2
+    """
+    return {
+        "total_batches": run.batches,
+        "total_requests": finished,
+        "avg_batch_size": run.avg_batch_size,
+        "avg_batch_duration_ms": run.avg_batch_duration_ms,
+        "queue_depth": put - handed_over,
+        "in_flight": handed_over - left_engine,
+        "running": running,
+    }
 
 
 class LiveEngine:

@@ -40,7 +40,7 @@ from typing import Any
 from batching.config import RunConfig
 from batching.engine import EngineFactory
 from batching.errors import UsageError
-from batching.live_engine import LiveEngine
+from batching.live_engine import LiveEngine, health_figures
 from batching.protocols import ProgressSink
 from batching.records import Result
 from batching.redis_queue.entries import Entry, entry_place, entry_row, result_fields
@@ -198,15 +198,14 @@ class QueueWorker:
         run = self._collector.finish()
         handed_over = self._engine.handed_over
         with self._lock:
-            health: dict[str, Any] = {
-                "total_batches": run.batches,
-                "total_requests": self._written,
-                "avg_batch_size": run.avg_batch_size,
-                "avg_batch_duration_ms": run.avg_batch_duration_ms,
-                "queue_depth": self._taken - handed_over,
-                "in_flight": handed_over - self._produced,
-                "running": self._started and not self._stop.is_set() and self._failure is None,
-            }
+            health = health_figures(
+                run,
+                put=self._taken,
+                handed_over=handed_over,
+                left_engine=self._produced,
+                finished=self._written,
+                running=self._started and not self._stop.is_set() and self._failure is None,
+            )
         queue_figures = self.report().queue.to_dict()
         health.update((k, v) for k, v in queue_figures.items() if k not in ("server", "stream"))
         return health
