@@ -134,13 +134,20 @@ def scan_output(cfg: OutputConfig) -> ExistingOutput | None:
     return _scan_jsonl(path, fmt == "openai")
 
 
-def _scan_jsonl(path: str, openai: bool) -> ExistingOutput | None:
+def _open_existing(path: str) -> BinaryIO | None:
+    """The output file to scan, or None where there is none yet."""
     try:
-        file = open(path, "rb")  # noqa: SIM115
+        return open(path, "rb")
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise read_error(path, exc) from None
+
+
+def _scan_jsonl(path: str, openai: bool) -> ExistingOutput | None:
+    file = _open_existing(path)
+    if file is None:
+        return None
     rows = torn = 0
     token: str | None = None
     with file:
@@ -158,12 +165,9 @@ def _scan_jsonl(path: str, openai: bool) -> ExistingOutput | None:
 def _scan_compressed(path: str, openai: bool, codec: Codec) -> ExistingOutput | None:
     """A compressed output's rows up to the end of its last whole member that ends a
     row; a member torn by a crash (cut short, or not decoding) is left off."""
-    try:
-        file = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
+    file = _open_existing(path)
+    if file is None:
         return None
-    except OSError as exc:
-        raise read_error(path, exc) from None
     rows = whole_rows = whole_bytes = 0
     token: str | None = None
     tail = b""  # the start of a row not yet ended
