@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +220,27 @@ def summarize(runs: Sequence[Measurement]) -> dict[str, float]:
         "max_rss_mib": max(rss) / 2**20,
         "median_rss_mib": statistics.median(rss) / 2**20,
     }
+
+
+def runs_table(runs: Mapping[str, Sequence[Measurement]]) -> str:
+    """Every run of every side, in the order they alternated (`label #repeat`).
+
+    >>> run = Measurement("a", wall_s=2.0, cpu_s=1.0, peak_rss_bytes=2**20, rows=4,
+    ...                   load_before=0.5)
+    >>> print(runs_table({"a": [run]}))
+    run   wall s  rows/s  CPU s  peak RSS MiB  load before
+    ----  ------  ------  -----  ------------  -----------
+    a #1    2.00    2.00   1.00          1.00         0.50
+    """
+    rows: list[list[object]] = []
+    for repeat in range(max(len(measured) for measured in runs.values())):
+        for measured in runs.values():
+            if repeat < len(measured):
+                r = measured[repeat]
+                mib = r.peak_rss_bytes / 2**20
+                rows.append([f"{r.label} #{repeat + 1}", r.wall_s, r.rows_per_s, r.cpu_s, mib,
+                             r.load_before])  # fmt: skip
+    return format_table(["run", "wall s", "rows/s", "CPU s", "peak RSS MiB", "load before"], rows)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -42,11 +42,11 @@ from benchmarks.common import (
     TINY_MODEL,
     Measurement,
     bizra_command,
-    format_table,
     iter_output_rows,
     make_prompt,
     measure,
     print_provenance,
+    runs_table,
     summarize,
     work_folder,
 )
@@ -121,17 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 processing[label].append(json.loads(report.read_text())["processing_seconds"])
                 outputs.setdefault(label, out)
 
-        order = [runs[label][i] for i in range(args.repeats) for label in runs]
-        print(
-            format_table(
-                ["run", "wall s", "rows/s", "CPU s", "peak RSS MiB", "load before"],
-                [
-                    [f"{r.label} #{i // 2 + 1}", r.wall_s, r.rows_per_s, r.cpu_s,
-                     r.peak_rss_bytes / 2**20, r.load_before]
-                    for i, r in enumerate(order)
-                ],
-            )
-        )  # fmt: skip
+        print(runs_table(runs))
         stats = {label: summarize(measured) for label, measured in runs.items()}
         ratio = stats["no-dedup"]["median_wall_s"] / stats["dedup"]["median_wall_s"]
         differing = _differing(outputs["dedup"], outputs["no-dedup"], repeated)

@@ -41,6 +41,7 @@ from benchmarks.common import (
     iter_output_rows,
     measure,
     print_provenance,
+    runs_table,
     summarize,
     work_folder,
     write_prompt_file,
@@ -166,23 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{args.rows} rows, max_tokens {args.max_tokens}, model {args.model}, "
             f"{args.repeats} repeats (alternating)"
         )
-        order = [runs[label][i] for i in range(args.repeats) for label in ("bizra", "raw")]
-        print(
-            format_table(
-                ["run", "wall s", "rows/s", "CPU s", "peak RSS MiB", "load before"],
-                [
-                    [
-                        f"{r.label} #{i // 2 + 1}",
-                        r.wall_s,
-                        r.rows_per_s,
-                        r.cpu_s,
-                        r.peak_rss_bytes / 2**20,
-                        r.load_before,
-                    ]
-                    for i, r in enumerate(order)
-                ],
-            )
-        )
+        print(runs_table(runs))
         stats = {label: summarize(measured) for label, measured in runs.items()}
         print()
         print(
